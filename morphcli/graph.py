@@ -1,0 +1,409 @@
+"""The channel graph: which channels of a functional Keras model live or die together.
+
+`build_graph(model)` walks the functional graph (nested functional and
+`Sequential` sub-models included) and gives every tensor a *channel space*:
+the groups its channel axis is made of, side by side. A *group* is a set of
+channels that must be pruned together: a conv/dense output and everything
+per-channel after it, the inputs of an element-wise join, a depthwise conv's
+input and output. How each layer class behaves is looked up in the one table
+in `morphcli.rules`; an unknown layer is a boundary that freezes what it touches.
+
+Example:
+
+>>> graph = build_graph(model)
+>>> for group in graph.prunable_groups():
+...     print(group.describe())
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from morphcli import rules
+from morphcli.errors import ModelError
+from morphcli.rules import Kind
+
+
+@dataclass(frozen=True)
+class Space:
+    """The channel axis of one tensor.
+
+    Attributes:
+        groups: Group ids whose channels sit side by side on the axis
+            (one id, or several after a channel-axis `Concatenate`).
+        repeat: How many times the channels repeat along the axis; greater than
+            one after `Flatten`, where feature `p * C + c` is channel `c` at
+            position `p`.
+    """
+
+    groups: tuple[int, ...]
+    repeat: int = 1
+
+
+@dataclass
+class Group:
+    """Channels that live or die together.
+
+    Attributes:
+        id: Stable id, used as the key of alive masks and widths.
+        width: Number of channels in the seed model.
+        sources: Layers whose outputs create these channels (conv, dense).
+        members: Every layer whose output carries these channels.
+        frozen: Why the group may not be pruned (empty when prunable).
+    """
+
+    id: int
+    width: int
+    sources: list[str] = field(default_factory=list)
+    members: list[str] = field(default_factory=list)
+    frozen: list[str] = field(default_factory=list)
+
+    @property
+    def prunable(self) -> bool:
+        return not self.frozen
+
+    def describe(self) -> str:
+        """One line: width, prunable or frozen (and why), and the coupled layers."""
+        state = "prunable" if self.prunable else "frozen: " + "; ".join(self.frozen)
+        tied = f", tied from {len(self.sources)} sources" if len(self.sources) > 1 else ""
+        return f"group {self.id} ({self.width} ch, {state}{tied}): " + ", ".join(self.members)
+
+
+@dataclass
+class LayerNode:
+    """One call of one layer, with its static shapes and channel spaces.
+
+    Shapes exclude the batch axis. `kind` is the rule's kind, or `BOUNDARY`
+    when the layer is unknown or its configuration couples channels (`note`
+    says why).
+    """
+
+    name: str
+    layer: object
+    rule: rules.Rule | None
+    kind: Kind
+    config: dict
+    in_shapes: list[tuple[int, ...]]
+    out_shapes: list[tuple[int, ...]]
+    inputs: list[Space] = field(default_factory=list)
+    outputs: list[Space] = field(default_factory=list)
+    note: str | None = None
+
+    @property
+    def type(self) -> str:
+        return type(self.layer).__name__
+
+
+class ChannelGraph:
+    """The result of `build_graph`: nodes in topological order and their groups."""
+
+    def __init__(self, model, nodes: list[LayerNode], groups: dict[int, Group]):
+        self.model = model
+        self.nodes = nodes
+        self.groups = groups
+        self._by_name = {n.name: n for n in nodes}
+
+    def node(self, name: str) -> LayerNode:
+        return self._by_name[name]
+
+    def prunable_groups(self) -> list[Group]:
+        return [g for g in self.groups.values() if g.prunable]
+
+    def widths(self) -> dict[int, int]:
+        """The seed's width of every group."""
+        return {gid: g.width for gid, g in self.groups.items()}
+
+    def width(self, space: Space, widths: Mapping[int, float] | None = None) -> float:
+        """Width of a channel space, given per-group widths (default: the seed's)."""
+        widths = widths or {}
+        return space.repeat * sum(widths.get(g, self.groups[g].width) for g in space.groups)
+
+    def indices(self, space: Space, alive: Mapping[int, np.ndarray]) -> np.ndarray:
+        """Indices along a tensor's channel axis that survive under `alive` masks.
+
+        Args:
+            space: The tensor's channel space.
+            alive: Boolean mask per group id; groups not in it keep all channels.
+
+        Returns:
+            Sorted int array of kept positions on the channel axis.
+        """
+        kept, offset = [], 0
+        for gid in space.groups:
+            width = self.groups[gid].width
+            mask = alive.get(gid)
+            idx = np.arange(width) if mask is None else np.flatnonzero(mask)
+            kept.append(idx + offset)
+            offset += width
+        base = np.concatenate(kept) if kept else np.zeros(0, dtype=int)
+        return np.concatenate([base + r * offset for r in range(space.repeat)])
+
+    def frozen_reasons(self) -> list[str]:
+        return sorted({r for g in self.groups.values() for r in g.frozen})
+
+
+def is_nested_model(layer) -> bool:
+    """True for functional and Sequential models used as a layer."""
+    return hasattr(layer, "_nodes_by_depth") or type(layer).__name__ == "Sequential"
+
+
+def _functional(model):
+    """The functional graph behind a model (a built Sequential keeps one inside)."""
+    if hasattr(model, "_nodes_by_depth"):
+        return model
+    inner = getattr(model, "_functional", None)
+    if inner is None:
+        raise ModelError(
+            f"Model `{model.name}` has no functional graph to analyse: it was never built.",
+            hint="build it (call it on data or pass --input-shape) and save it again.",
+        )
+    return inner
+
+
+def _static(shape, where: str) -> tuple[int, ...]:
+    dims = tuple(shape[1:])
+    if any(d is None for d in dims):
+        raise ModelError(
+            f"Layer `{where}` has a dynamic shape {tuple(shape)}: costs need static "
+            f"shapes. Received: shape={tuple(shape)}",
+            hint="pass --input-shape H,W,C (or model.input_shape in the config).",
+        )
+    return dims
+
+
+class _Builder:
+    """Walks a functional graph once, assigning spaces and merging groups."""
+
+    def __init__(self):
+        self.groups: dict[int, Group] = {}
+        self.parent: dict[int, int] = {}
+        self.nodes: list[LayerNode] = []
+
+    # -- groups (union-find) --------------------------------------------------
+    def new_group(self, width: int, member: str, source: bool = False,
+                  frozen: str | None = None) -> Space:
+        gid = len(self.groups)
+        group = Group(gid, int(width), members=[member])
+        if source:
+            group.sources.append(member)
+        if frozen:
+            group.frozen.append(frozen)
+        self.groups[gid] = group
+        self.parent[gid] = gid
+        return Space((gid,))
+
+    def find(self, gid: int) -> int:
+        while self.parent[gid] != gid:
+            self.parent[gid] = self.parent[self.parent[gid]]
+            gid = self.parent[gid]
+        return gid
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return
+        ga, gb = self.groups[ra], self.groups[rb]
+        if ga.width != gb.width:  # shapes matched, so this is a bug in a rule
+            raise AssertionError(f"tying groups of widths {ga.width} and {gb.width}")
+        self.parent[rb] = ra
+        for attr in ("sources", "members", "frozen"):
+            getattr(ga, attr).extend(x for x in getattr(gb, attr) if x not in getattr(ga, attr))
+
+    def freeze(self, space: Space, reason: str) -> None:
+        for gid in space.groups:
+            group = self.groups[self.find(gid)]
+            if reason not in group.frozen:
+                group.frozen.append(reason)
+
+    def add_member(self, space: Space, name: str) -> None:
+        for gid in space.groups:
+            members = self.groups[self.find(gid)].members
+            if name not in members:
+                members.append(name)
+
+    def seg_widths(self, space: Space) -> tuple:
+        return tuple(self.groups[self.find(g)].width for g in space.groups), space.repeat
+
+    def width(self, space: Space) -> int:
+        return space.repeat * sum(self.groups[self.find(g)].width for g in space.groups)
+
+    # -- walking ----------------------------------------------------------------
+    def walk(self, model, spaces: dict[int, Space], prefix: str) -> None:
+        fn = _functional(model)
+        for depth in sorted(fn._nodes_by_depth, reverse=True):
+            for knode in fn._nodes_by_depth[depth]:
+                if knode.is_input or knode.operation is None:
+                    continue
+                ins = [spaces[id(t)] for t in knode.input_tensors]
+                op = knode.operation
+                if is_nested_model(op):
+                    inner = _functional(op)
+                    inner_spaces = {id(t): s for t, s in zip(inner.inputs, ins, strict=True)}
+                    self.walk(inner, inner_spaces, f"{prefix}{op.name}/")
+                    outs = [inner_spaces[id(t)] for t in inner.outputs]
+                else:
+                    outs = self.apply(op, knode, ins, prefix)
+                for tensor, space in zip(knode.output_tensors, outs, strict=True):
+                    spaces[id(tensor)] = space
+
+    def apply(self, layer, knode, ins: list[Space], prefix: str) -> list[Space]:
+        name = prefix + layer.name
+        if len(layer._inbound_nodes) > 1:  # a shared layer: one entry per call
+            name += f"#{layer._inbound_nodes.index(knode)}"
+        rule = rules.get(layer)
+        node = LayerNode(
+            name=name, layer=layer, rule=rule,
+            kind=rule.kind if rule else Kind.BOUNDARY,
+            config=_config(layer),
+            in_shapes=[_static(t.shape, name) for t in knode.input_tensors],
+            out_shapes=[_static(t.shape, name) for t in knode.output_tensors],
+            inputs=ins,
+        )
+        if rule is None:
+            node.note = f"unsupported layer type {type(layer).__name__}"
+        elif rule.check and (verdict := rule.check(node)):
+            if isinstance(verdict, rules.Rule):
+                node.rule, node.kind = verdict, verdict.kind
+            else:
+                node.kind, node.note = Kind.BOUNDARY, verdict
+        node.outputs = self.propagate(node)
+        self.nodes.append(node)
+        for space in node.outputs:
+            self.add_member(space, name)
+        return node.outputs
+
+    def propagate(self, node: LayerNode) -> list[Space]:
+        """Output spaces of a node from its kind; falls back to a boundary."""
+        out_channels = [s[-1] if s else 1 for s in node.out_shapes]
+        handler = {
+            Kind.SOURCE: self._source,
+            Kind.PASS: self._pass,
+            Kind.TIE: self._tie,
+            Kind.CONCAT: self._concat,
+            Kind.FLATTEN: self._flatten,
+            Kind.RESHAPE: self._reshape,
+        }.get(node.kind)
+        outs = handler(node) if handler else None
+        if outs is None or [self.width(s) for s in outs] != out_channels:
+            if node.note is None:
+                node.note = f"{node.type} does not keep channels apart here"
+            node.kind = Kind.BOUNDARY
+            return self._boundary(node)
+        return outs
+
+    def _source(self, node: LayerNode) -> list[Space]:
+        return [self.new_group(node.out_shapes[0][-1], node.name, source=True)]
+
+    def _pass(self, node: LayerNode) -> list[Space] | None:
+        return [node.inputs[0]] if len(node.out_shapes) == 1 else None
+
+    def _tie(self, node: LayerNode) -> list[Space] | None:
+        out_channels = node.out_shapes[0][-1]
+        # Inputs with one channel broadcast over the others and are not tied.
+        tied = [s for s, shape in zip(node.inputs, node.in_shapes, strict=True)
+                if shape and shape[-1] == out_channels]
+        if not tied or any(self.seg_widths(s) != self.seg_widths(tied[0]) for s in tied):
+            return None
+        for space in tied[1:]:
+            for a, b in zip(tied[0].groups, space.groups, strict=True):
+                self.union(a, b)
+        return [tied[0]]
+
+    def _concat(self, node: LayerNode) -> list[Space] | None:
+        rank = len(node.out_shapes[0])
+        if node.config.get("axis", -1) % (rank + 1) != rank:  # not the channel axis
+            return self._tie(node)
+        if any(s.repeat != 1 for s in node.inputs):
+            return None
+        return [Space(tuple(g for s in node.inputs for g in s.groups))]
+
+    def _flatten(self, node: LayerNode) -> list[Space] | None:
+        space, shape = node.inputs[0], node.in_shapes[0]
+        if node.config.get("data_format") == "channels_first" and len(shape) > 1:
+            return None
+        return [Space(space.groups, space.repeat * math.prod(shape[:-1]))]
+
+    def _reshape(self, node: LayerNode) -> list[Space] | None:
+        same_axis = node.in_shapes[0][-1] == node.out_shapes[0][-1]
+        return [node.inputs[0]] if same_axis and node.inputs[0].repeat == 1 else None
+
+    def _boundary(self, node: LayerNode) -> list[Space]:
+        reason = f"touches `{node.name}` ({node.note})"
+        for space in node.inputs:
+            self.freeze(space, reason)
+        return [self.new_group(shape[-1] if shape else 1, node.name, frozen=reason)
+                for shape in node.out_shapes]
+
+    # -- result -----------------------------------------------------------------
+    def finish(self, model) -> ChannelGraph:
+        def resolve(space: Space) -> Space:
+            return Space(tuple(self.find(g) for g in space.groups), space.repeat)
+
+        for node in self.nodes:
+            node.inputs = [resolve(s) for s in node.inputs]
+            node.outputs = [resolve(s) for s in node.outputs]
+        roots = {gid: g for gid, g in self.groups.items() if self.find(gid) == gid}
+        # Renumber roots 0..n-1 in order of appearance, so ids are stable and dense.
+        order = {old: new for new, old in enumerate(sorted(roots))}
+        for node in self.nodes:
+            node.inputs = [Space(tuple(order[g] for g in s.groups), s.repeat) for s in node.inputs]
+            node.outputs = [Space(tuple(order[g] for g in s.groups), s.repeat)
+                            for s in node.outputs]
+        groups = {}
+        for old, group in roots.items():
+            group.id = order[old]
+            groups[group.id] = group
+        return ChannelGraph(model, self.nodes, groups)
+
+
+def _config(layer) -> dict:
+    try:
+        return dict(layer.get_config())
+    except (NotImplementedError, TypeError):  # custom layers without a config
+        return {}
+
+
+def build_graph(model) -> ChannelGraph:
+    """Computes the channel groups of a functional or Sequential Keras model.
+
+    Args:
+        model: A built functional or Sequential `keras.Model` with static
+            non-batch input shapes.
+
+    Returns:
+        A `ChannelGraph` with one `LayerNode` per layer call in topological
+        order and the groups of channels that must be pruned together. The
+        model's inputs and outputs are frozen.
+
+    Raises:
+        ModelError: If the model is not functional or its shapes are dynamic.
+    """
+    builder = _Builder()
+    fn = _functional(model)
+    spaces: dict[int, Space] = {}
+    for tensor in fn.inputs:
+        shape = _static(tensor.shape, "input")
+        spaces[id(tensor)] = builder.new_group(shape[-1] if shape else 1, "input",
+                                               frozen="model input")
+    builder.walk(fn, spaces, prefix="")
+    for tensor in fn.outputs:
+        builder.freeze(spaces[id(tensor)], "model output")
+    return builder.finish(model)
+
+
+def alive_from_counts(graph: ChannelGraph, counts: Mapping[int, int]) -> dict[int, np.ndarray]:
+    """Masks keeping the first `counts[g]` channels of each listed group."""
+    masks = {}
+    for gid, count in counts.items():
+        mask = np.zeros(graph.groups[gid].width, dtype=bool)
+        mask[: int(count)] = True
+        masks[gid] = mask
+    return masks
+
+
+def summarize(groups: Iterable[Group]) -> Sequence[str]:
+    return [g.describe() for g in groups]

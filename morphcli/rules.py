@@ -1,0 +1,454 @@
+"""The one table from Keras layer class to channel rule.
+
+Every layer type morphcli understands has exactly one entry here, and that
+entry is all the rest of the tool needs to know about it:
+
+- `kind`: how the layer treats the channel axis (see `Kind`), read by
+  `graph.py` to build the groups of channels that live or die together;
+- `weights`: for each weight variable, which axes index input or output
+  channels, read by `surgery.py` to slice weights;
+- `resize`: how to edit the layer's config for new channel counts
+  (`filters`, `units`, a reshape's target), read by `surgery.py`;
+- `flops` / `params`: the layer's cost as a sum of monomials in the alive
+  widths of its channel spaces, read by `costs.py` for reports, targets and
+  the regularizer alike.
+
+Supporting a new layer type is one `register(...)` call. A layer class that
+is not registered is a *boundary*: the channel spaces it touches are frozen
+and the report says why.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from morphcli.graph import LayerNode
+
+
+class Kind(enum.Enum):
+    """How a layer maps input channels to output channels."""
+
+    SOURCE = "source"  # produces a new channel space (conv/dense outputs)
+    PASS = "pass"  # output channels are the input channels (BN, ReLU, depthwise)
+    TIE = "tie"  # element-wise join: all inputs become one channel space
+    CONCAT = "concat"  # channel spaces side by side
+    FLATTEN = "flatten"  # channels repeated over flattened positions
+    RESHAPE = "reshape"  # pass-through when the channel axis is kept, else boundary
+    BOUNDARY = "boundary"  # freezes the channel spaces it touches
+    INPUT = "input"  # a model input (never pruned)
+
+
+# Axis roles in `weights` specs.
+IN, OUT = "in", "out"
+
+
+@dataclass(frozen=True)
+class Term:
+    """One monomial of a cost: `coef * prod(width(space) for space in spaces)`.
+
+    `spaces` holds 0, 1 or 2 channel spaces (`graph.Space`). Costs of all
+    layers are sums of such terms: bilinear for conv/dense (input × output
+    channels), linear for per-channel work (batch norm, depthwise, adds),
+    constant for work that no channel choice changes.
+    """
+
+    coef: float
+    spaces: tuple = ()
+    kernel: bool = False  # a conv/dense kernel term: multiply-adds or kernel weights
+
+
+Pricer = Callable[["LayerNode"], list[Term]]
+WeightSpec = Callable[["LayerNode"], list[dict[int, str]]]
+Resizer = Callable[[dict, int, int], dict]  # (config, width_in, width_out) -> config
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What morphcli knows about one layer class. See the module docstring."""
+
+    kind: Kind
+    flops: Pricer | None = None
+    params: Pricer | None = None
+    weights: WeightSpec | None = None
+    resize: Resizer | None = None
+    # Whether running the layer reads and writes activations (roofline latency);
+    # False for views such as Flatten, Reshape, Dropout at inference.
+    moves_memory: bool = True
+    # A closer look at one layer's config: returns None (the rule holds), a
+    # reason why the layer is a boundary here, or another rule to use instead.
+    check: Callable[["LayerNode"], str | Rule | None] | None = field(default=None)
+
+
+_RULES: dict[str, Rule] = {}
+
+
+def register(names: str | Sequence[str], rule: Rule) -> None:
+    """Registers `rule` for one or more layer class names."""
+    for name in [names] if isinstance(names, str) else names:
+        _RULES[name] = rule
+
+
+def get(layer) -> Rule | None:
+    """Returns the rule for a layer instance (by class name, then base classes)."""
+    for cls in type(layer).__mro__:
+        rule = _RULES.get(cls.__name__)
+        if rule is not None:
+            return rule
+    return None
+
+
+def registered() -> dict[str, Rule]:
+    """All registered layer class names and their rules (read-only copy)."""
+    return dict(_RULES)
+
+
+# ---------------------------------------------------------------------------
+# Shape helpers. Shapes exclude the batch axis; the channel axis is the last.
+
+
+def _positions(shape: Sequence[int]) -> int:
+    """Number of positions (product of all but the channel axis)."""
+    return math.prod(shape[:-1]) if len(shape) > 1 else 1
+
+
+def _in(node) -> tuple:
+    return node.in_shapes[0]
+
+
+def _out(node) -> tuple:
+    return node.out_shapes[0]
+
+
+def _cfg(node, key, default=None):
+    return node.config.get(key, default)
+
+
+def _kernel_area(node) -> int:
+    return math.prod(_cfg(node, "kernel_size", (1,)))
+
+
+# ---------------------------------------------------------------------------
+# FLOPs, as TensorFlow's profiler counts them for the frozen inference graph at
+# batch 1 (see tests/tf_profiler.py): 2 per multiply-add, 1 per element-wise op.
+
+
+def _bias_terms(node) -> list[Term]:
+    if _cfg(node, "use_bias", False):
+        return [Term(_positions(_out(node)), (node.outputs[0],))]
+    return []
+
+
+def conv_flops(node) -> list[Term]:
+    """2 · kh·kw · positions_out · (A / groups) · B, plus a bias add per output."""
+    groups = _cfg(node, "groups", 1) or 1
+    coef = 2 * _kernel_area(node) * _positions(_out(node)) / groups
+    return [Term(coef, (node.inputs[0], node.outputs[0]), kernel=True)] + _bias_terms(node)
+
+
+def conv_transpose_flops(node) -> list[Term]:
+    """The profiler prices a transposed conv by its input positions."""
+    coef = 2 * _kernel_area(node) * _positions(_in(node))
+    return [Term(coef, (node.inputs[0], node.outputs[0]), kernel=True)] + _bias_terms(node)
+
+
+def dense_flops(node) -> list[Term]:
+    """2 · A · B per position (Dense acts on the last axis), plus the bias add."""
+    coef = 2 * _positions(_out(node))
+    return [Term(coef, (node.inputs[0], node.outputs[0]), kernel=True)] + _bias_terms(node)
+
+
+def depthwise_flops(node) -> list[Term]:
+    """2 · kh·kw · positions_out per channel (linear in the width)."""
+    mult = _cfg(node, "depth_multiplier", 1)
+    coef = 2 * _kernel_area(node) * _positions(_out(node)) * mult
+    return [Term(coef, (node.inputs[0],), kernel=True)] + _bias_terms(node)
+
+
+def separable_flops(node) -> list[Term]:
+    """Depthwise part (linear in A) plus pointwise part (bilinear A·B)."""
+    mult = _cfg(node, "depth_multiplier", 1)
+    pos = _positions(_out(node))
+    depthwise = Term(2 * _kernel_area(node) * pos * mult, (node.inputs[0],), kernel=True)
+    pointwise = Term(2 * pos * mult, (node.inputs[0], node.outputs[0]), kernel=True)
+    return [depthwise, pointwise] + _bias_terms(node)
+
+
+def elementwise_flops(per_element: float = 1.0, per_channel: float = 0.0) -> Pricer:
+    """Cost linear in the output width: `per_element` ops per output value and
+    `per_channel` ops per channel (e.g. batch-norm's rsqrt of the variance)."""
+
+    def price(node) -> list[Term]:
+        coef = per_element * _positions(_out(node)) + per_channel
+        return [Term(coef, (node.outputs[0],))] if coef else []
+
+    return price
+
+
+def join_flops(node) -> list[Term]:
+    """An n-way element-wise join does n - 1 ops per output value (one op for a
+    keras.ops call with a constant operand, such as `x + 3.0`)."""
+    n = max(len(node.inputs), 2)
+    return [Term((n - 1) * _positions(_out(node)), (node.outputs[0],))]
+
+
+def pool_flops(node) -> list[Term]:
+    """Pooling: one op per window element per output value."""
+    area = math.prod(_cfg(node, "pool_size", (1,)))
+    return [Term(area * _positions(_out(node)), (node.outputs[0],))]
+
+
+def global_pool_flops(node) -> list[Term]:
+    """Global pooling reads every input position once per channel."""
+    return [Term(_positions(_in(node)), (node.outputs[0],))]
+
+
+def no_flops(node) -> list[Term]:
+    return []
+
+
+# ---------------------------------------------------------------------------
+# Parameters: every weight Keras counts (kernels, biases, batch-norm gamma, beta
+# and moving statistics), so totals equal `model.count_params()`.
+
+
+def _bias_params(node) -> list[Term]:
+    return [Term(1, (node.outputs[0],))] if _cfg(node, "use_bias", False) else []
+
+
+def conv_params(node) -> list[Term]:
+    groups = _cfg(node, "groups", 1) or 1
+    terms = [Term(_kernel_area(node) / groups, (node.inputs[0], node.outputs[0]), kernel=True)]
+    return terms + _bias_params(node)
+
+
+def dense_params(node) -> list[Term]:
+    return [Term(1, (node.inputs[0], node.outputs[0]), kernel=True)] + _bias_params(node)
+
+
+def depthwise_params(node) -> list[Term]:
+    mult = _cfg(node, "depth_multiplier", 1)
+    return [Term(_kernel_area(node) * mult, (node.inputs[0],), kernel=True)] + _bias_params(node)
+
+
+def separable_params(node) -> list[Term]:
+    mult = _cfg(node, "depth_multiplier", 1)
+    return [
+        Term(_kernel_area(node) * mult, (node.inputs[0],), kernel=True),
+        Term(mult, (node.inputs[0], node.outputs[0]), kernel=True),
+    ] + _bias_params(node)
+
+
+def per_channel_params(node) -> list[Term]:
+    """Weights indexed by channel on their last axis (BN, LayerNorm, PReLU...);
+    other weights (e.g. a `Normalization` count) are a constant."""
+    channels = _out(node)[-1]
+    per_channel = sum(math.prod(w.shape) / channels for w in node.layer.weights
+                      if len(w.shape) and w.shape[-1] == channels)
+    fixed = sum(math.prod(w.shape) for w in node.layer.weights
+                if not len(w.shape) or w.shape[-1] != channels)
+    terms = [Term(per_channel, (node.outputs[0],))] if per_channel else []
+    return terms + ([Term(fixed)] if fixed else [])
+
+
+# ---------------------------------------------------------------------------
+# Weight axes: which axis of each weight indexes input / output channels.
+
+
+def conv_weights(node) -> list[dict[int, str]]:
+    specs = [{-2: IN, -1: OUT}]
+    return specs + ([{0: OUT}] if _cfg(node, "use_bias", False) else [])
+
+
+def conv_transpose_weights(node) -> list[dict[int, str]]:
+    specs = [{-2: OUT, -1: IN}]  # Keras stores transposed kernels as (..., out, in)
+    return specs + ([{0: OUT}] if _cfg(node, "use_bias", False) else [])
+
+
+def dense_weights(node) -> list[dict[int, str]]:
+    specs = [{0: IN, 1: OUT}]
+    return specs + ([{0: OUT}] if _cfg(node, "use_bias", False) else [])
+
+
+def depthwise_weights(node) -> list[dict[int, str]]:
+    specs = [{-2: IN}]
+    return specs + ([{0: IN}] if _cfg(node, "use_bias", False) else [])
+
+
+def separable_weights(node) -> list[dict[int, str]]:
+    specs = [{-2: IN}, {-2: IN, -1: OUT}]
+    return specs + ([{0: OUT}] if _cfg(node, "use_bias", False) else [])
+
+
+def last_axis_weights(node) -> list[dict[int, str]]:
+    """Weights indexed by channel on their last axis (BN, LayerNorm, PReLU)."""
+    channels = _in(node)[-1]
+    return [{-1: IN} if len(w.shape) and w.shape[-1] == channels else {}
+            for w in node.layer.weights]
+
+
+def grouped_depthwise_weights(node) -> list[dict[int, str]]:
+    """A Conv with groups == filters == input channels: kernel (kh, kw, 1, C)."""
+    return [{-1: IN}] + ([{0: IN}] if _cfg(node, "use_bias", False) else [])
+
+
+# ---------------------------------------------------------------------------
+# Config edits for new widths.
+
+
+def resize_key(key: str) -> Resizer:
+    """Sets one config key (`filters`, `units`) to the new output width."""
+    return lambda config, width_in, width_out: {**config, key: width_out}
+
+
+def resize_grouped(config, width_in, width_out) -> dict:
+    return {**config, "filters": width_in, "groups": width_in}
+
+
+def resize_reshape(config, width_in, width_out) -> dict:
+    return {**config, "target_shape": (*tuple(config["target_shape"])[:-1], width_out)}
+
+
+# ---------------------------------------------------------------------------
+# Checks that turn a registered layer into a boundary in unusual settings.
+
+
+def _single_multiplier(node) -> str | None:
+    if _cfg(node, "depth_multiplier", 1) != 1:
+        return "depth_multiplier != 1 couples channels"
+    return None
+
+
+def _channels_last(node) -> str | None:
+    if _cfg(node, "data_format", "channels_last") == "channels_first":
+        return "channels_first data format is not supported"
+    return None
+
+
+def _grouped_conv(node) -> str | Rule | None:
+    groups = _cfg(node, "groups", 1) or 1
+    if groups == _in(node)[-1] == _out(node)[-1]:
+        return _grouped_depthwise_rule  # ConvNeXt's depthwise convs
+    if groups != 1:
+        return f"grouped convolution (groups={groups}) couples channels"
+    return _channels_last(node)
+
+
+def _last_axis(node) -> str | None:
+    axis = _cfg(node, "axis", -1)
+    axes = axis if isinstance(axis, list | tuple) else [axis]
+    rank = len(_in(node))
+    if [a % (rank + 1) for a in axes] != [rank]:
+        return f"normalizes over axis {axis}, not the channel axis"
+    return None
+
+
+def _per_channel_params(node) -> str | None:
+    for w in node.layer.weights:
+        if len(w.shape) and w.shape[-1] != _in(node)[-1]:
+            return "its weights are not per-channel"
+    return None
+
+
+def _all(*checks) -> Callable:
+    def check(node) -> str | Rule | None:
+        for c in checks:
+            reason = c(node)
+            if reason:
+                return reason
+        return None
+
+    return check
+
+
+# ---------------------------------------------------------------------------
+# The table.
+
+_grouped_depthwise_rule = Rule(Kind.PASS, depthwise_flops, depthwise_params,
+                               grouped_depthwise_weights, resize_grouped)
+register(
+    ["Conv1D", "Conv2D", "Conv3D"],
+    Rule(Kind.SOURCE, conv_flops, conv_params, conv_weights, resize_key("filters"),
+         check=_grouped_conv),
+)
+register(
+    ["Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose"],
+    Rule(Kind.SOURCE, conv_transpose_flops, conv_params, conv_transpose_weights,
+         resize_key("filters"), check=_channels_last),
+)
+register("Dense", Rule(Kind.SOURCE, dense_flops, dense_params, dense_weights,
+                       resize_key("units")))
+register(
+    ["DepthwiseConv1D", "DepthwiseConv2D"],
+    Rule(Kind.PASS, depthwise_flops, depthwise_params, depthwise_weights,
+         check=_all(_single_multiplier, _channels_last)),
+)
+register(
+    ["SeparableConv1D", "SeparableConv2D"],
+    Rule(Kind.SOURCE, separable_flops, separable_params, separable_weights,
+         resize_key("filters"), check=_all(_single_multiplier, _channels_last)),
+)
+
+# Per-channel layers with weights. Batch norm at inference is x * a + b with
+# a = gamma * rsqrt(var + eps) and b = beta - mean * a: two ops per value and a
+# handful per channel (measured against the profiler; see tests/test_costs.py).
+register(
+    "BatchNormalization",
+    Rule(Kind.PASS, elementwise_flops(2, 5), per_channel_params, last_axis_weights,
+         check=_last_axis),
+)
+register(
+    "LayerNormalization",
+    Rule(Kind.PASS, elementwise_flops(8, 0), per_channel_params, last_axis_weights,
+         check=_last_axis),
+)
+register(
+    "PReLU",
+    Rule(Kind.PASS, elementwise_flops(3), per_channel_params, last_axis_weights,
+         check=_per_channel_params),
+)
+register(
+    ["Normalization", "LayerScale"],
+    Rule(Kind.PASS, elementwise_flops(1), per_channel_params, last_axis_weights,
+         check=_per_channel_params),
+)
+
+# Per-channel layers without weights.
+register(
+    ["Activation", "ReLU", "LeakyReLU", "ELU", "Softmax", "ThresholdedReLU"],
+    Rule(Kind.PASS, no_flops),
+)
+register(["Rescaling"], Rule(Kind.PASS, elementwise_flops(2)))
+register(
+    ["Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D",
+     "GaussianNoise", "GaussianDropout", "AlphaDropout", "ActivityRegularization"],
+    Rule(Kind.PASS, no_flops, moves_memory=False),
+)
+register(
+    ["MaxPooling1D", "MaxPooling2D", "MaxPooling3D",
+     "AveragePooling1D", "AveragePooling2D", "AveragePooling3D"],
+    Rule(Kind.PASS, pool_flops, check=_channels_last),
+)
+register(
+    ["GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D",
+     "GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalMaxPooling3D"],
+    Rule(Kind.PASS, global_pool_flops, check=_channels_last),
+)
+register(
+    ["ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D", "Cropping1D", "Cropping2D",
+     "Cropping3D", "UpSampling1D", "UpSampling2D", "UpSampling3D"],
+    Rule(Kind.PASS, no_flops, check=_channels_last),
+)
+
+# Joins, concatenation, views.
+# Layers and the keras.ops operations of the same name (`x + y`, `x * 0.5`).
+register(["Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "TrueDivide",
+          "Divide"], Rule(Kind.TIE, join_flops))
+register("Concatenate", Rule(Kind.CONCAT, no_flops))
+register("Flatten", Rule(Kind.FLATTEN, no_flops, moves_memory=False))
+register("Reshape", Rule(Kind.RESHAPE, no_flops, resize=resize_reshape, moves_memory=False))
+register("InputLayer", Rule(Kind.INPUT, no_flops, moves_memory=False))
