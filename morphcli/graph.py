@@ -101,10 +101,13 @@ class LayerNode:
 class ChannelGraph:
     """The result of `build_graph`: nodes in topological order and their groups."""
 
-    def __init__(self, model, nodes: list[LayerNode], groups: dict[int, Group]):
+    def __init__(self, model, nodes: list[LayerNode], groups: dict[int, Group],
+                 submodels: dict[int, list[Space]] | None = None):
         self.model = model
         self.nodes = nodes
         self.groups = groups
+        # Input spaces of nested models, by id of the nested model.
+        self.submodels = submodels or {}
         self._by_name = {n.name: n for n in nodes}
 
     def node(self, name: str) -> LayerNode:
@@ -182,6 +185,7 @@ class _Builder:
         self.groups: dict[int, Group] = {}
         self.parent: dict[int, int] = {}
         self.nodes: list[LayerNode] = []
+        self.submodels: dict[int, list[Space]] = {}
 
     # -- groups (union-find) --------------------------------------------------
     def new_group(self, width: int, member: str, source: bool = False,
@@ -241,6 +245,7 @@ class _Builder:
                 ins = [spaces[id(t)] for t in knode.input_tensors]
                 op = knode.operation
                 if is_nested_model(op):
+                    self.submodels.setdefault(id(op), ins)
                     inner = _functional(op)
                     inner_spaces = {id(t): s for t, s in zip(inner.inputs, ins, strict=True)}
                     self.walk(inner, inner_spaces, f"{prefix}{op.name}/")
@@ -340,24 +345,22 @@ class _Builder:
 
     # -- result -----------------------------------------------------------------
     def finish(self, model) -> ChannelGraph:
+        roots = {gid: g for gid, g in self.groups.items() if self.find(gid) == gid}
+        # Renumber roots 0..n-1 in order of appearance, so ids are stable and dense.
+        order = {old: new for new, old in enumerate(sorted(roots))}
+
         def resolve(space: Space) -> Space:
-            return Space(tuple(self.find(g) for g in space.groups), space.repeat)
+            return Space(tuple(order[self.find(g)] for g in space.groups), space.repeat)
 
         for node in self.nodes:
             node.inputs = [resolve(s) for s in node.inputs]
             node.outputs = [resolve(s) for s in node.outputs]
-        roots = {gid: g for gid, g in self.groups.items() if self.find(gid) == gid}
-        # Renumber roots 0..n-1 in order of appearance, so ids are stable and dense.
-        order = {old: new for new, old in enumerate(sorted(roots))}
-        for node in self.nodes:
-            node.inputs = [Space(tuple(order[g] for g in s.groups), s.repeat) for s in node.inputs]
-            node.outputs = [Space(tuple(order[g] for g in s.groups), s.repeat)
-                            for s in node.outputs]
+        submodels = {k: [resolve(s) for s in v] for k, v in self.submodels.items()}
         groups = {}
         for old, group in roots.items():
             group.id = order[old]
             groups[group.id] = group
-        return ChannelGraph(model, self.nodes, groups)
+        return ChannelGraph(model, self.nodes, groups, submodels)
 
 
 def _config(layer) -> dict:

@@ -412,8 +412,14 @@ register(
          check=_per_channel_params),
 )
 register(
-    ["Normalization", "LayerScale"],
+    "Normalization",
+    Rule(Kind.PASS, elementwise_flops(2), per_channel_params, last_axis_weights,
+         check=_per_channel_params),
+)
+register(  # keras.applications.convnext.LayerScale: gamma of size projection_dim
+    "LayerScale",
     Rule(Kind.PASS, elementwise_flops(1), per_channel_params, last_axis_weights,
+         resize=lambda config, width_in, width_out: {**config, "projection_dim": width_in},
          check=_per_channel_params),
 )
 
