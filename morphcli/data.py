@@ -21,9 +21,10 @@ test/validation arrays and ignore ``validation_split``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import math
-from dataclasses import dataclass
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,7 +46,7 @@ KERAS_DATASETS = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 1
 DEFAULT_IMAGE_SIZE = (32, 32)
 
 
-@dataclass
+@dataclasses.dataclass
 class Dataset:
     """A training pipeline and its facts, as returned by `load_dataset`.
 
@@ -69,7 +70,7 @@ class Dataset:
     name: str
 
 
-@dataclass
+@dataclasses.dataclass
 class _Options:
     """The `load_dataset` keyword arguments, passed on to the loaders."""
 
@@ -167,7 +168,8 @@ def check_fits(dataset: Dataset, model: Any) -> None:
     """
     expected = tuple(model.inputs[0].shape[1:])
     given = dataset.input_shape
-    if len(expected) != len(given) or any(e not in (None, g) for e, g in zip(expected, given)):
+    if len(expected) != len(given) or any(
+            e not in (None, g) for e, g in zip(expected, given, strict=True)):
         shown = ",".join(str(d) for d in given)
         raise DataError(
             f"Data does not fit the model: the model expects inputs of shape {expected} "
@@ -251,8 +253,10 @@ def _load_keras(name: str, spec: str, options: _Options) -> Dataset:
                         f"Received: spec={spec!r}")
     import keras
 
+    # Keras writes its download progress to stdout, which belongs to our data output.
     try:
-        (x_train, y_train), (x_val, y_val) = getattr(keras.datasets, name).load_data()
+        with contextlib.redirect_stdout(sys.stderr):
+            (x_train, y_train), (x_val, y_val) = getattr(keras.datasets, name).load_data()
     except Exception as err:  # Keras wraps every download failure in a bare Exception.
         offline = "URL fetch failure" in str(err) or isinstance(err, OSError)
         reason = "this machine seems offline" if offline else str(err)
@@ -282,15 +286,15 @@ def _load_images(directory: str, spec: str, options: _Options) -> Dataset:
                                  "in its own subfolder") from err
     train, val = loaded if split else (loaded, None)
     num_classes = len(train.class_names)
-    train_size, val_size = len(train.file_paths), len(val.file_paths) if val else 0
+    val_size = len(val.file_paths) if val is not None else 0
     input_shape = tuple(int(d) for d in train.element_spec[0].shape)
     # Keras already shuffles the file list each epoch, so no shuffle buffer here.
-    pipe_options = _Options(**{**vars(options), "shuffle_buffer": 0, "image_size": None})
+    pipe_options = dataclasses.replace(options, shuffle_buffer=0, image_size=None)
     return Dataset(
         train=_pipeline(train, pipe_options, scale=1 / 255, training=True),
-        val=_pipeline(val, pipe_options, scale=1 / 255, training=False) if val else None,
+        val=_pipeline(val, pipe_options, scale=1 / 255, training=False) if val_size else None,
         input_shape=input_shape, num_classes=num_classes,
-        train_size=train_size, val_size=val_size, name=spec)
+        train_size=len(train.file_paths), val_size=val_size, name=spec)
 
 
 _LOADERS = {"builtin": _load_builtin, "npz": _load_npz, "images": _load_images,
@@ -304,6 +308,8 @@ def _from_arrays(spec: str, x_train: np.ndarray, y_train: np.ndarray,
                  x_val: np.ndarray | None, y_val: np.ndarray | None, options: _Options,
                  *, scale: float, num_classes: int | None = None) -> Dataset:
     """Turn arrays into a `Dataset`, splitting off validation if none is given."""
+    if num_classes is None and y_train.ndim == 2 and y_train.shape[1] > 1:
+        num_classes = y_train.shape[1]  # one-hot rows
     x_train, y_train = _as_examples(x_train, "x_train"), _as_labels(y_train, "y_train")
     _check_lengths(x_train, y_train, "train", spec)
     if x_val is None and options.validation_split > 0:
@@ -316,9 +322,11 @@ def _from_arrays(spec: str, x_train: np.ndarray, y_train: np.ndarray,
         if x_val.shape[1:] != x_train.shape[1:]:
             raise DataError(f"Validation examples must have the training shape "
                             f"{x_train.shape[1:]}. Received: x_val.shape={x_val.shape}")
-    if num_classes is None:
-        labels = y_train if y_val is None else np.concatenate([y_train, y_val])
-        num_classes = int(labels.max()) + 1
+    labels = y_train if y_val is None else np.concatenate([y_train, y_val])
+    num_classes = num_classes or int(labels.max()) + 1
+    if labels.max() >= num_classes:
+        raise DataError(f"Labels must be class indices below {num_classes}. "
+                        f"Received: max_label={labels.max()} in {spec}")
     if (options.image_size or options.augment) and x_train.ndim != 4:
         raise DataError(f"`image_size` and `augment` need images, not vectors. "
                         f"Received: x_train.shape={x_train.shape}")

@@ -81,7 +81,7 @@ class Rule:
     moves_memory: bool = True
     # A closer look at one layer's config: returns None (the rule holds), a
     # reason why the layer is a boundary here, or another rule to use instead.
-    check: Callable[["LayerNode"], str | Rule | None] | None = field(default=None)
+    check: Callable[[LayerNode], str | Rule | None] | None = field(default=None)
 
 
 _RULES: dict[str, Rule] = {}

@@ -1,0 +1,264 @@
+"""Reports: per-layer and total costs as data, rich tables, JSON, Markdown and plots.
+
+`build_report` turns a channel graph and its cost model into plain data (a
+`Report`); everything else renders that data. Renderers return rich
+renderables or strings and never print: the CLI decides where output goes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from morphcli.costs import CostModel
+from morphcli.graph import ChannelGraph
+from morphcli.rules import Kind
+
+TOTAL_KEYS = ("flops", "macs", "params", "kernel_params", "latency_s")
+
+
+@dataclass
+class Report:
+    """Costs of one model (or one structure of it), per layer and in total."""
+
+    name: str
+    input_shape: tuple[int, ...]
+    hardware: str
+    totals: dict[str, float]
+    layers: list[dict] = field(default_factory=list)
+    groups: list[dict] = field(default_factory=list)
+
+    def layer(self, name: str) -> dict | None:
+        return next((row for row in self.layers if row["name"] == name), None)
+
+
+def build_report(graph: ChannelGraph, costs: CostModel, widths: Mapping[int, int] | None = None,
+                 name: str | None = None) -> Report:
+    """Prices every layer of `graph` at `widths` (default: the seed's).
+
+    Returns:
+        A `Report` whose `layers` holds one row per layer call that has
+        weights or does arithmetic, and whose `groups` lists every channel group.
+    """
+    per = {r: costs.per_layer(r, widths) for r in ("flops", "macs", "params", "latency")}
+    total_flops = float(per["flops"].sum()) or 1.0
+    layers = []
+    for i, node in enumerate(graph.nodes):
+        if not (per["flops"][i] or per["params"][i]):
+            continue
+        layers.append({
+            "name": node.name, "type": node.type,
+            "channels_in": int(graph.width(node.inputs[0], widths)) if node.inputs else 0,
+            "channels_out": int(graph.width(node.outputs[0], widths)),
+            "flops": int(round(per["flops"][i])), "macs": int(round(per["macs"][i])),
+            "params": int(round(per["params"][i])), "latency_s": float(per["latency"][i]),
+            "share": float(per["flops"][i] / total_flops),
+            "sets_width": node.kind == Kind.SOURCE,
+        })
+    groups = [{
+        "id": g.id, "width": int((widths or {}).get(g.id, g.width)), "seed_width": g.width,
+        "prunable": g.prunable, "frozen": g.frozen, "sources": g.sources, "layers": g.members,
+    } for g in graph.groups.values()]
+    totals = {
+        "flops": int(round(per["flops"].sum())), "macs": int(round(per["macs"].sum())),
+        "params": int(round(per["params"].sum())),
+        "kernel_params": int(round(costs.total("kernel_params", widths))),
+        "latency_s": float(per["latency"].sum()),
+    }
+    input_shape = tuple(int(d) for d in graph.model.inputs[0].shape[1:])
+    return Report(name or graph.model.name, input_shape, costs.hardware.name, totals, layers,
+                  groups)
+
+
+def to_json(report: Report, other: Report | None = None) -> dict:
+    """JSON-ready dict; with `other`, both models and the after/before ratios."""
+    data = asdict(report)
+    data["input_shape"] = list(report.input_shape)
+    if other is None:
+        return data
+    return {"before": data, "after": to_json(other), "ratio": ratios(report, other)}
+
+
+def ratios(before: Report, after: Report) -> dict[str, float | None]:
+    return {k: (after.totals[k] / before.totals[k] if before.totals[k] else None)
+            for k in TOTAL_KEYS}
+
+
+# -- formatting ------------------------------------------------------------------
+
+_PREFIXES = ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"))
+
+
+def human(value: float) -> str:
+    """1234567 -> '1.23M'."""
+    for scale, prefix in _PREFIXES:
+        if abs(value) >= scale:
+            return f"{value / scale:.3g}{prefix}"
+    return f"{value:.4g}" if isinstance(value, float) and not value.is_integer() else f"{value:,.0f}"
+
+
+def seconds(value: float) -> str:
+    """Latency with a readable unit: 0.00123 -> '1.23 ms'."""
+    for scale, unit in ((1, "s"), (1e-3, "ms"), (1e-6, "µs")):
+        if value >= scale:
+            return f"{value / scale:.3g} {unit}"
+    return f"{value * 1e9:.3g} ns"
+
+
+def _fmt(key: str, value: float) -> str:
+    return seconds(value) if key == "latency_s" else human(value)
+
+
+# -- rich tables -------------------------------------------------------------------
+
+
+def layer_table(report: Report, limit: int | None = None):
+    """Per-layer rich table; `limit` keeps the most expensive layers (by FLOPs)."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    rows = report.layers
+    if limit is not None and len(rows) > limit:
+        keep = {r["name"] for r in sorted(rows, key=lambda r: -r["flops"])[:limit]}
+        rows = [r for r in rows if r["name"] in keep]
+    title = f"{escape(report.name)}  input {report.input_shape}  latency on {report.hardware}"
+    table = Table(title=title, show_footer=True)
+    table.add_column("layer", footer="total")
+    table.add_column("type")
+    table.add_column("channels", justify="right")
+    for key, label in (("flops", "FLOPs"), ("params", "params"), ("latency_s", "latency")):
+        table.add_column(label, justify="right", footer=_fmt(key, report.totals[key]))
+    table.add_column("share", justify="right")
+    for r in rows:
+        table.add_row(escape(r["name"]), r["type"], f"{r['channels_in']} → {r['channels_out']}",
+                      human(r["flops"]), human(r["params"]), seconds(r["latency_s"]),
+                      f"{r['share']:.1%}")
+    if len(rows) < len(report.layers):
+        table.caption = f"{len(rows)} most expensive of {len(report.layers)} layers (--all shows all)"
+    return table
+
+
+def totals_table(report: Report):
+    from rich.table import Table
+
+    table = Table(title="totals (per example)")
+    table.add_column("resource")
+    table.add_column("value", justify="right")
+    labels = {"flops": "FLOPs (TF profiler count)", "macs": "MACs (conv/dense)",
+              "params": "params (all weights)", "kernel_params": "params (kernels only)",
+              "latency_s": f"latency (roofline, {report.hardware})"}
+    for key in TOTAL_KEYS:
+        value = report.totals[key]
+        exact = "" if key == "latency_s" else f"  ({value:,})"
+        table.add_row(labels[key], _fmt(key, value) + exact)
+    return table
+
+
+def groups_table(report: Report):
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title="channel groups (channels that live or die together)")
+    for col in ("group", "width", "state", "layers"):
+        table.add_column(col, justify="right" if col in ("group", "width") else "left")
+    for g in report.groups:
+        width = str(g["width"]) if g["width"] == g["seed_width"] else f"{g['width']}/{g['seed_width']}"
+        state = "prunable" if g["prunable"] else "frozen: " + "; ".join(g["frozen"])
+        members = ", ".join(g["layers"][:6]) + (f" (+{len(g['layers']) - 6})"
+                                                 if len(g["layers"]) > 6 else "")
+        table.add_row(str(g["id"]), width, escape(state), escape(members))
+    return table
+
+
+def compare_table(before: Report, after: Report):
+    """Side-by-side per-layer widths and costs with ratios, plus totals."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=f"{escape(before.name)} → {escape(after.name)}", show_footer=True)
+    table.add_column("layer", footer="total")
+    table.add_column("channels", justify="right")
+    foot = ratios(before, after)
+    for key, label in (("flops", "FLOPs"), ("params", "params"), ("latency_s", "latency")):
+        footer = f"{_fmt(key, before.totals[key])} → {_fmt(key, after.totals[key])}"
+        table.add_column(label, justify="right", footer=footer)
+        table.add_column("×", justify="right", footer=_ratio(foot[key]))
+    for row in before.layers:
+        other = after.layer(row["name"])
+        if other is None:
+            continue
+        cells = [escape(row["name"]), f"{row['channels_out']} → {other['channels_out']}"]
+        for key in ("flops", "params", "latency_s"):
+            cells += [f"{_fmt(key, row[key])} → {_fmt(key, other[key])}",
+                      _ratio(other[key] / row[key] if row[key] else None)]
+        table.add_row(*cells)
+    return table
+
+
+def _ratio(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}"
+
+
+# -- markdown and plots ------------------------------------------------------------
+
+
+def to_markdown(report: Report, other: Report | None = None) -> str:
+    """A Markdown report: totals, then per-layer rows (side by side with `other`)."""
+    lines = [f"# morph report: {report.name}", "",
+             f"Input {report.input_shape}; latency is a roofline estimate on {report.hardware}.", ""]
+    if other is None:
+        lines += ["| resource | value |", "| --- | ---: |"]
+        lines += [f"| {k} | {_fmt(k, report.totals[k])} |" for k in TOTAL_KEYS]
+        lines += ["", "| layer | type | channels | FLOPs | params | latency |",
+                  "| --- | --- | ---: | ---: | ---: | ---: |"]
+        lines += [f"| {r['name']} | {r['type']} | {r['channels_in']} → {r['channels_out']} | "
+                  f"{human(r['flops'])} | {human(r['params'])} | {seconds(r['latency_s'])} |"
+                  for r in report.layers]
+        return "\n".join(lines) + "\n"
+    ratio = ratios(report, other)
+    lines += [f"| resource | {report.name} | {other.name} | ratio |", "| --- | ---: | ---: | ---: |"]
+    lines += [f"| {k} | {_fmt(k, report.totals[k])} | {_fmt(k, other.totals[k])} | "
+              f"{_ratio(ratio[k])} |" for k in TOTAL_KEYS]
+    lines += ["", f"| layer | channels {report.name} | channels {other.name} | FLOPs | FLOPs after |",
+              "| --- | ---: | ---: | ---: | ---: |"]
+    for r in report.layers:
+        o = other.layer(r["name"])
+        if o is not None:
+            lines.append(f"| {r['name']} | {r['channels_out']} | {o['channels_out']} | "
+                         f"{human(r['flops'])} | {human(o['flops'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_widths(path: str | Path, reports: Sequence[Report]) -> None:
+    """Bar chart of output channels per width-setting layer, one bar per report.
+
+    This is the picture the MorphNet paper uses to show a learned structure.
+    Written atomically as PNG.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from morphcli.files import atomic_path
+
+    base = [r for r in reports[0].layers if r["sets_width"]]
+    names = [r["name"] for r in base]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.28 * len(names) + 2), 4.2))
+    width = 0.8 / len(reports)
+    x = np.arange(len(names))
+    for i, rep in enumerate(reports):
+        values = [(rep.layer(n) or {}).get("channels_out", 0) for n in names]
+        ax.bar(x + (i - (len(reports) - 1) / 2) * width, values, width, label=rep.name)
+    ax.set_xticks(x)
+    ax.set_xticklabels(names, rotation=90, fontsize=7)
+    ax.set_ylabel("output channels")
+    ax.set_title("channels per layer")
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+

@@ -1,0 +1,253 @@
+"""The training engine shared by `shrink` and `retrain`.
+
+`fit` runs Keras's own `model.fit` inside a `tf.distribute` strategy scope,
+with an optional regularization term added to the loss, and with:
+
+- checkpoints every epoch (`keras.callbacks.BackupAndRestore`, model and
+  optimizer state), so an interrupted run resumes where it stopped;
+- a NaN guard: a non-finite loss stops training with a `TrainingError` and
+  leaves the last good checkpoint in place;
+- TensorBoard scalars (task loss, regularization loss, alive cost...).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from morphcli.errors import MorphError, TrainingError
+
+OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop")
+SCHEDULES = ("constant", "cosine", "step")
+
+
+@dataclass
+class TrainSpec:
+    """How to train: mirrors the `shrink` / `retrain` config sections."""
+
+    epochs: int = 10
+    learning_rate: float = 0.01
+    optimizer: str = "adam"
+    schedule: str = "constant"
+    warmup_epochs: int = 0
+    steps_per_epoch: int | None = None
+
+    @classmethod
+    def of(cls, section: Any) -> TrainSpec:
+        """From a config section (dataclass or mapping); unknown fields ignored."""
+        get = section.get if isinstance(section, dict) else (
+            lambda k, d=None: getattr(section, k, d))
+        return cls(**{f: get(f, getattr(cls, f)) for f in cls.__dataclass_fields__
+                      if get(f, None) is not None})
+
+
+@dataclass
+class FitResult:
+    """What `fit` returns: per-epoch logs, final validation metrics, wall time."""
+
+    history: dict[str, list[float]] = field(default_factory=dict)
+    val: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+    resumed_from_epoch: int = 0
+
+
+def make_optimizer(spec: TrainSpec, steps_per_epoch: int, scale: float = 1.0):
+    """A Keras optimizer with the spec's learning-rate schedule.
+
+    Args:
+        spec: The training spec.
+        steps_per_epoch: Steps in one epoch, for schedules.
+        scale: Learning-rate multiplier (e.g. number of replicas).
+    """
+    import keras
+
+    lr = spec.learning_rate * scale
+    total = max(1, spec.epochs * steps_per_epoch)
+    warmup = spec.warmup_epochs * steps_per_epoch
+    if spec.schedule == "cosine":
+        lr = keras.optimizers.schedules.CosineDecay(
+            0.0 if warmup else lr, max(1, total - warmup), alpha=0.0,
+            warmup_target=lr if warmup else None, warmup_steps=warmup)
+    elif spec.schedule == "step":
+        lr = keras.optimizers.schedules.PiecewiseConstantDecay(
+            [int(total * 0.5), int(total * 0.75)], [lr, lr * 0.1, lr * 0.01])
+    elif spec.schedule != "constant":
+        raise MorphError(f"Unknown schedule. Expected one of {', '.join(SCHEDULES)}. "
+                         f"Received: schedule={spec.schedule!r}")
+    makers: dict[str, Callable] = {
+        "sgd": lambda: keras.optimizers.SGD(lr),
+        "momentum": lambda: keras.optimizers.SGD(lr, momentum=0.9, nesterov=True),
+        "adam": lambda: keras.optimizers.Adam(lr),
+        "rmsprop": lambda: keras.optimizers.RMSprop(lr),
+    }
+    if spec.optimizer not in makers:
+        raise MorphError(f"Unknown optimizer. Expected one of {', '.join(OPTIMIZERS)}. "
+                         f"Received: optimizer={spec.optimizer!r}")
+    return makers[spec.optimizer]()
+
+
+def _penalized_model_class():
+    import keras
+    import tensorflow as tf
+
+    class Penalized(keras.Model):
+        """The user's network, with `strength * penalty()` added to its loss."""
+
+        def __init__(self, net, penalty: Callable, strength: float, **kwargs):
+            super().__init__(name=f"{net.name}_penalized", **kwargs)
+            self.net = net
+            self.penalty = penalty
+            self.strength = float(strength)
+            self.reg_tracker = keras.metrics.Mean(name="reg_loss")
+
+        def call(self, x, training=False):
+            return self.net(x, training=training)
+
+        def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None,
+                         training=True):
+            loss = super().compute_loss(x=x, y=y, y_pred=y_pred,
+                                        sample_weight=sample_weight, training=training)
+            if not training:
+                return loss
+            penalty = self.strength * self.penalty()
+            self.reg_tracker.update_state(penalty)
+            # Keras scales each replica's loss by 1 / replicas before summing
+            # gradients; the penalty, computed on every replica, is scaled alike.
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            return loss + penalty / replicas
+
+    return Penalized
+
+
+class _State:
+    """Shared between the NaN guard and the checkpoint callback."""
+
+    def __init__(self):
+        self.bad: tuple[int, int, float] | None = None  # (epoch, batch, loss)
+        self.epoch = 0
+
+
+def _callbacks(state: _State, checkpoint_dir: Path, log_dir: Path | None,
+               extra: Sequence) -> list:
+    import keras
+
+    class NanGuard(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            state.epoch = epoch
+
+        def on_train_batch_end(self, batch, logs=None):
+            loss = (logs or {}).get("loss")
+            if loss is not None and not math.isfinite(float(loss)):
+                state.bad = (state.epoch, batch, float(loss))
+                self.model.stop_training = True
+
+    class Backup(keras.callbacks.BackupAndRestore):
+        # Never checkpoint weights of an epoch that hit a NaN; keep the last good one.
+        def on_epoch_end(self, epoch, logs=None):
+            if state.bad is None:
+                super().on_epoch_end(epoch, logs)
+
+        def on_train_end(self, logs=None):
+            if state.bad is None:
+                super().on_train_end(logs)
+
+    callbacks = [NanGuard(), *extra, Backup(str(checkpoint_dir), double_checkpoint=True)]
+    if log_dir is not None:
+        callbacks.append(keras.callbacks.TensorBoard(str(log_dir), write_graph=False,
+                                                     profile_batch=0))
+    return callbacks
+
+
+def fit(model, dataset, spec: TrainSpec, *, workdir: str | Path, penalty: Callable | None = None,
+        strength: float = 0.0, callbacks: Sequence = (), strategy=None,
+        lr_scale: float = 1.0, tensorboard: bool = True) -> FitResult:
+    """Trains `model` in place on `dataset` (a `morphcli.data.Dataset`).
+
+    Args:
+        model: A functional Keras model (trained in place).
+        dataset: Train/val pipelines; `train` yields global batches.
+        spec: Epochs, optimizer, learning rate and schedule.
+        workdir: Folder for `checkpoints/` and `logs/`. Checkpoints left by an
+            interrupted run in this folder are resumed from.
+        penalty: Zero-argument callable returning the regularization term.
+        strength: Multiplier of the penalty.
+        callbacks: Extra Keras callbacks (progress display, structure logging).
+        strategy: A `tf.distribute.Strategy` (default: the current one).
+        lr_scale: Learning-rate multiplier (e.g. replicas, for linear scaling).
+        tensorboard: Write TensorBoard logs under `workdir/logs`.
+
+    Returns:
+        A `FitResult`.
+
+    Raises:
+        TrainingError: The loss became NaN or infinite.
+    """
+    import keras
+    import tensorflow as tf
+
+    strategy = strategy or tf.distribute.get_strategy()
+    workdir = Path(workdir)
+    steps = spec.steps_per_epoch or _steps(dataset.train)
+    with strategy.scope():
+        trainee = model
+        if penalty is not None:
+            trainee = _penalized_model_class()(model, penalty, strength)
+        trainee.compile(optimizer=make_optimizer(spec, steps, lr_scale),
+                        loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        trainee(keras.ops.zeros((1, *model.inputs[0].shape[1:])))  # built, for restoring
+    state = _State()
+    checkpoint_dir = workdir / "checkpoints"
+    resumed = _checkpoint_epoch(checkpoint_dir)
+    start = time.perf_counter()
+    history = trainee.fit(
+        dataset.train, validation_data=dataset.val, epochs=spec.epochs,
+        steps_per_epoch=spec.steps_per_epoch, verbose=0, shuffle=False,  # tf.data shuffles
+        callbacks=_callbacks(state, checkpoint_dir, workdir / "logs" if tensorboard else None,
+                             callbacks),
+    )
+    seconds = time.perf_counter() - start
+    if state.bad is not None:
+        epoch, batch, loss = state.bad
+        raise TrainingError(
+            f"The loss became {loss} at epoch {epoch + 1}, step {batch + 1}; training "
+            f"stopped and the last good checkpoint is kept in {checkpoint_dir}.",
+            hint="lower the learning rate or the regularizer strength, then rerun with "
+                 "--resume.",
+        )
+    val = {}
+    if dataset.val is not None:
+        model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        val = model.evaluate(dataset.val, verbose=0, return_dict=True)
+    return FitResult({k: [float(v) for v in vs] for k, vs in history.history.items()},
+                     {k: float(v) for k, v in val.items()}, seconds, resumed)
+
+
+def _steps(ds) -> int:
+    import tensorflow as tf
+
+    n = int(ds.cardinality())
+    if n in (tf.data.INFINITE_CARDINALITY, tf.data.UNKNOWN_CARDINALITY) or n <= 0:
+        raise MorphError("The training data has no known length.",
+                         hint="set steps_per_epoch in the config.")
+    return n
+
+
+def _checkpoint_epoch(checkpoint_dir: Path) -> int:
+    import json
+
+    meta = checkpoint_dir / "training_metadata.json"
+    try:
+        return int(json.loads(meta.read_text())["epoch"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def set_seed(seed: int) -> None:
+    """Seeds Python, NumPy and TensorFlow for a reproducible run."""
+    import keras
+
+    keras.utils.set_random_seed(int(seed))
