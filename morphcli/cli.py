@@ -148,26 +148,6 @@ def _resolve(config_path, overrides: dict, flags: dict):
     return cfg.load_config(config_path, overrides, flags=flags)
 
 
-def _prepare_outdir(outdir, resume: bool, overwrite: bool, marker: str):
-    """Refuses to clobber a finished step unless told to (LightningCLI's habit)."""
-    import shutil
-    from pathlib import Path
-
-    from morphcli.errors import MorphError
-
-    outdir = Path(outdir)
-    if outdir.exists() and any(outdir.iterdir()) and not resume:
-        if not overwrite:
-            raise MorphError(
-                f"Output folder {outdir} already holds a run. Received: -o {outdir}",
-                hint="pass --resume to continue it, --overwrite to start again, or "
-                     "choose another folder.")
-        shutil.rmtree(outdir)
-    if resume and (outdir / marker).exists():
-        return outdir, True
-    return outdir, False
-
-
 @cli.command()
 @click.argument("model", required=False)
 @click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False),
@@ -204,7 +184,9 @@ def shrink(model, config_path, outdir, epochs, strength, kind, round_to, resume,
         "regularizer.strength": _number_or_auto(strength) if strength else None,
     }.items() if v is not None}
     conf = _resolve(config_path, overrides, {k: "the command line" for k in overrides})
-    outdir, _ = _prepare_outdir(outdir, resume, overwrite, "shrunk.keras")
+    from morphcli.files import prepare_outdir
+
+    outdir = prepare_outdir(outdir, resume=resume, overwrite=overwrite)
     out, err = _consoles()
     setup = shrinking.prepare(conf)
     err.print(f"shrinking {setup.model.name}: {setup.metric} target "
@@ -251,6 +233,179 @@ def _show_shrink(out, err, setup, result, as_json: bool) -> None:
                   markup=False)
     err.print(f"wrote {result.outdir}/structure.json and {result.outdir}/shrunk.keras",
               markup=False)
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--target", "target", metavar="METRIC=VALUE",
+              help="Budget, e.g. flops=25M, params=0.5 (half the model's), latency=2ms.")
+@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False),
+              help="Take target, hardware and expand settings from a config instead.")
+@click.option("-o", "--output", "out_path", required=True, type=click.Path(dir_okay=False),
+              help="Where to write the expanded .keras model (expand.json goes beside it).")
+@click.option("--hardware", help="Device for latency targets (see `morph report --help`).")
+@click.option("--round-to", type=int, help="Keep widths multiples of N (e.g. 8).")
+@click.option("--mode", type=click.Choice(["below", "nearest"]),
+              help="below: never above the target (default); nearest: closest either side.")
+@click.option("--json", "as_json", is_flag=True, help="Print expand.json on stdout.")
+@_model_options
+def expand(model, target, config_path, out_path, hardware, round_to, mode, as_json,
+           input_shape, classes, trust_code):
+    """Scale every prunable width of MODEL by one multiplier to land on a budget.
+
+    Solves for the width multiplier w so that the cost of MODEL with every
+    prunable channel group scaled by w meets the target (w < 1 shrinks
+    uniformly). Writes the model with fresh weights: its structure is what
+    matters; retrain it next. A fractional target (0.5, 50%) is relative to
+    MODEL's own cost.
+
+    \b
+    Examples:
+      morph expand runs/x/shrunk.keras --target flops=25M -o expanded.keras
+      morph expand zoo:resnet20 --target params=0.5 --round-to 8 -o half.keras
+      morph expand shrunk.keras --target latency=2ms --hardware T4 -o fast.keras
+    """
+    from morphcli import config as cfg
+    from morphcli import expand as expanding
+    from morphcli import files
+    from morphcli.errors import MorphError
+    from morphcli.graph import build_graph
+    from morphcli.shrink import hardware_of
+
+    conf = _resolve(config_path, {k: v for k, v in {
+        "target.hardware": hardware, "expand.round_to": round_to, "expand.mode": mode}.items()
+        if v is not None}, {})
+    if target:
+        metric, quantity = cfg.parse_target(target)
+    elif config_path:
+        metric, quantity = conf.target.metric, conf.target.value
+    else:
+        raise MorphError("No target given.", hint="pass --target flops=25M (or params=, "
+                                                  "latency=) or -c CONFIG.")
+    seed = _load(model, input_shape, classes, trust_code)
+    expanded, result = expanding.expand_model(
+        seed, metric, quantity, hardware=hardware_of(conf), round_to=conf.expand.round_to,
+        mode=conf.expand.mode)
+    info = result.to_dict(build_graph(seed))
+    files.save_model(expanded, out_path)
+    files.write_json(_beside(out_path, "expand.json"), info)
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    out, err = _consoles()
+    from morphcli import report as rep
+    from morphcli.api import analyze
+
+    out.print(rep.compare_table(analyze(seed, hardware=hardware_of(conf)),
+                                analyze(expanded, hardware=hardware_of(conf), name="expanded")))
+    err.print(f"width multiplier {result.multiplier:.4f}: {metric} {result.achieved:,.6g} for "
+              f"target {result.target:,.6g} ({result.error:+.2%}); wrote {out_path}",
+              markup=False, highlight=False)
+
+
+def _beside(path: str, name: str) -> str:
+    from pathlib import Path
+
+    return str(Path(path).with_name(name))
+
+
+@cli.command()
+@click.argument("model")
+@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False),
+              help="YAML config: its data and retrain sections are used.")
+@click.option("-o", "--output", "outdir", required=True, type=click.Path(file_okay=False),
+              help="Output folder for final.keras, metrics.json, checkpoints and logs.")
+@click.option("--epochs", type=int, help="Override retrain.epochs.")
+@click.option("--keep-weights", is_flag=True, default=None,
+              help="Fine-tune MODEL's weights instead of training from scratch.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from its checkpoint.")
+@click.option("--overwrite", is_flag=True, help="Delete OUTDIR's previous contents first.")
+@click.option("--json", "as_json", is_flag=True, help="Print metrics.json on stdout.")
+@_model_options
+def retrain(model, config_path, outdir, epochs, keep_weights, resume, overwrite, as_json,
+            input_shape, classes, trust_code):
+    """Train MODEL from scratch (no regularizer) and evaluate it.
+
+    \b
+    Examples:
+      morph retrain runs/x/expanded.keras -c configs/demo.yaml -o runs/x/retrain
+      morph retrain shrunk.keras -c my.yaml -o ft --keep-weights --epochs 3
+    """
+    from morphcli import retrain as retraining
+    from morphcli.files import prepare_outdir
+
+    overrides = {k: v for k, v in {"retrain.epochs": epochs}.items() if v is not None}
+    conf = _resolve(config_path, overrides, {k: "the command line" for k in overrides})
+    outdir = prepare_outdir(outdir, resume=resume, overwrite=overwrite)
+    seed = _load(model, input_shape, classes, trust_code)
+    out, err = _consoles()
+    result = retraining.retrain(conf, seed, outdir, keep_weights=keep_weights,
+                                callbacks=[_progress(err, "retrain", conf.retrain.epochs)])
+    metrics = {k: v for k, v in result.metrics.items() if k != "history"}
+    if as_json:
+        click.echo(json.dumps(metrics, indent=2))
+        return
+    _metrics_table(out, {"retrained": metrics})
+    err.print(f"wrote {outdir}/final.keras and {outdir}/metrics.json", markup=False)
+
+
+def _metrics_table(out, rows: dict) -> None:
+    from rich.table import Table
+
+    from morphcli.report import human, seconds
+
+    table = Table(title="results")
+    for col in ("model", "FLOPs", "params", "latency", "val accuracy"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for name, m in rows.items():
+        acc = m.get("val_accuracy")
+        table.add_row(name, human(m["flops"]), human(m["params"]), seconds(m["latency_s"]),
+                      "—" if acc is None else f"{acc:.2%}")
+    out.print(table)
+
+
+@cli.command()
+@click.argument("config_path", required=False, type=click.Path(dir_okay=False))
+@click.option("-o", "--output", "rundir", type=click.Path(file_okay=False),
+              help="Run folder (default: output_dir of the config, runs/<name>).")
+@click.option("--rounds", type=int, help="Override run.rounds (shrink/expand rounds).")
+@click.option("--baseline/--no-baseline", default=None,
+              help="Also train the uniform-width baseline at the same budget.")
+@click.option("--resume", is_flag=True, help="Continue at the first unfinished step.")
+@click.option("--overwrite", is_flag=True, help="Delete the run folder's contents first.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Override any config value, e.g. --set shrink.epochs=3 (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print report.json on stdout.")
+def run(config_path, rundir, rounds, baseline, resume, overwrite, sets, as_json):
+    """Shrink → expand → retrain in one run folder, then report.
+
+    CONFIG defaults to the built-in demo (a small CNN on scikit-learn's
+    digits, half its FLOPs), so `morph run` alone shows the whole loop.
+
+    \b
+    Examples:
+      morph run configs/demo.yaml
+      morph run configs/params.yaml -o runs/p --baseline
+      morph run configs/demo.yaml --resume           # after an interruption
+    """
+    from morphcli import config as cfg
+    from morphcli import run as running
+    from morphcli.files import prepare_outdir
+
+    overrides = dict(cfg.parse_override(p) for p in sets)
+    overrides.update({k: v for k, v in {"run.rounds": rounds, "run.baseline": baseline}.items()
+                      if v is not None})
+    conf = _resolve(config_path or cfg.demo_config_path(), overrides,
+                    {k: "the command line" for k in overrides})
+    rundir = prepare_outdir(rundir or conf.output_dir, resume=resume, overwrite=overwrite)
+    out, err = _consoles()
+    result = running.run(conf, rundir, progress=lambda title, epochs: _progress(err, title, epochs),
+                         log=lambda line: err.print(line, markup=False, highlight=False))
+    if as_json:
+        click.echo(json.dumps(result.report["models"], indent=2))
+        return
+    _metrics_table(out, result.report["models"])
+    err.print(f"wrote {rundir}/report.md, report.json and widths.png", markup=False)
 
 
 @cli.group()

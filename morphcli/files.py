@@ -59,6 +59,35 @@ def save_model(model, path: str | os.PathLike) -> None:
         model.save(tmp)
 
 
+def prepare_outdir(path: str | os.PathLike, *, resume: bool, overwrite: bool) -> Path:
+    """Creates an output folder, refusing to reuse a non-empty one unless told to.
+
+    Args:
+        path: The folder.
+        resume: Keep its contents (steps and checkpoints found there continue).
+        overwrite: Delete its contents first.
+
+    Raises:
+        MorphError: The folder holds files and neither flag was given.
+    """
+    import shutil
+
+    from morphcli.errors import MorphError
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise MorphError(f"Output folder {path} is a file. Received: -o {path}")
+    if path.exists() and any(path.iterdir()) and not resume:
+        if not overwrite:
+            raise MorphError(
+                f"Output folder {path} already holds a run. Received: -o {path}",
+                hint="pass --resume to continue it, --overwrite to start again, or choose "
+                     "another folder.")
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def _jsonable(value: Any) -> Any:
     if hasattr(value, "tolist"):  # numpy scalars and arrays
         return value.tolist()

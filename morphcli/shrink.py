@@ -114,8 +114,10 @@ def resolve_target(costs, metric: str, quantity, min_channels: int = 1) -> float
     Raises:
         MorphError: The target is below the cost of the smallest legal structure.
     """
+    from morphcli.expand import resolve_target as absolute
+
     seed = costs.total(metric)
-    target = quantity.value * seed if quantity.relative else quantity.value
+    target = absolute(costs, metric, quantity)
     smallest = costs.total(metric, {g.id: min(min_channels, g.width)
                                     for g in costs.graph.prunable_groups()})
     if target < smallest:

@@ -1,25 +1,35 @@
-"""Ground truth for FLOPs: TensorFlow's own profiler on a frozen batch-1 graph.
+"""Ground truth for FLOPs: TensorFlow's own profiler on a batch-1 inference graph.
 
 Test utility (not a test module). The model is traced as
 `model(x, training=False)` in a `tf.function` with batch-1 `TensorSpec`s,
 frozen with `convert_variables_to_constants_v2` and profiled with
 `tf.compat.v1.profiler.profile(..., ProfileOptionBuilder.float_operation())`,
-the profiler's printed report switched off.
+the profiler's printed report switched off. The profiler prices each op from
+its static shapes only (registry: tensorflow/python/profiler/internal/
+flops_registry.py and the `RegisterStatistics` calls in nn_ops.py); the rules
+it follows for every Keras layer are in /work/notes/profiler_rules.md.
 
-Keras runs grouped convolutions (`Conv2D(groups>1)`, e.g. ConvNeXt's
-depthwise convs) inside a nested `tf.function(jit_compile=True)`. The
-profiler cannot see into that call: it counts 0 for the conv, and the call's
-unknown output shape also zeroes every shape-dependent op after it until a
-`Reshape` restores a static shape. With `see_through_xla=True` (the default)
-the nested function is traced inline instead, so the graph holds a plain
-`Conv2D` whose filter has `C_in / groups` input channels; the graph is only
-traced and profiled, never run, so the CPU kernel's lack of grouped-conv
-support does not matter.
+Two switches, both keyword-only:
+
+- `see_through_xla` (default True). Keras runs grouped convolutions
+  (`Conv2D(groups>1)`, e.g. ConvNeXt's depthwise convs) inside a nested
+  `tf.function(jit_compile=True)`. The profiler cannot see into that call: it
+  counts 0 for the conv, and the call's unknown output shape also zeroes the
+  shape-dependent ops after it until a `Reshape` restores a static shape
+  (ConvNeXtTiny at 224: 8.759 G instead of 8.990 G). With the switch on, the
+  nested function is traced inline, so the graph holds a plain `Conv2D` whose
+  filter has `C_in / groups` input channels. The graph is only traced and
+  profiled, never run, so the CPU kernel's lack of grouped-conv support does
+  not matter.
+- `freeze` (default True). Freezing copies every weight into the graph and
+  costs ~2 s for ResNet50 and ~28 s for VGG16 at 224; the profiler gives the
+  same totals on the unfrozen graph (checked on ten keras.applications
+  models), so `freeze=False` is the fast path for big models.
 
 Example:
 
->>> profiler_flops(keras.applications.MobileNetV2(weights=None))
-615...
+>>> profiler_flops(keras.applications.ResNet50(weights=None))
+7755299312
 >>> profiler_flops_by_type(model)["Conv2D"]
 """
 
@@ -38,7 +48,7 @@ Shape = Sequence[int | None]
 
 
 def _per_input_shapes(model, input_shape) -> list[tuple]:
-    """One shape (without the batch axis) per model input."""
+    """One static shape (without the batch axis) per model input."""
     inputs = list(model.inputs)
     if input_shape is None:
         shapes = [tuple(x.shape[1:]) for x in inputs]
@@ -89,12 +99,14 @@ def _inline_keras_xla_calls(enabled: bool) -> Iterator[None]:
         nn.tf = original
 
 
-def frozen_graph(
+def inference_graph(
     model,
     input_shape: Shape | Sequence[Shape] | None = None,
+    *,
     see_through_xla: bool = True,
+    freeze: bool = True,
 ) -> tf.Graph:
-    """Traces `model(x, training=False)` at batch 1 and freezes its variables.
+    """Traces `model(x, training=False)` at batch 1, frozen by default.
 
     Args:
         model: A built Keras model.
@@ -102,12 +114,13 @@ def frozen_graph(
             whose input shape is dynamic; defaults to the model's own.
         see_through_xla: Trace Keras's nested `jit_compile` convolutions
             (grouped convs) inline so the profiler can count them.
+        freeze: Turn variables into constants (`convert_variables_to_constants_v2`).
 
     Returns:
-        The frozen `tf.Graph`, every variable turned into a constant.
+        The traced `tf.Graph`, with static shapes.
 
     Raises:
-        ValueError: If a spatial dimension stays unknown.
+        ValueError: If an input dimension stays unknown.
     """
     shapes = _per_input_shapes(model, input_shape)
     specs = [
@@ -120,7 +133,7 @@ def frozen_graph(
 
     with _inline_keras_xla_calls(see_through_xla):
         concrete = tf.function(call, autograph=False).get_concrete_function(*specs)
-    return convert_variables_to_constants_v2(concrete).graph
+    return convert_variables_to_constants_v2(concrete).graph if freeze else concrete.graph
 
 
 def _profile(graph: tf.Graph, cmd: str):
@@ -129,11 +142,16 @@ def _profile(graph: tf.Graph, cmd: str):
     return tf.compat.v1.profiler.profile(graph=graph, cmd=cmd, options=options)
 
 
+def graph_flops(graph: tf.Graph) -> int:
+    """The profiler's total float operations for a graph with static shapes."""
+    return int(_profile(graph, "op").total_float_ops)
+
+
 def graph_flops_by_op(graph: tf.Graph) -> dict[str, int]:
     """Profiler FLOPs of each graph node that counts any.
 
     Args:
-        graph: A frozen graph with static shapes.
+        graph: A graph with static shapes.
 
     Returns:
         Graph node name -> float operations (nodes counting 0 are left out).
@@ -146,45 +164,6 @@ def graph_flops_by_op(graph: tf.Graph) -> dict[str, int]:
             flops[node.name] = int(node.float_ops)
         stack.extend(node.children)
     return flops
-
-
-def profiler_flops(
-    model,
-    input_shape: Shape | Sequence[Shape] | None = None,
-    see_through_xla: bool = True,
-) -> int:
-    """Total float operations TensorFlow's profiler counts at batch 1.
-
-    Args:
-        model: A built Keras model.
-        input_shape: Shape without the batch axis (or one per input), needed
-            when the model's input shape is dynamic.
-        see_through_xla: As for `frozen_graph`; `False` reproduces the plain
-            method, which counts 0 for grouped convs and what follows them.
-
-    Returns:
-        The profiler's `total_float_ops` for one example.
-    """
-    return int(_profile(frozen_graph(model, input_shape, see_through_xla), "op").total_float_ops)
-
-
-def profiler_flops_by_op(
-    model,
-    input_shape: Shape | Sequence[Shape] | None = None,
-    see_through_xla: bool = True,
-) -> dict[str, int]:
-    """Profiler FLOPs per graph node (TF op name), at batch 1.
-
-    Args:
-        model: A built Keras model.
-        input_shape: As for `profiler_flops`.
-        see_through_xla: As for `profiler_flops`.
-
-    Returns:
-        Node name (e.g. `"functional_1/conv1_conv/convolution"`) -> float
-        operations; the values sum to `profiler_flops(model, input_shape)`.
-    """
-    return graph_flops_by_op(frozen_graph(model, input_shape, see_through_xla))
 
 
 def group_by_type(graph: tf.Graph, by_op: dict[str, int]) -> dict[str, int]:
@@ -203,10 +182,59 @@ def group_by_type(graph: tf.Graph, by_op: dict[str, int]) -> dict[str, int]:
     return dict(by_type)
 
 
+def profiler_flops(
+    model,
+    input_shape: Shape | Sequence[Shape] | None = None,
+    *,
+    see_through_xla: bool = True,
+    freeze: bool = True,
+) -> int:
+    """Total float operations TensorFlow's profiler counts at batch 1.
+
+    Args:
+        model: A built Keras model.
+        input_shape: Shape without the batch axis (or one per input), needed
+            when the model's input shape is dynamic.
+        see_through_xla: As for `inference_graph`; `False` reproduces the plain
+            method, which counts 0 for grouped convs and what follows them.
+        freeze: As for `inference_graph`; `False` is much faster for big models.
+
+    Returns:
+        The profiler's `total_float_ops` for one example.
+    """
+    graph = inference_graph(model, input_shape, see_through_xla=see_through_xla, freeze=freeze)
+    return graph_flops(graph)
+
+
+def profiler_flops_by_op(
+    model,
+    input_shape: Shape | Sequence[Shape] | None = None,
+    *,
+    see_through_xla: bool = True,
+    freeze: bool = True,
+) -> dict[str, int]:
+    """Profiler FLOPs per graph node (TF op name), at batch 1.
+
+    Args:
+        model: A built Keras model.
+        input_shape: As for `profiler_flops`.
+        see_through_xla: As for `profiler_flops`.
+        freeze: As for `profiler_flops`.
+
+    Returns:
+        Node name (e.g. `"functional_1/conv1_conv/convolution"`) -> float
+        operations; the values sum to `profiler_flops(model, input_shape)`.
+    """
+    graph = inference_graph(model, input_shape, see_through_xla=see_through_xla, freeze=freeze)
+    return graph_flops_by_op(graph)
+
+
 def profiler_flops_by_type(
     model,
     input_shape: Shape | Sequence[Shape] | None = None,
+    *,
     see_through_xla: bool = True,
+    freeze: bool = True,
 ) -> dict[str, int]:
     """Profiler FLOPs summed per TF op type, at batch 1.
 
@@ -214,9 +242,10 @@ def profiler_flops_by_type(
         model: A built Keras model.
         input_shape: As for `profiler_flops`.
         see_through_xla: As for `profiler_flops`.
+        freeze: As for `profiler_flops`.
 
     Returns:
         Op type -> float operations.
     """
-    graph = frozen_graph(model, input_shape, see_through_xla)
+    graph = inference_graph(model, input_shape, see_through_xla=see_through_xla, freeze=freeze)
     return group_by_type(graph, graph_flops_by_op(graph))

@@ -1,0 +1,184 @@
+"""Regularization vectors, alive masks, cost and the differentiable term, by hand."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from keras import layers
+
+from morphcli.costs import CostModel
+from morphcli.errors import MorphError
+from morphcli.graph import build_graph
+from morphcli.regularizers import canonical_kind, make_regularizer, strength_scale
+
+
+def bn_chain():
+    """input 4x4x2 -> c1 (1x1, 3) -> b1 -> c2 (1x1, 5) -> b2 -> GAP -> Dense(2)."""
+    inputs = keras.Input((4, 4, 2))
+    x = layers.Conv2D(3, 1, use_bias=False, name="c1")(inputs)
+    x = layers.BatchNormalization(name="b1")(x)
+    x = layers.Conv2D(5, 1, use_bias=False, name="c2")(x)
+    x = layers.BatchNormalization(name="b2")(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    model = keras.Model(inputs, layers.Dense(2, name="logits")(x))
+    model.get_layer("b1").gamma.assign([0.5, 0.0, -0.2])
+    model.get_layer("b2").gamma.assign([1.0, 0.005, 0.3, 0.0, -0.8])
+    return model
+
+
+def setup(model, kind="gamma", resource="flops", **kwargs):
+    graph = build_graph(model)
+    costs = CostModel(graph, "T4")
+    return graph, make_regularizer(graph, costs, kind, resource, **kwargs)
+
+
+def group_of(graph, layer):
+    return next(g.id for g in graph.groups.values() if layer in g.members)
+
+
+# Hand pricing of bn_chain (16 positions everywhere):
+#   c1: 2*1*16 = 32 per (in x out)   b1: 2*16 + 5 = 37 per channel
+#   c2: 32 per (A1 x A2)             b2: 37 per channel, gap: 16 per channel
+#   logits: 2 per (A2 x 2) + bias 2
+#   cost(A1, A2) = 32*2*A1 + 37*A1 + 32*A1*A2 + 37*A2 + 16*A2 + 4*A2 + 2
+#                = 101*A1 + 32*A1*A2 + 57*A2 + 2
+def hand_cost(a1, a2):
+    return 101 * a1 + 32 * a1 * a2 + 57 * a2 + 2
+
+
+def test_gamma_masks_and_cost_by_hand():
+    graph, reg = setup(bn_chain())
+    g1, g2 = group_of(graph, "c1"), group_of(graph, "c2")
+    assert reg.groups == sorted([g1, g2])
+    masks = reg.alive_masks()
+    assert masks[g1].tolist() == [True, False, True]  # |gamma| > 1e-2
+    assert masks[g2].tolist() == [True, False, True, False, True]
+    assert CostModel(graph).total("flops") == hand_cost(3, 5) == 1070
+    assert reg.cost() == hand_cost(2, 3) == 567
+
+
+def test_gamma_term_and_gradient_by_hand():
+    graph, reg = setup(bn_chain())
+    # R1 = 0.5 + 0 + 0.2 = 0.7, R2 = 1 + 0.005 + 0.3 + 0 + 0.8 = 2.105; input frozen (R = 0,
+    # W = 2); alive widths W1 = 2, W2 = 3; output frozen (R = 0, W = 2).
+    expected = (32 * (2 * 0.7) + 37 * 0.7 + 32 * (2 * 2.105 + 3 * 0.7) + 37 * 2.105
+                + 16 * 2.105 + 2 * (2 * 2.105))
+    gamma1 = graph.node("b1").layer.gamma
+    gamma2 = graph.node("b2").layer.gamma
+    with tf.GradientTape() as tape:
+        term = reg.term()
+    assert float(term) == pytest.approx(expected, rel=1e-6)
+    d1, d2 = tape.gradient(term, [gamma1, gamma2])
+    # d/d|gamma| of a channel of group 1: c1 32*2 + b1 37 + c2 32*W2 = 197;
+    # of group 2: c2 32*W1 + b2 37 + gap 16 + logits 2*2 = 121. Sign follows gamma.
+    np.testing.assert_allclose(d1.numpy(), [197, 0, -197], rtol=1e-6)  # d|x|/dx at 0 is 0
+    np.testing.assert_allclose(d2.numpy(), [121, 121, 121, 0, -121], rtol=1e-6)
+
+
+def test_strength_scale_is_the_initial_term():
+    _, reg = setup(bn_chain())
+    assert strength_scale(reg) == pytest.approx(float(reg.term()))
+
+
+def mlp_without_bn():
+    inputs = keras.Input((3,))
+    x = layers.Dense(4, name="d1")(inputs)
+    x = layers.ReLU(name="relu")(x)
+    model = keras.Model(inputs, layers.Dense(2, name="logits")(x))
+    kernel = np.array([[1, 0, 0.003, 2], [1, 0, 0.003, 0], [1, 0, 0.003, 0]], "float32")
+    model.get_layer("d1").kernel.assign(kernel)
+    return model
+
+
+def test_group_lasso_by_hand():
+    graph, reg = setup(mlp_without_bn(), kind="GroupLasso")
+    gid = group_of(graph, "d1")
+    # RMS of each kernel column: 1, 0, 0.003, sqrt(4/3)
+    values = reg.numpy_vectors()[gid]
+    np.testing.assert_allclose(values, [1, 0, 0.003, np.sqrt(4 / 3)], rtol=1e-6)
+    assert reg.alive_masks()[gid].tolist() == [True, False, False, True]
+    # flops(A) = d1 2*3*A + bias A + logits 2*A*2 + bias 2 = 11*A + 2
+    assert reg.cost() == 11 * 2 + 2
+    assert float(reg.term()) == pytest.approx(11 * values.sum(), rel=1e-6)
+
+
+def test_params_resource_by_hand():
+    graph, reg = setup(bn_chain(), resource="params")
+    # params(A1, A2) = c1 2*A1 + b1 4*A1 + c2 A1*A2 + b2 4*A2 + logits 2*A2 + 2
+    assert reg.cost() == 2 * 2 + 4 * 2 + 2 * 3 + 4 * 3 + 2 * 3 + 2
+    expected = 2 * 0.7 + 4 * 0.7 + (2 * 2.105 + 3 * 0.7) + 4 * 2.105 + 2 * 2.105
+    assert float(reg.term()) == pytest.approx(expected, rel=1e-6)
+
+
+def test_min_channels_keeps_the_strongest():
+    model = bn_chain()
+    model.get_layer("b1").gamma.assign([0.001, 0.004, -0.002])
+    graph, reg = setup(model, min_channels=2)
+    assert reg.alive_masks()[group_of(graph, "c1")].tolist() == [False, True, True]
+
+
+def test_tied_group_takes_the_max_of_its_members():
+    inputs = keras.Input((4, 4, 3))
+    a = layers.BatchNormalization(name="ba")(layers.Conv2D(3, 1, name="ca")(inputs))
+    b = layers.BatchNormalization(name="bb")(layers.Conv2D(3, 1, name="cb")(inputs))
+    x = layers.GlobalAveragePooling2D()(layers.Add(name="add")([a, b]))
+    model = keras.Model(inputs, layers.Dense(2)(x))
+    model.get_layer("ba").gamma.assign([0.5, 0.0, 0.0])
+    model.get_layer("bb").gamma.assign([0.0, -0.3, 0.001])
+    graph, reg = setup(model)
+    gid = group_of(graph, "add")
+    assert group_of(graph, "ca") == group_of(graph, "cb") == gid
+    np.testing.assert_allclose(reg.numpy_vectors()[gid], [0.5, 0.3, 0.001])
+    assert reg.alive_masks()[gid].tolist() == [True, True, False]
+
+
+def test_gamma_refuses_a_model_without_batch_norm():
+    with pytest.raises(MorphError, match="group_lasso"):
+        setup(mlp_without_bn(), kind="gamma")
+
+
+def test_gamma_refuses_scale_false():
+    inputs = keras.Input((4, 4, 2))
+    x = layers.BatchNormalization(scale=False, name="bn")(layers.Conv2D(3, 1, name="c")(inputs))
+    model = keras.Model(inputs, layers.Dense(2)(layers.GlobalAveragePooling2D()(x)))
+    with pytest.raises(MorphError, match="scale=False"):
+        setup(model)
+
+
+def test_groups_without_batch_norm_are_kept_whole():
+    inputs = keras.Input((4, 4, 2))
+    x = layers.BatchNormalization(name="bn")(layers.Conv2D(3, 1, name="c1")(inputs))
+    x = layers.Conv2D(4, 1, name="c2")(x)  # no batch norm after it
+    model = keras.Model(inputs, layers.Dense(2)(layers.GlobalAveragePooling2D()(x)))
+    graph, reg = setup(model)
+    assert reg.groups == [group_of(graph, "c1")]
+    assert "group_lasso" in reg.kept_whole[group_of(graph, "c2")]
+
+
+@pytest.mark.parametrize("text, kind", [("gamma", "gamma"), ("GroupLasso", "group_lasso"),
+                                        ("group-lasso", "group_lasso"), ("BN", "gamma")])
+def test_kind_aliases(text, kind):
+    assert canonical_kind(text) == kind
+
+
+def test_unknown_kind_suggests():
+    with pytest.raises(MorphError, match="group_lasso"):
+        canonical_kind("group_laso")
+
+
+def test_latency_term_by_hand_on_a_memory_bound_model():
+    model = bn_chain()
+    for layer in ("b1", "b2"):
+        gamma = model.get_layer(layer).gamma
+        gamma.assign(np.ones(gamma.shape))
+    graph, reg = setup(model, resource="latency")
+    # On a T4 (8.1 TFLOP/s, 300 GB/s) every layer of this model is memory-bound
+    # (c2: 480 flops vs 572 bytes), so the term is the bytes term / bandwidth.
+    # Bytes (float32) with R1 = W1 = 3, R2 = W2 = 5 and frozen input/output (R = 0):
+    #   c1: out 4*16*R1 + kernel 4*(2*R1)                = 192 + 24        = 216
+    #   b1: in 64*R1 + out 64*R1 + 4 weights 16*R1        = 144*3           = 432
+    #   c2: in 64*R1 + out 64*R2 + kernel 4*(W1*R2+W2*R1) = 192 + 320 + 120 = 632
+    #   b2: 144*R2 = 720;  gap: in 64*R2 + out 4*R2 = 340;  logits: in 4*R2 + kernel 4*2*R2 = 60
+    expected = (216 + 432 + 632 + 720 + 340 + 60) / 300e9
+    assert float(reg.term()) == pytest.approx(expected, rel=1e-6)
+    assert reg.cost() == pytest.approx(reg.costs.total("latency"))
