@@ -134,53 +134,92 @@ def _kernel_area(node) -> int:
 
 # ---------------------------------------------------------------------------
 # FLOPs, as TensorFlow's profiler counts them for the frozen inference graph at
-# batch 1 (see tests/tf_profiler.py): 2 per multiply-add, 1 per element-wise op.
+# batch 1 (tests/tf_profiler.py): it sums the flops registered for each TF op
+# (2 per multiply-add of Conv2D/MatMul/DepthwiseConv2dNative, 1 per element of
+# BiasAdd, AddV2, Mul, Sub..., 2 per element of Rsqrt, 5 of Softmax, the input
+# size of Mean, pool area per output of pooling) and counts 0 for unregistered
+# ops (Relu, Relu6, Sigmoid, Tanh, ConcatV2, Pad, Max...).
+
+# Profiler flops per output element of a fused or standalone activation.
+ACTIVATION_FLOPS = {"mish": 1, "swish": 2, "silu": 2, "hard_sigmoid": 2, "hard_swish": 3,
+                    "hard_silu": 3, "gelu": 4, "softmax": 5}
 
 
-def _bias_terms(node) -> list[Term]:
-    if _cfg(node, "use_bias", False):
-        return [Term(_positions(_out(node)), (node.outputs[0],))]
-    return []
+def _activation(node) -> float:
+    act = _cfg(node, "activation")
+    if isinstance(act, dict):  # a serialized activation
+        act = act.get("config", {}).get("name", act.get("class_name"))
+    return ACTIVATION_FLOPS.get(str(act).lower(), 0) if act else 0
+
+
+def _per_output(node, per_position: float) -> list[Term]:
+    coef = per_position * _positions(_out(node))
+    return [Term(coef, (node.outputs[0],))] if coef else []
+
+
+def _bias_act_terms(node) -> list[Term]:
+    """Bias add and fused activation: one op per bias, `e` per activation output."""
+    return _per_output(node, int(bool(_cfg(node, "use_bias", False))) + _activation(node))
+
+
+def _tuple(value, n: int) -> tuple:
+    return tuple(value) if isinstance(value, list | tuple) else (value,) * n
+
+
+def _conv_positions(node) -> int:
+    """Positions the conv op computes: the output's, except with dilation, where TF
+    runs it on an input padded up to a multiple of the rate (SpaceToBatchND)."""
+    spatial = _in(node)[:-1]
+    rates = _tuple(_cfg(node, "dilation_rate", 1), len(spatial))
+    if all(r == 1 for r in rates):
+        return _positions(_out(node))
+    kernel = _tuple(_cfg(node, "kernel_size", 1), len(spatial))
+    padded = _cfg(node, "padding", "valid") in ("same", "causal")
+    return math.prod(d * (math.ceil((n + ((k - 1) * d if padded else 0)) / d) - k + 1)
+                     for n, k, d in zip(spatial, kernel, rates, strict=True))
 
 
 def conv_flops(node) -> list[Term]:
-    """2 · kh·kw · positions_out · (A / groups) · B, plus a bias add per output."""
+    """2 · kh·kw · positions · (A / groups) · B, plus bias and fused activation."""
     groups = _cfg(node, "groups", 1) or 1
-    coef = 2 * _kernel_area(node) * _positions(_out(node)) / groups
-    return [Term(coef, (node.inputs[0], node.outputs[0]), kernel=True)] + _bias_terms(node)
+    coef = 2 * _kernel_area(node) * _conv_positions(node) / groups
+    return [Term(coef, (node.inputs[0], node.outputs[0]), kernel=True)] + _bias_act_terms(node)
 
 
 def conv_transpose_flops(node) -> list[Term]:
-    """The profiler prices a transposed conv by its input positions."""
-    coef = 2 * _kernel_area(node) * _positions(_in(node))
-    return [Term(coef, (node.inputs[0], node.outputs[0]), kernel=True)] + _bias_terms(node)
+    """2 · kh·kw · A · B per output position / stride area (3-D: not counted)."""
+    if len(_in(node)) == 4:  # Conv3DBackpropInputV2 has no registered flops
+        return _bias_act_terms(node)
+    strides = math.prod(_tuple(_cfg(node, "strides", 1), len(_in(node)) - 1))
+    coef = 2 * _kernel_area(node) * _positions(_out(node)) / strides
+    return [Term(coef, (node.inputs[0], node.outputs[0]), kernel=True)] + _bias_act_terms(node)
 
 
 def dense_flops(node) -> list[Term]:
-    """2 · A · B per position (Dense acts on the last axis), plus the bias add."""
+    """2 · A · B per position (Dense acts on the last axis), plus bias and activation."""
     coef = 2 * _positions(_out(node))
-    return [Term(coef, (node.inputs[0], node.outputs[0]), kernel=True)] + _bias_terms(node)
+    return [Term(coef, (node.inputs[0], node.outputs[0]), kernel=True)] + _bias_act_terms(node)
 
 
 def depthwise_flops(node) -> list[Term]:
-    """2 · kh·kw · positions_out per channel (linear in the width)."""
-    mult = _cfg(node, "depth_multiplier", 1)
-    coef = 2 * _kernel_area(node) * _positions(_out(node)) * mult
-    return [Term(coef, (node.inputs[0],), kernel=True)] + _bias_terms(node)
+    """2 · kh·kw · positions per channel (linear in the width), plus bias and activation."""
+    coef = 2 * _kernel_area(node) * _conv_positions(node) * _cfg(node, "depth_multiplier", 1)
+    return [Term(coef, (node.inputs[0],), kernel=True)] + _bias_act_terms(node)
 
 
 def separable_flops(node) -> list[Term]:
     """Depthwise part (linear in A) plus pointwise part (bilinear A·B)."""
     mult = _cfg(node, "depth_multiplier", 1)
-    pos = _positions(_out(node))
-    depthwise = Term(2 * _kernel_area(node) * pos * mult, (node.inputs[0],), kernel=True)
-    pointwise = Term(2 * pos * mult, (node.inputs[0], node.outputs[0]), kernel=True)
-    return [depthwise, pointwise] + _bias_terms(node)
+    depthwise = Term(2 * _kernel_area(node) * _conv_positions(node) * mult, (node.inputs[0],),
+                     kernel=True)
+    pointwise = Term(2 * _positions(_out(node)) * mult, (node.inputs[0], node.outputs[0]),
+                     kernel=True)
+    return [depthwise, pointwise] + _bias_act_terms(node)
 
 
 def elementwise_flops(per_element: float = 1.0, per_channel: float = 0.0) -> Pricer:
     """Cost linear in the output width: `per_element` ops per output value and
-    `per_channel` ops per channel (e.g. batch-norm's rsqrt of the variance)."""
+    `per_channel` ops per channel."""
 
     def price(node) -> list[Term]:
         coef = per_element * _positions(_out(node)) + per_channel
@@ -189,22 +228,79 @@ def elementwise_flops(per_element: float = 1.0, per_channel: float = 0.0) -> Pri
     return price
 
 
+def batch_norm_flops(node) -> list[Term]:
+    """Inference batch norm, not fused: x·a + b per value (2 ops); per channel
+    var + eps (1), rsqrt (2), mean·a (1), beta − · (1), and ·gamma (1) with scale."""
+    per_channel = 5 + int(bool(_cfg(node, "scale", True)))
+    return elementwise_flops(2, per_channel)(node)
+
+
+def layer_norm_flops(node) -> list[Term]:
+    """Means, squared differences and affine per value; rsqrt and more per position."""
+    scale, center = int(bool(_cfg(node, "scale", True))), int(bool(_cfg(node, "center", True)))
+    positions = _positions(_out(node))
+    return [Term((6 + 2 * scale + center) * positions, (node.outputs[0],)),
+            Term((5 - scale) * positions)]
+
+
+def activation_flops(node) -> list[Term]:
+    return _per_output(node, _activation(node))
+
+
+def relu_flops(node) -> list[Term]:
+    """`ReLU()`, `ReLU(6.)` and a plain leaky slope are single uncounted ops;
+    other settings add comparisons, clips and a slope multiply."""
+    slope = _cfg(node, "negative_slope", 0.0) or 0.0
+    threshold = _cfg(node, "threshold", 0.0) or 0.0
+    max_value = _cfg(node, "max_value")
+    if slope and max_value is None and not threshold:
+        return []
+    ops = (3 + (threshold != 0) if slope else 0) + (threshold != 0)
+    ops += 2 if max_value is not None and (threshold != 0 or max_value != 6) else 0
+    return _per_output(node, ops)
+
+
+def elu_flops(node) -> list[Term]:
+    return _per_output(node, 0 if _cfg(node, "alpha", 1.0) == 1.0 else 2)
+
+
+def softmax_flops(node) -> list[Term]:
+    axis = _cfg(node, "axis", -1)
+    last = axis in (-1, len(_out(node)))
+    return _per_output(node, 5) + ([] if last else [Term(2)])
+
+
+def prelu_flops(node) -> list[Term]:
+    alpha = math.prod(node.layer.weights[0].shape) if node.layer.weights else 0
+    return [Term(3 * _positions(_out(node)) + alpha / _out(node)[-1], (node.outputs[0],))]
+
+
 def join_flops(node) -> list[Term]:
     """An n-way element-wise join does n - 1 ops per output value (one op for a
     keras.ops call with a constant operand, such as `x + 3.0`)."""
-    n = max(len(node.inputs), 2)
-    return [Term((n - 1) * _positions(_out(node)), (node.outputs[0],))]
+    return _per_output(node, max(len(node.inputs), 2) - 1)
+
+
+def average_flops(node) -> list[Term]:
+    """n - 1 adds and a division per output value."""
+    return _per_output(node, len(node.inputs))
 
 
 def pool_flops(node) -> list[Term]:
-    """Pooling: one op per window element per output value."""
-    area = math.prod(_cfg(node, "pool_size", (1,)))
-    return [Term(area * _positions(_out(node)), (node.outputs[0],))]
+    """Pooling: one op per window element per output value (3-D pooling: uncounted)."""
+    if len(_out(node)) == 4:
+        return []
+    return _per_output(node, math.prod(_tuple(_cfg(node, "pool_size", 1), len(_out(node)) - 1)))
 
 
-def global_pool_flops(node) -> list[Term]:
-    """Global pooling reads every input position once per channel."""
+def global_average_flops(node) -> list[Term]:
+    """A mean reads every input position once per channel."""
     return [Term(_positions(_in(node)), (node.outputs[0],))]
+
+
+def upsampling_flops(node) -> list[Term]:
+    """Nearest up-sampling: two scalar multiplies in its shape arithmetic."""
+    return [Term(2)] if _cfg(node, "interpolation", "nearest") == "nearest" else []
 
 
 def no_flops(node) -> list[Term]:
@@ -398,22 +494,20 @@ register(
 # handful per channel (measured against the profiler; see tests/test_costs.py).
 register(
     "BatchNormalization",
-    Rule(Kind.PASS, elementwise_flops(2, 5), per_channel_params, last_axis_weights,
-         check=_last_axis),
+    Rule(Kind.PASS, batch_norm_flops, per_channel_params, last_axis_weights, check=_last_axis),
 )
 register(
     "LayerNormalization",
-    Rule(Kind.PASS, elementwise_flops(8, 0), per_channel_params, last_axis_weights,
-         check=_last_axis),
+    Rule(Kind.PASS, layer_norm_flops, per_channel_params, last_axis_weights, check=_last_axis),
 )
 register(
     "PReLU",
-    Rule(Kind.PASS, elementwise_flops(3), per_channel_params, last_axis_weights,
+    Rule(Kind.PASS, prelu_flops, per_channel_params, last_axis_weights,
          check=_per_channel_params),
 )
 register(
     "Normalization",
-    Rule(Kind.PASS, elementwise_flops(2), per_channel_params, last_axis_weights,
+    Rule(Kind.PASS, elementwise_flops(2, 1), per_channel_params, last_axis_weights,
          check=_per_channel_params),
 )
 register(  # keras.applications.convnext.LayerScale: gamma of size projection_dim
@@ -424,10 +518,11 @@ register(  # keras.applications.convnext.LayerScale: gamma of size projection_di
 )
 
 # Per-channel layers without weights.
-register(
-    ["Activation", "ReLU", "LeakyReLU", "ELU", "Softmax", "ThresholdedReLU"],
-    Rule(Kind.PASS, no_flops),
-)
+register("Activation", Rule(Kind.PASS, activation_flops))
+register("ReLU", Rule(Kind.PASS, relu_flops))
+register("LeakyReLU", Rule(Kind.PASS, no_flops))
+register("ELU", Rule(Kind.PASS, elu_flops))
+register("Softmax", Rule(Kind.PASS, softmax_flops))
 register(["Rescaling"], Rule(Kind.PASS, elementwise_flops(2)))
 register(
     ["Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D",
@@ -440,20 +535,27 @@ register(
     Rule(Kind.PASS, pool_flops, check=_channels_last),
 )
 register(
-    ["GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D",
-     "GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalMaxPooling3D"],
-    Rule(Kind.PASS, global_pool_flops, check=_channels_last),
+    ["GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D"],
+    Rule(Kind.PASS, global_average_flops, check=_channels_last),
+)
+register(
+    ["GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalMaxPooling3D"],
+    Rule(Kind.PASS, no_flops, check=_channels_last),
 )
 register(
     ["ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D", "Cropping1D", "Cropping2D",
-     "Cropping3D", "UpSampling1D", "UpSampling2D", "UpSampling3D"],
+     "Cropping3D", "UpSampling1D", "UpSampling3D"],
     Rule(Kind.PASS, no_flops, check=_channels_last),
 )
+register("UpSampling2D", Rule(Kind.PASS, upsampling_flops, check=_channels_last))
 
 # Joins, concatenation, views.
 # Layers and the keras.ops operations of the same name (`x + y`, `x * 0.5`).
-register(["Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "TrueDivide",
-          "Divide"], Rule(Kind.TIE, join_flops))
+register(["Add", "Subtract", "Multiply", "Maximum", "Minimum", "TrueDivide", "Divide"],
+         Rule(Kind.TIE, join_flops))
+register("Average", Rule(Kind.TIE, average_flops))
+register(  # keras.applications.inception_resnet_v2: x0 + x1 * scale
+    "CustomScaleLayer", Rule(Kind.TIE, lambda node: _per_output(node, 2)))
 register("Concatenate", Rule(Kind.CONCAT, no_flops))
 register("Flatten", Rule(Kind.FLATTEN, no_flops, moves_memory=False))
 register("Reshape", Rule(Kind.RESHAPE, no_flops, resize=resize_reshape, moves_memory=False))

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 from keras import layers
-from keras.src.applications.convnext import LayerScale  # not exported by keras.layers
+from keras.src.applications.convnext import LayerScale  # not in keras.layers
+from keras.src.applications.inception_resnet_v2 import CustomScaleLayer  # idem
 
 
 def _conv(filters, kernel, name, **kwargs):
@@ -221,6 +222,21 @@ def mlp() -> keras.Sequential:
     )
 
 
+def shared_layer() -> keras.Model:
+    """One conv layer called on two branches (not in PATTERNS: see test_graph).
+
+    a (5, 3x3) and b (5, 1x1) from the input -> shared (6, 3x3) on each
+    -> cat -> gap -> logits (2).
+    """
+    inputs = keras.Input((5, 4, 3), name="image")
+    a = _conv(5, 3, "a")(inputs)
+    b = _conv(5, 1, "b")(inputs)
+    shared = _conv(6, 3, "shared")
+    x = layers.Concatenate(name="cat")([shared(a), shared(b)])
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    return keras.Model(inputs, layers.Dense(2, name="logits")(x), name="shared_layer")
+
+
 PATTERNS = {
     f.__name__: f
     for f in [chain, residual, concat, depthwise, separable, flatten_dense, squeeze_excite,
@@ -263,6 +279,8 @@ PROBES: dict[str, Probe] = {
         layers.Conv3DTranspose, filters=4, kernel_size=2, strides=2), rank=3),
     "Conv2D:grouped": Probe("Conv2D", _layer(
         layers.Conv2D, filters=5, kernel_size=3, padding="same", groups=5)),
+    "Conv2D:dilated": Probe("Conv2D", _layer(
+        layers.Conv2D, filters=4, kernel_size=3, padding="same", dilation_rate=2)),
     "DepthwiseConv1D": Probe("DepthwiseConv1D", _layer(
         layers.DepthwiseConv1D, kernel_size=3, padding="same"), rank=1),
     "SeparableConv1D": Probe("SeparableConv1D", _layer(
@@ -322,6 +340,9 @@ PROBES: dict[str, Probe] = {
     "Average": Probe("Average", _layer(layers.Average), arity=2),
     "Maximum": Probe("Maximum", _layer(layers.Maximum), arity=2),
     "Minimum": Probe("Minimum", _layer(layers.Minimum), arity=2),
+    "Multiply:broadcast": Probe("Multiply", lambda x: layers.Multiply(name="probe")(
+        [x, layers.Conv2D(1, 1, activation="sigmoid", name="attention")(x)])),
+    "CustomScaleLayer": Probe("CustomScaleLayer", _layer(CustomScaleLayer, scale=0.25), arity=2),
     "Concatenate:axis1": Probe("Concatenate", _layer(layers.Concatenate, axis=1), arity=2),
     "TrueDivide:op": Probe("TrueDivide", lambda x: x / 2.0),
     "Divide:op": Probe("Divide", lambda x: keras.ops.divide(x, 4.0)),
@@ -343,12 +364,21 @@ def probe_model(key: str) -> keras.Model:
 
 
 def randomize(model: keras.Model, seed: int = 0) -> keras.Model:
-    """Gives every weight seeded random values (variances stay positive)."""
+    """Gives every weight seeded random values and returns the model.
+
+    Kernels get a fan-in scaled normal (outputs stay near 1, so absolute
+    tolerances are meaningful); biases and batch-norm parameters a normal of
+    standard deviation 0.5; variances a uniform draw in [0.5, 1.5].
+    """
     rng = np.random.default_rng(seed)
     for weight in model.weights:
-        value = rng.normal(0.0, 0.5, size=tuple(weight.shape))
+        shape = tuple(weight.shape)
         if "variance" in weight.path:
-            value = rng.uniform(0.5, 1.5, size=tuple(weight.shape))
+            value = rng.uniform(0.5, 1.5, size=shape)
+        elif len(shape) >= 2:
+            value = rng.normal(0.0, 1.0 / np.sqrt(np.prod(shape[:-1])), size=shape)
+        else:
+            value = rng.normal(0.0, 0.5, size=shape)
         weight.assign(value.astype(weight.dtype))
     return model
 
@@ -357,3 +387,16 @@ def sample_input(model: keras.Model, batch: int = 2, seed: int = 1) -> np.ndarra
     """A seeded random batch for the model's (single) input."""
     shape = (batch, *model.inputs[0].shape[1:])
     return np.random.default_rng(seed).normal(size=shape).astype("float32")
+
+
+def group_of(graph, layer: str) -> int:
+    """Id of the (first) group on the output channel axis of `layer`."""
+    return graph.node(layer).outputs[0].groups[0]
+
+
+def probe_node(graph, key: str):
+    """The node of the probed layer in `graph` of `probe_model(key)`."""
+    names = [n.name for n in graph.nodes]
+    if "probe" in names:
+        return graph.node("probe")
+    return next(n for n in graph.nodes if n.type == PROBES[key].cls)
