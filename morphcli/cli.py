@@ -21,9 +21,28 @@ EXIT_USER_ERROR, EXIT_INTERRUPTED = 2, 130
 
 
 def _consoles():
+    """(stdout, stderr) rich consoles; also imports TensorFlow quietly, once."""
     from rich.console import Console
 
+    _quiet_tensorflow()
     return Console(), Console(stderr=True)
+
+
+def _quiet_tensorflow() -> None:
+    """Imports TensorFlow with file descriptor 2 muted: its C++ start-up lines
+    (oneDNN, CUDA probing) are printed before any log level applies. Python
+    errors still surface, after stderr is restored. MORPH_TF_LOGS=1 keeps them."""
+    if "tensorflow" in sys.modules or os.environ.get("MORPH_TF_LOGS"):
+        return
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 class MorphGroup(click.Group):
@@ -272,6 +291,7 @@ def expand(model, target, config_path, out_path, hardware, round_to, mode, as_js
     from morphcli.graph import build_graph
     from morphcli.shrink import hardware_of
 
+    out, err = _consoles()
     conf = _resolve(config_path, {k: v for k, v in {
         "target.hardware": hardware, "expand.round_to": round_to, "expand.mode": mode}.items()
         if v is not None}, {})
@@ -292,7 +312,6 @@ def expand(model, target, config_path, out_path, hardware, round_to, mode, as_js
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
-    out, err = _consoles()
     from morphcli import report as rep
     from morphcli.api import analyze
 
@@ -337,8 +356,8 @@ def retrain(model, config_path, outdir, epochs, keep_weights, resume, overwrite,
     overrides = {k: v for k, v in {"retrain.epochs": epochs}.items() if v is not None}
     conf = _resolve(config_path, overrides, {k: "the command line" for k in overrides})
     outdir = prepare_outdir(outdir, resume=resume, overwrite=overwrite)
-    seed = _load(model, input_shape, classes, trust_code)
     out, err = _consoles()
+    seed = _load(model, input_shape, classes, trust_code)
     result = retraining.retrain(conf, seed, outdir, keep_weights=keep_weights,
                                 callbacks=[_progress(err, "retrain", conf.retrain.epochs)])
     metrics = {k: v for k, v in result.metrics.items() if k != "history"}

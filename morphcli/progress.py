@@ -48,7 +48,7 @@ def epoch_progress(console, title: str, epochs: int):
                                  info=f"epoch {epoch + 1}/{epochs} {info}")
             if not self.live:
                 console.print(f"{title}: epoch {epoch + 1}/{epochs} {info}", markup=False,
-                              highlight=False)
+                              highlight=False, soft_wrap=True)
 
         def on_train_end(self, logs=None):
             self.progress.stop()

@@ -172,12 +172,14 @@ def groups_table(report: Report):
 
 
 def compare_table(before: Report, after: Report):
-    """Side-by-side per-layer widths and costs with ratios, plus totals."""
+    """Per-layer widths and costs of `after`, with ratios to `before`; totals in the footer."""
     from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=f"{escape(before.name)} → {escape(after.name)}", show_footer=True)
-    table.add_column("layer", footer="total")
+    table = Table(title=f"{escape(before.name)} → {escape(after.name)}", show_footer=True,
+                  caption="layers that set a width; values of the second model, "
+                          "× = second / first")
+    table.add_column("layer", footer="total", min_width=12)
     table.add_column("channels", justify="right")
     foot = ratios(before, after)
     for key, label in (("flops", "FLOPs"), ("params", "params"), ("latency_s", "latency")):
@@ -186,12 +188,11 @@ def compare_table(before: Report, after: Report):
         table.add_column("×", justify="right", footer=_ratio(foot[key]))
     for row in before.layers:
         other = after.layer(row["name"])
-        if other is None:
+        if other is None or not row["sets_width"]:
             continue
         cells = [escape(row["name"]), f"{row['channels_out']} → {other['channels_out']}"]
         for key in ("flops", "params", "latency_s"):
-            cells += [f"{_fmt(key, row[key])} → {_fmt(key, other[key])}",
-                      _ratio(other[key] / row[key] if row[key] else None)]
+            cells += [_fmt(key, other[key]), _ratio(other[key] / row[key] if row[key] else None)]
         table.add_row(*cells)
     return table
 
