@@ -89,7 +89,8 @@ _WORDS = {"flops": ("flops", "flop"), "macs": ("macs", "mac"),
 def _expected_quantity(metric: str) -> str:
     amount = ("a time with a unit, e.g. 1.5ms, 200us, 0.002s" if metric == "latency"
               else "an absolute count, e.g. 25M, 1.5G, 300k, 2.5e7")
-    return f"a fraction of the seed's {metric} (0 < x <= 1, or 'x%') or {amount}"
+    return (f"a fraction of the seed's {metric} (0 < x <= 1, 'x%' or a multiple such as "
+            f"'2x') or {amount}")
 
 
 def _unit_exponent(unit: str, metric: str) -> int:
@@ -124,10 +125,10 @@ def _quantity(value: Any, metric: str) -> Quantity:
     number, unit = Decimal(match[1]), "".join(match[2].split())
     if number <= 0:
         raise _Invalid(_expected_quantity(metric), hint="a budget must be positive")
-    if unit == "%":
-        if number > 100:
-            raise _Invalid(_expected_quantity(metric), hint="a percentage of the seed is at most 100%")
+    if unit == "%":  # above 100% only makes sense for `morph expand` (wider than the model)
         return Quantity(float(number.scaleb(-2)), True)
+    if unit == "x":
+        return Quantity(float(number), True)
     if not unit and number <= 1:
         return Quantity(float(number), True)
     if not unit and metric == "latency":

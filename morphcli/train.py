@@ -212,11 +212,14 @@ def fit(model, dataset, spec: TrainSpec, *, workdir: str | Path, penalty: Callab
     seconds = time.perf_counter() - start
     if state.bad is not None:
         epoch, batch, loss = state.bad
+        done = _checkpoint_epoch(checkpoint_dir)
+        kept = (f"the checkpoint of epoch {done} is kept in {checkpoint_dir}" if done else
+                "no epoch had finished, so there is no checkpoint to resume from")
         raise TrainingError(
             f"The loss became {loss} at epoch {epoch + 1}, step {batch + 1}; training "
-            f"stopped and the last good checkpoint is kept in {checkpoint_dir}.",
-            hint="lower the learning rate or the regularizer strength, then rerun with "
-                 "--resume.",
+            f"stopped and {kept}.",
+            hint="lower the learning rate or the regularizer strength, then rerun"
+                 + (" with --resume." if done else "."),
         )
     val = {}
     if dataset.val is not None:

@@ -1,10 +1,16 @@
 """Tiny Keras models shared by the graph, cost and surgery tests.
 
-Each builder returns a functional model whose layers have explicit names and
-odd sizes (input 6x6x3, widths 5, 7, ...), so a mistaken axis, width or
-position count shows up in the numbers. `PATTERNS` maps a pattern name to its
-builder; `randomize` gives every weight (batch-norm statistics included)
-seeded random values so that pruning tests compare non-trivial outputs.
+- `PATTERNS`: one builder per supported pattern (chain, residual, concat,
+  depthwise, separable, flatten_dense, squeeze_excite, nested, boundary,
+  transpose, conv1d, mlp). Layers have explicit names and odd sizes
+  (input 6x6x3, widths 5, 7, ...), so a mistaken axis, width or position
+  count shows up in the numbers. `mlp` is a Sequential model, the rest are
+  functional.
+- `PROBES` / `probe_model(key)`: one small model per registered layer class
+  (or configuration) the patterns do not contain.
+- `application(name)`: a `keras.applications` network at 32x32.
+- `randomize`, `sample_input`: seeded weights and inputs, so pruning tests
+  compare non-trivial outputs.
 """
 
 from __future__ import annotations
@@ -244,6 +250,16 @@ PATTERNS = {
 }
 
 
+APPLICATIONS = ("ResNet50", "MobileNetV2", "EfficientNetB0", "DenseNet121")
+
+
+def application(name: str) -> keras.Model:
+    """A `keras.applications` network with random weights, at its smallest input
+    (32x32), 10 classes and logits out."""
+    build = getattr(keras.applications, name)
+    return build(weights=None, input_shape=(32, 32, 3), classes=10, classifier_activation=None)
+
+
 # ---------------------------------------------------------------------------
 # Probes: one registered layer class after source convs, for the layer types
 # the patterns above do not contain. A probe model is
@@ -281,11 +297,14 @@ PROBES: dict[str, Probe] = {
         layers.Conv2D, filters=5, kernel_size=3, padding="same", groups=5)),
     "Conv2D:dilated": Probe("Conv2D", _layer(
         layers.Conv2D, filters=4, kernel_size=3, padding="same", dilation_rate=2)),
+    "Dense:positions": Probe("Dense", _layer(layers.Dense, units=4)),  # on 5x4 positions
     "DepthwiseConv1D": Probe("DepthwiseConv1D", _layer(
         layers.DepthwiseConv1D, kernel_size=3, padding="same"), rank=1),
     "SeparableConv1D": Probe("SeparableConv1D", _layer(
         layers.SeparableConv1D, filters=4, kernel_size=3, padding="same"), rank=1),
     # Per-channel layers with weights.
+    "BatchNormalization:plain": Probe("BatchNormalization", _layer(
+        layers.BatchNormalization, center=False, scale=False)),
     "LayerNormalization": Probe("LayerNormalization", _layer(layers.LayerNormalization)),
     "PReLU": Probe("PReLU", _layer(layers.PReLU)),
     "Normalization": Probe("Normalization", _layer(layers.Normalization)),
@@ -295,6 +314,7 @@ PROBES: dict[str, Probe] = {
     # Per-channel layers without weights.
     "Activation": Probe("Activation", _layer(layers.Activation, activation="tanh")),
     "Activation:sigmoid": Probe("Activation", _layer(layers.Activation, activation="sigmoid")),
+    "ReLU:max4": Probe("ReLU", _layer(layers.ReLU, max_value=4.0)),
     "LeakyReLU": Probe("LeakyReLU", _layer(layers.LeakyReLU, negative_slope=0.2)),
     "ELU": Probe("ELU", _layer(layers.ELU)),
     "Softmax": Probe("Softmax", _layer(layers.Softmax)),
