@@ -166,7 +166,8 @@ class CostModel:
             flops = node.rule.flops(node) if node.rule and node.rule.flops else []
             params = self._params_terms(node)
             rows["flops"] += [self._row(t, i) for t in flops]
-            rows["macs"] += [self._row(Term(t.coef / 2, t.spaces), i) for t in flops if t.kernel]
+            macs = node.rule.macs(node) if node.rule and node.rule.macs else []
+            rows["macs"] += [self._row(t, i) for t in macs]
             rows["params"] += [self._row(t, i) for t in params]
             rows["kernel_params"] += [self._row(t, i) for t in params if t.kernel]
             rows["bytes"] += [self._row(t, i) for t in self._bytes_terms(node, params)]

@@ -25,6 +25,7 @@ import dataclasses
 import io
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -68,6 +69,16 @@ class Dataset:
     train_size: int
     val_size: int
     name: str
+    # `train_epochs(start, stop)`: the batches of epochs start..stop-1 in a row,
+    # each epoch's order (and augmentation) a pure function of (seed, epoch), so a
+    # run resumed at epoch k sees exactly the batches an uninterrupted run sees.
+    # None for sources that stream from files (images:DIR).
+    train_epochs: Callable[[int, int], tf.data.Dataset] | None = None
+    batch_size: int = 0
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return -(-self.train_size // self.batch_size) if self.batch_size else 0
 
 
 @dataclasses.dataclass
@@ -339,7 +350,9 @@ def _from_arrays(spec: str, x_train: np.ndarray, y_train: np.ndarray,
         val=_pipeline(_slices(x_val, y_val), options, scale=scale, training=False)
         if has_val else None,
         input_shape=input_shape, num_classes=num_classes, train_size=len(x_train),
-        val_size=len(x_val) if has_val else 0, name=spec)
+        val_size=len(x_val) if has_val else 0, name=spec,
+        train_epochs=_epoch_keyed(x_train, y_train, options, scale),
+        batch_size=options.batch_size)
 
 
 def _as_examples(x: np.ndarray, key: str) -> np.ndarray:
@@ -378,14 +391,51 @@ def _slices(x: np.ndarray, y: np.ndarray) -> tf.data.Dataset:
 def _pipeline(ds: tf.data.Dataset, options: _Options, *, scale: float,
               training: bool) -> tf.data.Dataset:
     """Shuffle and augment (training only), batch, scale to float32, resize, prefetch."""
-    import tensorflow as tf
 
     if training and options.shuffle_buffer > 0:
         ds = ds.shuffle(options.shuffle_buffer, seed=options.seed,
                         reshuffle_each_iteration=True)
     if training and options.augment:
         ds = _augment(ds, options.seed)
-    ds = ds.batch(options.batch_size)
+    return _finish(ds.batch(options.batch_size), options, scale)
+
+
+def _epoch_keyed(x: np.ndarray, y: np.ndarray, options: _Options,
+                 scale: float) -> Callable[[int, int], tf.data.Dataset]:
+    """`(start, stop) -> batches of those epochs`, reproducible per epoch."""
+
+    def epochs(start: int, stop: int) -> tf.data.Dataset:
+        import tensorflow as tf
+
+        images, labels = tf.constant(x), tf.constant(y)
+        height, width = (x.shape[1], x.shape[2]) if x.ndim == 4 else (0, 0)
+        pad = 1 if min(height, width) < 16 else 2
+
+        def one_epoch(epoch):
+            key = tf.stack([tf.constant(options.seed, tf.int64), epoch])
+            order = tf.random.experimental.stateless_shuffle(tf.range(len(x), dtype=tf.int64),
+                                                            seed=key)
+
+            def example(i):
+                image = tf.gather(images, i)
+                if options.augment:
+                    padded = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
+                    image = tf.image.stateless_random_crop(
+                        padded, tf.shape(image), seed=tf.stack([epoch * 1_000_003 + i, key[0]]))
+                return image, tf.gather(labels, i)
+
+            # Batch inside the epoch, so no batch straddles two epochs.
+            return tf.data.Dataset.from_tensor_slices(order).map(example).batch(
+                options.batch_size)
+
+        ds = tf.data.Dataset.range(start, stop).flat_map(one_epoch)
+        return _finish(ds, options, scale)
+
+    return epochs
+
+
+def _finish(ds: tf.data.Dataset, options: _Options, scale: float) -> tf.data.Dataset:
+    import tensorflow as tf
 
     def finish(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         x = tf.cast(x, tf.float32) * scale

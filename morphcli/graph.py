@@ -186,6 +186,7 @@ class _Builder:
         self.parent: dict[int, int] = {}
         self.nodes: list[LayerNode] = []
         self.submodels: dict[int, list[Space]] = {}
+        self.first_call: dict[int, LayerNode] = {}
 
     # -- groups (union-find) --------------------------------------------------
     def new_group(self, width: int, member: str, source: bool = False,
@@ -276,6 +277,7 @@ class _Builder:
             else:
                 node.kind, node.note = Kind.BOUNDARY, verdict
         node.outputs = self.propagate(node)
+        self.tie_calls(node)
         self.nodes.append(node)
         for space in node.outputs:
             self.add_member(space, name)
@@ -299,6 +301,21 @@ class _Builder:
             node.kind = Kind.BOUNDARY
             return self._boundary(node)
         return outs
+
+    def tie_calls(self, node: LayerNode) -> None:
+        """Calls of one shared layer share its weights, hence its channels: tie
+        each call's spaces to the first call's (freeze them if they differ)."""
+        first = self.first_call.setdefault(id(node.layer), node)
+        if first is node:
+            return
+        for a, b in zip(first.inputs + first.outputs, node.inputs + node.outputs, strict=True):
+            if self.seg_widths(a) == self.seg_widths(b):
+                for ga, gb in zip(a.groups, b.groups, strict=True):
+                    self.union(ga, gb)
+            else:
+                reason = f"shared layer `{node.layer.name}` sees different channel layouts"
+                self.freeze(a, reason)
+                self.freeze(b, reason)
 
     def _source(self, node: LayerNode) -> list[Space]:
         return [self.new_group(node.out_shapes[0][-1], node.name, source=True)]

@@ -59,7 +59,7 @@ class Term:
 
     coef: float
     spaces: tuple = ()
-    kernel: bool = False  # a conv/dense kernel term: multiply-adds or kernel weights
+    kernel: bool = False  # a kernel-weights term (for `kernel_params`)
 
 
 Pricer = Callable[["LayerNode"], list[Term]]
@@ -76,6 +76,9 @@ class Rule:
     params: Pricer | None = None
     weights: WeightSpec | None = None
     resize: Resizer | None = None
+    # Real multiply-adds of the kernels (`flops` follows the profiler, which
+    # prices dilated and transposed convs by what TF runs, not by the math).
+    macs: Pricer | None = None
     # Whether running the layer reads and writes activations (roofline latency);
     # False for views such as Flatten, Reshape, Dropout at inference.
     moves_memory: bool = True
@@ -183,7 +186,7 @@ def conv_flops(node) -> list[Term]:
     """2 · kh·kw · positions · (A / groups) · B, plus bias and fused activation."""
     groups = _cfg(node, "groups", 1) or 1
     coef = 2 * _kernel_area(node) * _conv_positions(node) / groups
-    return [Term(coef, (node.inputs[0], node.outputs[0]), kernel=True)] + _bias_act_terms(node)
+    return [Term(coef, (node.inputs[0], node.outputs[0]))] + _bias_act_terms(node)
 
 
 def conv_transpose_flops(node) -> list[Term]:
@@ -192,28 +195,26 @@ def conv_transpose_flops(node) -> list[Term]:
         return _bias_act_terms(node)
     strides = math.prod(_tuple(_cfg(node, "strides", 1), len(_in(node)) - 1))
     coef = 2 * _kernel_area(node) * _positions(_out(node)) / strides
-    return [Term(coef, (node.inputs[0], node.outputs[0]), kernel=True)] + _bias_act_terms(node)
+    return [Term(coef, (node.inputs[0], node.outputs[0]))] + _bias_act_terms(node)
 
 
 def dense_flops(node) -> list[Term]:
     """2 · A · B per position (Dense acts on the last axis), plus bias and activation."""
     coef = 2 * _positions(_out(node))
-    return [Term(coef, (node.inputs[0], node.outputs[0]), kernel=True)] + _bias_act_terms(node)
+    return [Term(coef, (node.inputs[0], node.outputs[0]))] + _bias_act_terms(node)
 
 
 def depthwise_flops(node) -> list[Term]:
     """2 · kh·kw · positions per channel (linear in the width), plus bias and activation."""
     coef = 2 * _kernel_area(node) * _conv_positions(node) * _cfg(node, "depth_multiplier", 1)
-    return [Term(coef, (node.inputs[0],), kernel=True)] + _bias_act_terms(node)
+    return [Term(coef, (node.inputs[0],))] + _bias_act_terms(node)
 
 
 def separable_flops(node) -> list[Term]:
     """Depthwise part (linear in A) plus pointwise part (bilinear A·B)."""
     mult = _cfg(node, "depth_multiplier", 1)
-    depthwise = Term(2 * _kernel_area(node) * _conv_positions(node) * mult, (node.inputs[0],),
-                     kernel=True)
-    pointwise = Term(2 * _positions(_out(node)) * mult, (node.inputs[0], node.outputs[0]),
-                     kernel=True)
+    depthwise = Term(2 * _kernel_area(node) * _conv_positions(node) * mult, (node.inputs[0],))
+    pointwise = Term(2 * _positions(_out(node)) * mult, (node.inputs[0], node.outputs[0]))
     return [depthwise, pointwise] + _bias_act_terms(node)
 
 
@@ -305,6 +306,36 @@ def upsampling_flops(node) -> list[Term]:
 
 def no_flops(node) -> list[Term]:
     return []
+
+
+# ---------------------------------------------------------------------------
+# Multiply-adds of the kernels: positions × taps × channels.
+
+
+def conv_macs(node) -> list[Term]:
+    groups = _cfg(node, "groups", 1) or 1
+    coef = _kernel_area(node) * _positions(_out(node)) / groups
+    return [Term(coef, (node.inputs[0], node.outputs[0]))]
+
+
+def conv_transpose_macs(node) -> list[Term]:
+    """Every input position scatters a full kernel."""
+    return [Term(_kernel_area(node) * _positions(_in(node)), (node.inputs[0], node.outputs[0]))]
+
+
+def dense_macs(node) -> list[Term]:
+    return [Term(_positions(_out(node)), (node.inputs[0], node.outputs[0]))]
+
+
+def depthwise_macs(node) -> list[Term]:
+    coef = _kernel_area(node) * _positions(_out(node)) * _cfg(node, "depth_multiplier", 1)
+    return [Term(coef, (node.inputs[0],))]
+
+
+def separable_macs(node) -> list[Term]:
+    mult, positions = _cfg(node, "depth_multiplier", 1), _positions(_out(node))
+    return [Term(_kernel_area(node) * positions * mult, (node.inputs[0],)),
+            Term(positions * mult, (node.inputs[0], node.outputs[0]))]
 
 
 # ---------------------------------------------------------------------------
@@ -443,6 +474,21 @@ def _last_axis(node) -> str | None:
     return None
 
 
+def _across_channels(node) -> str | None:
+    """Softmax over the channel axis mixes channels: removing one changes the rest."""
+    axis = _cfg(node, "axis", -1)
+    softmax_layer = "axis" in node.config and axis in (-1, len(_out(node)))
+    if softmax_layer or _cfg(node, "activation") == "softmax":
+        return "softmax over the channel axis couples channels"
+    return None
+
+
+def _baked_constants(node) -> str | None:
+    if _cfg(node, "mean") is not None or _cfg(node, "variance") is not None:
+        return "its mean and variance are constants of the config"
+    return _per_channel_params(node)
+
+
 def _per_channel_params(node) -> str | None:
     for w in node.layer.weights:
         if len(w.shape) and w.shape[-1] != _in(node)[-1]:
@@ -465,28 +511,29 @@ def _all(*checks) -> Callable:
 # The table.
 
 _grouped_depthwise_rule = Rule(Kind.PASS, depthwise_flops, depthwise_params,
-                               grouped_depthwise_weights, resize_grouped)
+                               grouped_depthwise_weights, resize_grouped, macs=depthwise_macs)
 register(
     ["Conv1D", "Conv2D", "Conv3D"],
     Rule(Kind.SOURCE, conv_flops, conv_params, conv_weights, resize_key("filters"),
-         check=_grouped_conv),
+         macs=conv_macs, check=_grouped_conv),
 )
 register(
     ["Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose"],
     Rule(Kind.SOURCE, conv_transpose_flops, conv_params, conv_transpose_weights,
-         resize_key("filters"), check=_channels_last),
+         resize_key("filters"), macs=conv_transpose_macs, check=_channels_last),
 )
 register("Dense", Rule(Kind.SOURCE, dense_flops, dense_params, dense_weights,
-                       resize_key("units")))
+                       resize_key("units"), macs=dense_macs))
 register(
     ["DepthwiseConv1D", "DepthwiseConv2D"],
-    Rule(Kind.PASS, depthwise_flops, depthwise_params, depthwise_weights,
+    Rule(Kind.PASS, depthwise_flops, depthwise_params, depthwise_weights, macs=depthwise_macs,
          check=_all(_single_multiplier, _channels_last)),
 )
 register(
     ["SeparableConv1D", "SeparableConv2D"],
     Rule(Kind.SOURCE, separable_flops, separable_params, separable_weights,
-         resize_key("filters"), check=_all(_single_multiplier, _channels_last)),
+         resize_key("filters"), macs=separable_macs,
+         check=_all(_single_multiplier, _channels_last)),
 )
 
 # Per-channel layers with weights. Batch norm at inference is x * a + b with
@@ -508,7 +555,7 @@ register(
 register(
     "Normalization",
     Rule(Kind.PASS, elementwise_flops(2, 1), per_channel_params, last_axis_weights,
-         check=_per_channel_params),
+         check=_baked_constants),
 )
 register(  # keras.applications.convnext.LayerScale: gamma of size projection_dim
     "LayerScale",
@@ -518,11 +565,11 @@ register(  # keras.applications.convnext.LayerScale: gamma of size projection_di
 )
 
 # Per-channel layers without weights.
-register("Activation", Rule(Kind.PASS, activation_flops))
+register("Activation", Rule(Kind.PASS, activation_flops, check=_across_channels))
 register("ReLU", Rule(Kind.PASS, relu_flops))
 register("LeakyReLU", Rule(Kind.PASS, no_flops))
 register("ELU", Rule(Kind.PASS, elu_flops))
-register("Softmax", Rule(Kind.PASS, softmax_flops))
+register("Softmax", Rule(Kind.PASS, softmax_flops, check=_across_channels))
 register(["Rescaling"], Rule(Kind.PASS, elementwise_flops(2)))
 register(
     ["Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D",

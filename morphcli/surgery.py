@@ -20,7 +20,7 @@ import numpy as np
 
 from morphcli.errors import ModelError
 from morphcli.graph import ChannelGraph, LayerNode, Space, build_graph
-from morphcli.rules import IN, OUT, Kind
+from morphcli.rules import IN
 
 
 def _widths_from_alive(graph: ChannelGraph, alive: Mapping[int, np.ndarray]) -> dict[int, int]:
@@ -63,21 +63,37 @@ def _clone(model, graph: ChannelGraph, widths: Mapping[int, int]):
 
     def clone_layer(layer):
         if not isinstance(layer, keras.layers.Layer):
-            return layer  # a keras.ops operation: stateless, shape-agnostic
+            # A keras.ops operation: stateless; a fresh one, so the seed's graph
+            # gains no node.
+            return type(layer).from_config(layer.get_config())
         if id(layer) in graph.submodels:
             return clone_nested(layer)
-        config = layer.get_config()
         node = nodes.get(id(layer))
+        config = layer.get_config()
         if node is not None and node.rule is not None and node.rule.resize is not None:
             width_in = int(graph.width(node.inputs[0], widths))
             width_out = int(graph.width(node.outputs[0], widths))
             config = node.rule.resize(config, width_in, width_out)
-        return layer.__class__.from_config(config)
+        return _from_config(layer, config)
 
     try:
         return keras.models.clone_model(model, clone_function=clone_layer)
     except (ValueError, TypeError) as err:
         raise ModelError(f"Could not rebuild model `{model.name}` with new widths: {err}") from err
+
+
+def _from_config(layer, config: dict):
+    """Re-creates a layer; a Lambda's function is re-created from the model in memory,
+    whose code was trusted when it was loaded, hence the unsafe-mode scope."""
+    from keras.src.saving.serialization_lib import SafeModeScope
+
+    try:
+        return layer.__class__.from_config(config)
+    except ValueError as err:
+        if "safe_mode" not in str(err):
+            raise
+    with SafeModeScope(False):
+        return layer.__class__.from_config(config)
 
 
 def _weight_specs(node: LayerNode) -> list[dict[int, str]]:
@@ -155,20 +171,18 @@ def resize(model, widths: Mapping[int, int], graph: ChannelGraph | None = None):
 
 def zero_dead_channels(model, alive: Mapping[int, np.ndarray],
                        graph: ChannelGraph | None = None) -> None:
-    """Zeroes, in place, every weight that produces a dead channel.
+    """Zeroes, in place, every weight entry indexed by a dead channel.
 
-    Output channels of conv/dense layers and the per-channel weights of the
-    layers after them (batch norm, depthwise...) are zeroed, so a dead
-    channel carries exact zeros through the network.
+    Both sides are zeroed: what produces a dead channel (conv/dense outputs,
+    batch-norm gamma and beta...) and what reads it (the next kernels' input
+    rows), so a dead channel contributes nothing downstream even after a
+    layer with f(0) != 0 (a sigmoid, `x + 3.0`).
     """
     graph = graph or build_graph(model)
     for node in _first_calls(graph):
-        produce = OUT if node.kind == Kind.SOURCE else IN
         for weight, spec in zip(node.layer.weights, _weight_specs(node), strict=True):
             value = np.array(weight.numpy())
             for axis, role in spec.items():
-                if role != produce:
-                    continue
                 keep = graph.indices(_space(node, role), alive)
                 dead = np.setdiff1d(np.arange(value.shape[axis]), keep)
                 index = [slice(None)] * value.ndim

@@ -191,7 +191,13 @@ def fit(model, dataset, spec: TrainSpec, *, workdir: str | Path, penalty: Callab
 
     strategy = strategy or tf.distribute.get_strategy()
     workdir = Path(workdir)
-    steps = spec.steps_per_epoch or _steps(dataset.train)
+    checkpoint_dir = workdir / "checkpoints"
+    resumed = _checkpoint_epoch(checkpoint_dir)
+    train_data, steps = dataset.train, spec.steps_per_epoch or _steps(dataset.train)
+    if getattr(dataset, "train_epochs", None) is not None and not spec.steps_per_epoch:
+        # Epoch-keyed order: resuming at epoch k replays the batches of epoch k.
+        train_data = dataset.train_epochs(min(resumed, spec.epochs), spec.epochs)
+        steps = dataset.steps_per_epoch
     with strategy.scope():
         trainee = model
         if penalty is not None:
@@ -200,12 +206,10 @@ def fit(model, dataset, spec: TrainSpec, *, workdir: str | Path, penalty: Callab
                         loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         trainee(keras.ops.zeros((1, *model.inputs[0].shape[1:])))  # built, for restoring
     state = _State()
-    checkpoint_dir = workdir / "checkpoints"
-    resumed = _checkpoint_epoch(checkpoint_dir)
     start = time.perf_counter()
     history = trainee.fit(
-        dataset.train, validation_data=dataset.val, epochs=spec.epochs,
-        steps_per_epoch=spec.steps_per_epoch, verbose=0, shuffle=False,  # tf.data shuffles
+        train_data, validation_data=dataset.val, epochs=spec.epochs,
+        steps_per_epoch=steps, verbose=0, shuffle=False,  # tf.data shuffles
         callbacks=_callbacks(state, checkpoint_dir, workdir / "logs" if tensorboard else None,
                              callbacks),
     )
@@ -250,7 +254,9 @@ def _checkpoint_epoch(checkpoint_dir: Path) -> int:
 
 
 def set_seed(seed: int) -> None:
-    """Seeds Python, NumPy and TensorFlow for a reproducible run."""
+    """Seeds Python, NumPy and TensorFlow, and makes TF ops deterministic."""
     import keras
+    import tensorflow as tf
 
     keras.utils.set_random_seed(int(seed))
+    tf.config.experimental.enable_op_determinism()

@@ -327,9 +327,6 @@ def test_concatenate_on_another_axis_ties_its_inputs():
 # --- shared layers ------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="calls of a shared layer are not tied: each call of "
-                   "`shared` gets its own output group and its two input groups stay apart, "
-                   "although one kernel serves both calls")
 def test_shared_layer_calls_share_groups():
     graph = build_graph(shared_layer())
     assert [n.name for n in graph.nodes if n.name.startswith("shared")] == [
@@ -361,10 +358,10 @@ NOT_KERAS_LAYERS = {
     "TrueDivide": "keras.ops.true_divide operation (`x / y`)",
     "LayerScale": "keras.applications.convnext.LayerScale (not exported)",
     "CustomScaleLayer": "keras.applications.inception_resnet_v2.CustomScaleLayer (not exported)",
-    "ThresholdedReLU": "removed in Keras 3; no model can contain it",
 }
-# Registered names no test model can contain, and why.
-NOT_BUILDABLE = {"ThresholdedReLU": "keras.layers.ThresholdedReLU does not exist in Keras 3"}
+# Registered names no test model can contain, and why (ThresholdedReLU was one: Keras 3
+# has no such layer; it has left the registry).
+NOT_BUILDABLE: dict[str, str] = {}
 
 
 def _all_test_models():
