@@ -64,10 +64,11 @@ def prepare(conf) -> Setup:
     Raises:
         MorphError: Bad model, bad data, mismatched shapes, impossible target.
     """
-    from morphcli import data
+    from morphcli import data, train
     from morphcli.costs import CostModel
     from morphcli.graph import build_graph
 
+    train.set_seed(conf.seed)  # before the seed model's weights are drawn
     dataset = data.load_dataset(
         conf.data.source, batch_size=conf.data.batch_size,
         validation_split=conf.data.validation_split, seed=conf.seed,
@@ -181,8 +182,8 @@ def shrink(conf, outdir: str | Path, *, callbacks: Sequence = (), setup: Setup |
     from morphcli.report import build_report
 
     outdir = Path(outdir)
-    train.set_seed(conf.seed)
     setup = setup or prepare(conf)
+    train.set_seed(conf.seed)  # the same training randomness however setup was made
     reg_conf = conf.regularizer
     reg = regularizers.make_regularizer(
         setup.graph, setup.costs, reg_conf.kind, setup.metric,
@@ -210,19 +211,11 @@ def shrink(conf, outdir: str | Path, *, callbacks: Sequence = (), setup: Setup |
                      "lambda": lam},
         cost={"before": before, "after": after}))
     files.save_model(shrunk, outdir / "shrunk.keras")
-    shrunk_val = _evaluate(shrunk, setup.dataset)
+    shrunk_val = train.evaluate(shrunk, setup.dataset.val)
     result = ShrinkResult(masks, before, after, lam, fit.val, shrunk_val, fit.seconds,
                           reg.kept_whole, floor, outdir, shrunk)
     files.write_json(outdir / "summary.json", summary_dict(result, fit))
     return result
-
-
-def _evaluate(model, dataset) -> dict[str, float]:
-    if dataset.val is None:
-        return {}
-    model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    return {k: float(v) for k, v in model.evaluate(dataset.val, verbose=0,
-                                                    return_dict=True).items()}
 
 
 def summary_dict(result: ShrinkResult, fit) -> dict:

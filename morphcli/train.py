@@ -225,12 +225,31 @@ def fit(model, dataset, spec: TrainSpec, *, workdir: str | Path, penalty: Callab
             hint="lower the learning rate or the regularizer strength, then rerun"
                  + (" with --resume." if done else "."),
         )
-    val = {}
-    if dataset.val is not None:
-        model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-        val = model.evaluate(dataset.val, verbose=0, return_dict=True)
     return FitResult({k: [float(v) for v in vs] for k, vs in history.history.items()},
-                     {k: float(v) for k, v in val.items()}, seconds, resumed)
+                     evaluate(model, dataset.val), seconds, resumed)
+
+
+def evaluate(model, val) -> dict[str, float]:
+    """Validation loss and accuracy, without compiling `model` (a saved model then
+    carries no optimizer of ours). Empty when there is no validation set."""
+    import keras
+    import tensorflow as tf
+
+    if val is None:
+        return {}
+    loss, accuracy = keras.metrics.Mean(), keras.metrics.SparseCategoricalAccuracy()
+    cross_entropy = keras.losses.SparseCategoricalCrossentropy(reduction=None)
+
+    @tf.function
+    def step(x, y):
+        probs = model(x, training=False)
+        return cross_entropy(y, probs), probs
+
+    for x, y in val:
+        losses, probs = step(x, y)
+        loss.update_state(losses)
+        accuracy.update_state(y, probs)
+    return {"loss": float(loss.result()), "accuracy": float(accuracy.result())}
 
 
 def _steps(ds) -> int:
