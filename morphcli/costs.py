@@ -245,26 +245,12 @@ class CostModel:
         """Network cost for one resource at the given widths (default: the seed)."""
         return float(self.per_layer(resource, widths).sum())
 
-    def linear_terms(self, resource: str, widths=None) -> _Compiled:
-        """Terms whose sum is `resource` near `widths`; for latency, each layer's
-        dominant side of the roofline (compute or memory) at those widths."""
-        check_resource(resource)
-        if resource != "latency":
-            return self._terms[resource]
-        compute = self._per_node("flops", widths) / self.hardware.peak
-        memory = self._per_node("bytes", widths) / self.hardware.bandwidth
-        f, b = self._terms["flops"], self._terms["bytes"]
-        f_on = compute[f.node] >= memory[f.node]
-        b_on = memory[b.node] > compute[b.node]
-        return _Compiled(
-            np.concatenate([f.coef * f_on / self.hardware.peak,
-                            b.coef * b_on / self.hardware.bandwidth]),
-            np.concatenate([f.a, b.a]), np.concatenate([f.b, b.b]),
-            np.concatenate([f.node, b.node]),
-        )
-
     def space_matrix(self) -> np.ndarray:
         return self._matrix
+
+    def terms(self, kind: str) -> _Compiled:
+        """Compiled terms of `flops`, `macs`, `params`, `kernel_params` or `bytes`."""
+        return self._terms[kind]
 
 
 def _positions(shape: Sequence[int]) -> int:

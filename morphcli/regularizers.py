@@ -145,17 +145,38 @@ class Regularizer:
         matrix = tf.constant(self.costs.space_matrix(), tf.float32)
         space_w = tf.concat([tf.linalg.matvec(matrix, width_t), [1.0]], 0)
         space_r = tf.concat([tf.linalg.matvec(matrix, tf.stack(sums)), [0.0]], 0)
-        terms = self.costs.linear_terms(self.resource, self._alive_for_linearisation())
-        n = len(self.costs.spaces)  # index -1 ("no space") is the appended last entry
-        a, b = (tf.constant(np.where(idx < 0, n, idx)) for idx in (terms.a, terms.b))
-        coef = tf.constant(terms.coef, tf.float32)
+        coef, a, b = self._coefficients(space_w)
         products = (tf.gather(space_w, a) * tf.gather(space_r, b)
                     + tf.gather(space_w, b) * tf.gather(space_r, a))
         return tf.reduce_sum(coef * products)
 
-    def _alive_for_linearisation(self):
-        # Only latency's roofline branch depends on the widths; skip the work otherwise.
-        return self.alive_widths() if self.resource == "latency" else None
+    def _coefficients(self, space_w):
+        """(coef, a, b) of the cost's monomials; index -1 ("no space") becomes the
+        appended last entry. For latency, each layer keeps the terms of its dominant
+        roofline side (compute or memory) at the current alive widths, chosen in
+        TensorFlow so that it works inside a compiled train step."""
+        import tensorflow as tf
+
+        n = len(self.costs.spaces)
+
+        def compiled(kind):
+            t = self.costs.terms(kind)
+            a, b = (tf.constant(np.where(i < 0, n, i)) for i in (t.a, t.b))
+            return tf.constant(t.coef, tf.float32), a, b, tf.constant(t.node)
+
+        if self.resource != "latency":
+            coef, a, b, _ = compiled(self.resource)
+            return coef, a, b
+        hw, n_nodes = self.costs.hardware, len(self.graph.nodes)
+        sides = [(*compiled("flops"), 1 / hw.peak), (*compiled("bytes"), 1 / hw.bandwidth)]
+        per_node = [tf.math.unsorted_segment_sum(
+            c * tf.gather(space_w, a) * tf.gather(space_w, b), node, n_nodes) * scale
+            for c, a, b, node, scale in sides]
+        compute_bound = per_node[0] >= per_node[1]
+        on = [compute_bound, tf.logical_not(compute_bound)]
+        coef = tf.concat([c * scale * tf.cast(tf.gather(mask, node), tf.float32)
+                          for (c, _, _, node, scale), mask in zip(sides, on, strict=True)], 0)
+        return coef, tf.concat([s[1] for s in sides], 0), tf.concat([s[2] for s in sides], 0)
 
 
 def make_regularizer(graph: ChannelGraph, costs: CostModel, kind: str = "gamma",

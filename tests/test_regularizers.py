@@ -182,3 +182,20 @@ def test_latency_term_by_hand_on_a_memory_bound_model():
     expected = (216 + 432 + 632 + 720 + 340 + 60) / 300e9
     assert float(reg.term()) == pytest.approx(expected, rel=1e-6)
     assert reg.cost() == pytest.approx(reg.costs.total("latency"))
+
+
+def test_latency_term_by_hand_on_a_compute_bound_device():
+    from morphcli.costs import get_hardware
+
+    model = bn_chain()
+    graph = build_graph(model)
+    device = get_hardware("slow", {"peak_gflops": 1, "bandwidth_gbs": 1e6})  # all compute
+    reg = make_regularizer(graph, CostModel(graph, device), "gamma", "latency")
+    flops_term = (32 * (2 * 0.7) + 38 * 0.7 + 32 * (2 * 2.105 + 3 * 0.7) + 38 * 2.105
+                  + 16 * 2.105 + 2 * (2 * 2.105))  # as in test_gamma_term_and_gradient_by_hand
+    assert float(reg.term()) == pytest.approx(flops_term / 1e9, rel=1e-6)
+
+
+def test_latency_term_runs_inside_a_compiled_step():
+    _, reg = setup(bn_chain(), resource="latency")
+    assert float(tf.function(reg.term)()) == pytest.approx(float(reg.term()), rel=1e-6)
