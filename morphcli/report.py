@@ -179,7 +179,8 @@ def compare_table(before: Report, after: Report):
     table = Table(title=f"{escape(before.name)} → {escape(after.name)}", show_footer=True,
                   caption="layers that set a width; values of the second model, "
                           "× = second / first")
-    table.add_column("layer", footer="total", min_width=12)
+    longest = max((len(r["name"]) for r in before.layers if r["sets_width"]), default=5)
+    table.add_column("layer", footer="total", min_width=min(longest, 32))
     table.add_column("channels", justify="right")
     foot = ratios(before, after)
     for key, label in (("flops", "FLOPs"), ("params", "params"), ("latency_s", "latency")):
