@@ -407,7 +407,7 @@ class DataConfig:
     image_size: tuple[int, int] | None = _opt(
         None, _optional(_dims((2,), "a size [H, W] of positive integers")),
         "[H, W]: resize images to this size")
-    augment: bool = _opt(False, _boolean, "random flips and shifts while training")
+    augment: bool = _opt(False, _boolean, "random 1-2 pixel shifts of training images (no flips)")
 
 
 @dataclass(frozen=True)
@@ -441,7 +441,7 @@ class RegularizerConfig:
         "bn": "gamma", "batch_norm": "gamma"}),
         "gamma (batch-norm scales) | group_lasso (weight norms, no BN needed)")
     strength: float | str = _opt("auto", _auto(_POSITIVE),
-                                 "auto or > 0; lambda = strength / cost(seed)")
+                                 "auto (1.0) or > 0: the regularization loss starts at this value")
     threshold: float | str = _opt("auto", _auto(_POSITIVE),
                                   "auto (1e-2) or > 0; a channel is alive above it")
     min_channels: int = _opt(1, _integer(1), "channels kept alive in every group, at least")

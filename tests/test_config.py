@@ -445,7 +445,7 @@ def test_dump_yaml_shape():
 
 def test_describe_schema_is_the_default_config(tmp_path):
     text = describe_schema()
-    assert "  strength: auto" in text and "lambda = strength / cost(seed)" in text
+    assert "  strength: auto" in text and "the regularization loss starts at this value" in text
     path = tmp_path / "schema.yaml"
     path.write_text(text, encoding="utf-8")
     assert load_config(path) == default_config()
