@@ -16,6 +16,9 @@ _API = {
     "CostModel": "morphcli.costs",
     "apply_structure": "morphcli.surgery",
     "resize": "morphcli.surgery",
+    "make_regularizer": "morphcli.regularizers",
+    "expand_model": "morphcli.expand",
+    "load_config": "morphcli.config",
     "MorphError": "morphcli.errors",
 }
 

@@ -266,10 +266,13 @@ def _show_shrink(out, err, setup, result, as_json: bool) -> None:
 @click.option("--round-to", type=int, help="Keep widths multiples of N (e.g. 8).")
 @click.option("--mode", type=click.Choice(["below", "nearest"]),
               help="below: never above the target (default); nearest: closest either side.")
+@click.option("--structure", "structure_path", type=click.Path(dir_okay=False),
+              help="Scale the widths of a structure.json learned on MODEL (the seed) instead "
+                   "of MODEL's own widths.")
 @click.option("--json", "as_json", is_flag=True, help="Print expand.json on stdout.")
 @_model_options
-def expand(model, target, config_path, out_path, hardware, round_to, mode, as_json,
-           input_shape, classes, trust_code):
+def expand(model, target, config_path, out_path, hardware, round_to, mode, structure_path,
+           as_json, input_shape, classes, trust_code):
     """Scale every prunable width of MODEL by one multiplier to land on a budget.
 
     Solves for the width multiplier w so that the cost of MODEL with every
@@ -283,6 +286,7 @@ def expand(model, target, config_path, out_path, hardware, round_to, mode, as_js
       morph expand runs/x/shrunk.keras --target flops=25M -o expanded.keras
       morph expand zoo:resnet20 --target params=0.5 --round-to 8 -o half.keras
       morph expand shrunk.keras --target latency=2ms --hardware T4 -o fast.keras
+      morph expand seed.keras --structure runs/x/structure.json --target flops=0.5 -o y.keras
     """
     from morphcli import config as cfg
     from morphcli import expand as expanding
@@ -303,9 +307,14 @@ def expand(model, target, config_path, out_path, hardware, round_to, mode, as_js
         raise MorphError("No target given.", hint="pass --target flops=25M (or params=, "
                                                   "latency=) or -c CONFIG.")
     seed = _load(model, input_shape, classes, trust_code)
+    base = None
+    if structure_path:
+        from morphcli import structure
+
+        base = structure.load(structure_path).widths_for(build_graph(seed))
     expanded, result = expanding.expand_model(
         seed, metric, quantity, hardware=hardware_of(conf), round_to=conf.expand.round_to,
-        mode=conf.expand.mode)
+        mode=conf.expand.mode, base_widths=base)
     info = result.to_dict(build_graph(seed))
     files.save_model(expanded, out_path)
     files.write_json(_beside(out_path, "expand.json"), info)

@@ -293,7 +293,7 @@ def _fix_up(p: _Problem, widths: np.ndarray, above: bool) -> np.ndarray:
 
 
 def expand_model(model, target_metric: str, quantity, *, hardware=None, round_to: int = 1,
-                 mode: str = "below"):
+                 mode: str = "below", base_widths: Mapping[int, int] | None = None):
     """Rebuilds `model` with every prunable width scaled to meet a budget.
 
     Args:
@@ -304,6 +304,8 @@ def expand_model(model, target_metric: str, quantity, *, hardware=None, round_to
         hardware: Device for latency (name or `costs.Hardware`).
         round_to: Widths are multiples of this.
         mode: `"below"` or `"nearest"` (see `solve_multiplier`).
+        base_widths: Widths per group to scale instead of the model's own (e.g. a
+            learned structure applied to the seed, `morph expand --structure`).
 
     Returns:
         `(new_model, expansion)`: a freshly initialised Keras model with the
@@ -319,7 +321,8 @@ def expand_model(model, target_metric: str, quantity, *, hardware=None, round_to
     graph = build_graph(model)
     costs = CostModel(graph, hardware)
     target = resolve_target(costs, target_metric, quantity)
-    expansion = solve_multiplier(costs, target_metric, target, round_to=round_to, mode=mode)
+    expansion = solve_multiplier(costs, target_metric, target, round_to=round_to, mode=mode,
+                                 base_widths=base_widths)
     new_model = resize(model, expansion.widths, graph)
     rebuilt = CostModel(build_graph(new_model), hardware).total(target_metric)
     if not math.isclose(rebuilt, expansion.achieved, rel_tol=1e-9):

@@ -150,11 +150,13 @@ def _structure_logger(reg, seed_cost: float):
     import keras
 
     class StructureLogger(keras.callbacks.Callback):
-        """Adds the alive structure's cost to each epoch's logs (and TensorBoard)."""
+        """Adds the task loss and the alive structure's cost to each epoch's logs
+        (and so to TensorBoard)."""
 
         def on_epoch_end(self, epoch, logs=None):
             if logs is not None:
                 cost = reg.cost()
+                logs["task_loss"] = logs["loss"] - logs.get("reg_loss", 0.0)
                 logs["alive_cost"] = cost
                 logs["alive_fraction"] = cost / seed_cost
 

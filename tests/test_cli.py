@@ -208,6 +208,35 @@ def test_existing_output_folder_is_not_overwritten(tmp_path):
     assert (out / "keep.txt").read_text() == "mine"
 
 
+def test_model_with_nothing_to_prune(tmp_path):
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Flatten()(inputs)
+    path = tmp_path / "linear.keras"
+    keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(x)).save(path)
+    assert "no channel group that can be pruned" in user_error(
+        "shrink", str(path), "-o", str(tmp_path / "out"))
+
+
+def test_expand_a_structure_learned_on_the_seed(tmp_path):
+    from morphcli import structure
+    from morphcli.graph import build_graph
+
+    graph = build_graph(_cnn())
+    conv3 = next(g for g in graph.groups.values() if "conv3" in g.sources)
+    mask = np.zeros(128, bool)
+    mask[:32] = True  # keep a quarter of conv3
+    path = tmp_path / "structure.json"
+    path.write_text(json.dumps(structure.to_dict(graph, {conv3.id: mask})))
+    info = json.loads(morph("expand", "zoo:cnn", "--structure", str(path), "--target",
+                            "flops=0.5", "-o", str(tmp_path / "e.keras"), "--json").stdout)
+    widths = {g["layers"][0]: (g["width_before"], g["width_after"]) for g in info["groups"]}
+    w = info["multiplier"]
+    assert widths["conv3"][0] == 32  # the structure's width is the base, not the seed's
+    for before, after in widths.values():
+        assert abs(after - w * before) <= 1.5
+    assert -0.01 < info["relative_error"] <= 0
+
+
 def _config(tmp_path, text: str) -> str:
     path = tmp_path / "config.yaml"
     path.write_text(text)

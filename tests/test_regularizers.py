@@ -199,3 +199,71 @@ def test_latency_term_by_hand_on_a_compute_bound_device():
 def test_latency_term_runs_inside_a_compiled_step():
     _, reg = setup(bn_chain(), resource="latency")
     assert float(tf.function(reg.term)()) == pytest.approx(float(reg.term()), rel=1e-6)
+
+
+def _conv(filters, name):
+    return layers.Conv2D(filters, 1, use_bias=False, name=name)
+
+
+def _assign(model, gammas):
+    for name, value in gammas.items():
+        model.get_layer(name).gamma.assign(value)
+    return model
+
+
+def test_concat_block_term_by_hand():
+    # input 2x2x3 (4 positions) -> [ca(2)-ba, cb(3)-bb] -> concat(5) -> cc(4)-bc -> GAP -> Dense(2)
+    inputs = keras.Input((2, 2, 3))
+    a = layers.BatchNormalization(name="ba")(_conv(2, "ca")(inputs))
+    b = layers.BatchNormalization(name="bb")(_conv(3, "cb")(inputs))
+    x = layers.Concatenate(name="cat")([a, b])
+    x = layers.BatchNormalization(name="bc")(_conv(4, "cc")(x))
+    x = layers.GlobalAveragePooling2D()(x)
+    model = _assign(keras.Model(inputs, layers.Dense(2)(x)),
+                    {"ba": [1, 0], "bb": [0.5, 0.5, 0], "bc": [1, 1, 1, 1]})
+    graph, reg = setup(model)
+    # R_a = 1, R_b = 1, R_c = 4; alive A_a = 1, A_b = 2, A_c = 4; concat: W = 3, R = 2.
+    # ca, cb: 8 per pair (1x1 on 4 positions) x input 3 (frozen): 8*3*R = 24 each
+    # ba, bb: (2*4 + 6) = 14 per channel: 14*R = 14 each
+    # cc: 8*(W_cat*R_c + W_c*R_cat) = 8*(3*4 + 4*2) = 160;  bc: 14*4 = 56
+    # GAP: 4*R_c = 16;  Dense: 2*(2*R_c) = 16
+    assert float(reg.term()) == pytest.approx(24 + 14 + 24 + 14 + 160 + 56 + 16 + 16)
+    # alive flops: 24 + 14 + 48 + 28 + 96 + 56 + 16 + 16 + bias 2
+    assert reg.cost() == 300
+    assert reg.alive_masks()[group_of(graph, "ca")].tolist() == [True, False]
+
+
+def test_depthwise_block_term_by_hand():
+    # input 3x3x2 (9 positions) -> c1(3)-b1 -> depthwise 3x3 -> bd -> GAP -> Dense(2)
+    inputs = keras.Input((3, 3, 2))
+    x = layers.BatchNormalization(name="b1")(_conv(3, "c1")(inputs))
+    x = layers.DepthwiseConv2D(3, padding="same", use_bias=False, name="dw")(x)
+    x = layers.BatchNormalization(name="bd")(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    model = _assign(keras.Model(inputs, layers.Dense(2)(x)),
+                    {"b1": [1, 0, 0.5], "bd": [0.2, 0, 0]})
+    graph, reg = setup(model)
+    gid = group_of(graph, "dw")
+    assert group_of(graph, "c1") == gid  # the depthwise conv passes channels through
+    np.testing.assert_allclose(reg.numpy_vectors()[gid], [1, 0, 0.5])  # max over b1, bd
+    # R = 1.5: c1 18*(2*R) = 54; b1 (2*9 + 6)*R = 36; dw 2*9*9*R = 243 (linear);
+    # bd 36; GAP 9*R = 13.5; Dense 2*(2*R) = 6
+    assert float(reg.term()) == pytest.approx(54 + 36 + 243 + 36 + 13.5 + 6)
+
+
+def test_flatten_dense_head_term_by_hand():
+    # input 2x2x1 -> c(3)-b -> Flatten (12 = 4 positions x 3) -> d1(2)-bd1 -> Dense(2)
+    inputs = keras.Input((2, 2, 1))
+    x = layers.BatchNormalization(name="b")(_conv(3, "c")(inputs))
+    x = layers.Flatten(name="flat")(x)
+    x = layers.BatchNormalization(name="bd1")(layers.Dense(2, name="d1")(x))
+    model = _assign(keras.Model(inputs, layers.Dense(2, name="out")(x)),
+                    {"b": [1, 0, 0.5], "bd1": [0.5, 0.25]})
+    graph, reg = setup(model)
+    # R_c = 1.5 (A_c = 2), flattened: W = 4*2 = 8, R = 4*1.5 = 6; R_d = 0.75 (A_d = 2)
+    # c: 8*(1*R_c) = 12; b: 14*R_c = 21; d1: 2*(8*R_d + 2*6) = 36, bias R_d = 0.75;
+    # bd1 (one position): (2 + 6)*R_d = 6; out: 2*(2*R_d) = 3
+    assert float(reg.term()) == pytest.approx(12 + 21 + 36 + 0.75 + 6 + 3)
+    # Dense d1 reads 4 positions x 2 alive channels = 8 of its 12 inputs. Params:
+    # c 1*2, b 4*2, d1 8*2 + bias 2, bd1 4*2, out 2*2 + bias 2
+    assert reg.costs.total("params", reg.alive_widths()) == 2 + 8 + 16 + 2 + 8 + 4 + 2
