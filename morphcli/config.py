@@ -460,8 +460,17 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class ShrinkConfig(TrainConfig):
-    """Training with the regularizer, constant learning rate."""
+    """Training with the regularizer, constant learning rate.
 
+    Momentum SGD by default: Adam rescales each weight's step by its own
+    gradient history, which largely cancels the resource weighting of the
+    regularizer (cheap and expensive channels then shrink alike).
+    """
+
+    epochs: int = _opt(20, _integer(1), "passes over the training data")
+    learning_rate: float = _opt(0.1, _POSITIVE, "constant learning rate (> 0)")
+    optimizer: str = _opt("momentum", _OPTIMIZER,
+                          "momentum (default: keeps the cost weighting) | sgd | adam | rmsprop")
     round_to: int = _opt(1, _integer(1), "round alive channel counts up to a multiple of this")
 
 

@@ -61,7 +61,7 @@ def test_defaults():
             config.regularizer.threshold, config.regularizer.min_channels) == (
         "gamma", "auto", "auto", 1)
     assert (config.shrink.epochs, config.shrink.learning_rate, config.shrink.optimizer) == (
-        10, 0.01, "adam")
+        20, 0.1, "momentum")
     assert (config.retrain.epochs, config.retrain.schedule, config.retrain.keep_weights) == (
         20, "cosine", False)
     assert (config.expand.mode, config.distribute.strategy, config.run.rounds) == (
@@ -88,7 +88,7 @@ def test_file_then_overrides(write):
     config = load_config(path, {"shrink.epochs": 3, "seed": 42})
     assert (config.shrink.epochs, config.retrain.epochs, config.seed) == (3, 7, 42)
     assert (config.name, config.output_dir, config.source) == ("exp", "runs/exp", str(path))
-    assert config.shrink.learning_rate == 0.01  # untouched default
+    assert config.shrink.learning_rate == 0.1  # untouched default
 
 
 def test_later_files_win_and_sections_merge(write):
@@ -432,7 +432,7 @@ def test_dump_yaml_round_trip(tmp_path, comments):
     path.write_text(dump_yaml(config, comments=comments), encoding="utf-8")
     assert load_config(path) == config
     if comments:
-        assert "  epochs: 10                             # passes over the training data" in (
+        assert "  epochs: 20                             # passes over the training data" in (
             path.read_text())
 
 
