@@ -17,12 +17,14 @@ Kinds:
   layers of a tied group). Groups without a batch norm are kept whole.
 - `group_lasso`: root-mean-square of the kernel slice that produces the
   channel, for models without batch norm.
+- `gates`: keep-probability of the `ChannelGate`s that `morphcli.gates`
+  inserts (FiGS); a tied group's is 1 - prod(1 - p) over its gates.
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,8 +35,9 @@ from morphcli.graph import ChannelGraph
 from morphcli.rules import OUT, Kind
 
 KINDS = {"gamma": "gamma", "batch_norm": "gamma", "bn": "gamma",
-         "group_lasso": "group_lasso", "grouplasso": "group_lasso"}
-DEFAULT_THRESHOLD = {"gamma": 1e-2, "group_lasso": 1e-2}
+         "group_lasso": "group_lasso", "grouplasso": "group_lasso",
+         "gates": "gates", "gate": "gates", "gating": "gates"}
+DEFAULT_THRESHOLD = {"gamma": 1e-2, "group_lasso": 1e-2, "gates": 0.1}
 
 
 def canonical_kind(kind: str) -> str:
@@ -44,7 +47,8 @@ def canonical_kind(kind: str) -> str:
     if key not in KINDS:
         close = difflib.get_close_matches(key, list(KINDS), n=1)
         raise MorphError(
-            f"Unknown regularizer kind. Expected gamma or group_lasso. Received: kind={kind!r}",
+            "Unknown regularizer kind. Expected gamma, group_lasso or gates. "
+            f"Received: kind={kind!r}",
             hint=f"did you mean `{KINDS[close[0]]}`?" if close else None,
         )
     return KINDS[key]
@@ -59,6 +63,7 @@ class _Source:
     axis: int
     index: np.ndarray  # position in the weight of each channel of the group
     reduce: bool = False  # group lasso: RMS over every other axis
+    transform: Callable | None = None  # gates: stored scores -> keep-probabilities
 
 
 @dataclass
@@ -91,8 +96,17 @@ class Regularizer:
         result = {}
         for gid, sources in self.sources.items():
             parts = [self._values(src) for src in sources]
-            result[gid] = parts[0] if len(parts) == 1 else tf.reduce_max(tf.stack(parts), 0)
+            result[gid] = parts[0] if len(parts) == 1 else self._combine(tf.stack(parts))
         return result
+
+    def _combine(self, stacked):
+        """A tied group's vector from its members': the max, or for gates the
+        probability that at least one member keeps the channel."""
+        import tensorflow as tf
+
+        if self.kind == "gates":
+            return 1.0 - tf.reduce_prod(1.0 - stacked, 0)
+        return tf.reduce_max(stacked, 0)
 
     @staticmethod
     def _values(src: _Source):
@@ -100,6 +114,8 @@ class Regularizer:
 
         w = tf.convert_to_tensor(src.variable)
         w = tf.gather(w, src.index, axis=src.axis)
+        if src.transform is not None:
+            return src.transform(w)
         if not src.reduce:
             return tf.abs(w)
         w = tf.experimental.numpy.moveaxis(w, src.axis, -1)
@@ -188,34 +204,31 @@ def make_regularizer(graph: ChannelGraph, costs: CostModel, kind: str = "gamma",
         graph: `build_graph(model)`; the regularizer reads the model's live
             weight variables, so training the model moves its values.
         costs: `CostModel(graph, hardware)`.
-        kind: `gamma` or `group_lasso` (aliases accepted).
+        kind: `gamma`, `group_lasso` or `gates` (aliases accepted); `gates`
+            needs a model made by `morphcli.gates.insert`.
         resource: flops, macs, params, kernel_params or latency.
-        threshold: Alive threshold (default 1e-2).
+        threshold: Alive threshold (default 1e-2; 0.1 for gates).
         min_channels: Channels every group keeps at least.
 
     Raises:
         MorphError: Unknown kind; `gamma` on a model whose batch norms have
-            `scale=False` or with no batch norm in any prunable group.
+            `scale=False` or with no batch norm in any prunable group; `gates`
+            on a model without gates, or gates closing at another threshold.
     """
     kind = canonical_kind(kind)
     reg = Regularizer(graph, costs, kind, resource,
                       DEFAULT_THRESHOLD[kind] if threshold is None else float(threshold),
                       int(min_channels))
-    collect = _gamma_sources if kind == "gamma" else _lasso_sources
+    collector = _COLLECTORS[kind]
     for node in graph.nodes:
-        collect(reg, node)
+        collector.collect(reg, node)
     for group in graph.prunable_groups():
         if group.id not in reg.sources:
-            reg.kept_whole[group.id] = (
-                "no batch-norm gamma to regularize (use regularizer.kind: group_lasso)"
-                if kind == "gamma" else "no kernel produces it")
+            reg.kept_whole[group.id] = collector.kept_whole
     if not reg.sources:
         raise MorphError(
             f"Nothing to regularize with kind={kind}: no prunable channel group has "
-            f"{'a batch norm' if kind == 'gamma' else 'a conv/dense kernel'}.",
-            hint="use `regularizer.kind: group_lasso` for models without batch norm."
-            if kind == "gamma" else "check `morph report MODEL` for frozen groups.",
-        )
+            f"{collector.needs}.", hint=collector.hint)
     return reg
 
 
@@ -261,6 +274,47 @@ def _lasso_sources(reg: Regularizer, node) -> None:
             index = np.arange(reg.graph.groups[gid].width)
             reg.sources.setdefault(gid, []).append(_Source(variable, axis, index, reduce=True))
             return
+
+
+def _gate_sources(reg: Regularizer, node) -> None:
+    if node.type != "ChannelGate" or node.kind != Kind.PASS:
+        return
+    if node.layer.threshold != reg.threshold:
+        raise MorphError(
+            f"Gate `{node.name}` closes at keep-probability {node.layer.threshold} but the "
+            f"regularizer's threshold is {reg.threshold}: the exported model would differ "
+            f"from the gated one. Received: threshold={reg.threshold}",
+            hint="insert the gates with the regularizer's threshold.")
+    space = node.inputs[0]
+    for gid, index in _segments(reg.graph, space):
+        sources = reg.sources.get(gid, [])
+        # A shared gate (after a shared conv) is one gate, however many calls it has.
+        if (reg.graph.groups[gid].prunable and space.repeat == 1
+                and all(s.variable is not node.layer.score for s in sources)):
+            gate = _Source(node.layer.score, -1, index, transform=node.layer.probability_of)
+            reg.sources[gid] = [*sources, gate]
+
+
+@dataclass(frozen=True)
+class _Collector:
+    """How one kind finds its values, and what it says when a group has none."""
+
+    collect: Callable
+    kept_whole: str  # why a prunable group without values is kept whole
+    needs: str  # what a group needs, for the "nothing to regularize" error
+    hint: str
+
+
+_COLLECTORS = {
+    "gamma": _Collector(
+        _gamma_sources, "no batch-norm gamma to regularize (use regularizer.kind: group_lasso)",
+        "a batch norm", "use `regularizer.kind: group_lasso` for models without batch norm."),
+    "group_lasso": _Collector(_lasso_sources, "no kernel produces it", "a conv/dense kernel",
+                              "check `morph report MODEL` for frozen groups."),
+    "gates": _Collector(
+        _gate_sources, "no gate on it (inside a nested model, or no layer can absorb one)",
+        "a ChannelGate", "insert the gates first: `morphcli.gates.insert(model)`."),
+}
 
 
 def strength_scale(reg: Regularizer) -> float:

@@ -564,6 +564,12 @@ register(  # keras.applications.convnext.LayerScale: gamma of size projection_di
          check=_per_channel_params),
 )
 
+register(  # morphcli.gates.ChannelGate: inserted for `regularizer.kind: gates`, folded
+    # into the layer before it on export, so it costs nothing and moves no memory.
+    "ChannelGate",
+    Rule(Kind.PASS, no_flops, no_flops, last_axis_weights, moves_memory=False),
+)
+
 # Per-channel layers without weights.
 register("Activation", Rule(Kind.PASS, activation_flops, check=_across_channels))
 register("ReLU", Rule(Kind.PASS, relu_flops))

@@ -9,7 +9,7 @@ import pytest
 from keras import layers
 from patterns import PATTERNS, PROBES, group_of, probe_model, probe_node, shared_layer
 
-from morphcli import rules
+from morphcli import gates, rules
 from morphcli.errors import ModelError
 from morphcli.graph import Space, alive_from_counts, build_graph
 from morphcli.rules import Kind
@@ -354,6 +354,7 @@ def test_unbuilt_sequential_is_an_error():
 
 # Registered names that are not `keras.layers` classes, and why.
 NOT_KERAS_LAYERS = {
+    "ChannelGate": "morphcli.gates.ChannelGate (inserted for regularizer.kind: gates)",
     "Divide": "keras.ops.divide operation",
     "TrueDivide": "keras.ops.true_divide operation (`x / y`)",
     "LayerScale": "keras.applications.convnext.LayerScale (not exported)",
@@ -367,6 +368,7 @@ NOT_BUILDABLE: dict[str, str] = {}
 def _all_test_models():
     yield from (build() for build in PATTERNS.values())
     yield from (probe_model(key) for key in PROBES)
+    yield gates.insert(PATTERNS["chain"]())  # ChannelGate
 
 
 def test_every_registered_layer_is_exercised():
