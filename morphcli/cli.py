@@ -205,6 +205,7 @@ def shrink(model, config_path, outdir, epochs, strength, kind, round_to, resume,
     conf = _resolve(config_path, overrides, {k: "the command line" for k in overrides})
     from morphcli.files import prepare_outdir
 
+    resume, overwrite, chief = _distribution(conf, resume, overwrite)
     outdir = prepare_outdir(outdir, resume=resume, overwrite=overwrite)
     out, err = _consoles()
     setup = shrinking.prepare(conf)
@@ -213,7 +214,25 @@ def shrink(model, config_path, outdir, epochs, strength, kind, round_to, resume,
               markup=False, highlight=False)
     result = shrinking.shrink(conf, outdir, setup=setup, callbacks=[
         _progress(err, "shrink", conf.shrink.epochs)])
+    if not chief:
+        return _worker_done(err)
     _show_shrink(out, err, setup, result, as_json)
+
+
+def _distribution(conf, resume: bool, overwrite: bool) -> tuple[bool, bool, bool]:
+    """Creates the config's tf.distribute strategy before TensorFlow runs anything
+    (logical devices must be set first). Returns (resume, overwrite, is_chief):
+    workers other than the chief never refuse or delete the chief's folder."""
+    from morphcli import distribute
+
+    _quiet_tensorflow()
+    strategy = distribute.make_strategy(conf.distribute)
+    chief = distribute.is_chief(strategy)
+    return (resume or not chief, overwrite and chief, chief)
+
+
+def _worker_done(err) -> None:
+    err.print("this worker is done; the chief wrote the outputs", markup=False)
 
 
 def _number_or_auto(text: str):
@@ -364,11 +383,14 @@ def retrain(model, config_path, outdir, epochs, keep_weights, resume, overwrite,
 
     overrides = {k: v for k, v in {"retrain.epochs": epochs}.items() if v is not None}
     conf = _resolve(config_path, overrides, {k: "the command line" for k in overrides})
+    resume, overwrite, chief = _distribution(conf, resume, overwrite)
     outdir = prepare_outdir(outdir, resume=resume, overwrite=overwrite)
     out, err = _consoles()
     seed = _load(model, input_shape, classes, trust_code)
     result = retraining.retrain(conf, seed, outdir, keep_weights=keep_weights,
                                 callbacks=[_progress(err, "retrain", conf.retrain.epochs)])
+    if not chief:
+        return _worker_done(err)
     metrics = {k: v for k, v in result.metrics.items() if k != "history"}
     if as_json:
         click.echo(json.dumps(metrics, indent=2))
@@ -425,10 +447,13 @@ def run(config_path, rundir, rounds, baseline, resume, overwrite, sets, as_json)
                       if v is not None})
     conf = _resolve(config_path or cfg.demo_config_path(), overrides,
                     {k: "the command line" for k in overrides})
+    resume, overwrite, chief = _distribution(conf, resume, overwrite)
     rundir = prepare_outdir(rundir or conf.output_dir, resume=resume, overwrite=overwrite)
     out, err = _consoles()
     result = running.run(conf, rundir, progress=lambda title, epochs: _progress(err, title, epochs),
                          log=lambda line: err.print(line, markup=False, highlight=False))
+    if not chief:
+        return _worker_done(err)
     if as_json:
         click.echo(json.dumps(result.report["models"], indent=2))
         return

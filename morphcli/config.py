@@ -340,6 +340,30 @@ def _strings(value, done):
     return tuple(v.strip() for v in value)
 
 
+def _addresses(value, done):
+    """Worker addresses: a list of ``host:port``, or one comma-separated string."""
+    expected = "a list of worker addresses host:port, e.g. [10.0.0.1:12345, 10.0.0.2:12345]"
+    try:
+        value = _strings(value, done)
+    except _Invalid:
+        raise _Invalid(expected) from None
+    if not all(re.fullmatch(r"[^\s:]+:\d{1,5}", v) for v in value):
+        raise _Invalid(expected)
+    return value
+
+
+def _task_index(value, done):
+    """This worker's position in `distribute.cluster` (required with it)."""
+    if done.get("cluster") is None:
+        return _optional(_integer(0))(value, done)
+    last = len(done["cluster"]) - 1
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= last:
+        raise _Invalid(f"an integer between 0 and {last}: this worker's position in "
+                       "distribute.cluster", hint="set it per machine, e.g. "
+                       "`--set distribute.task_index=1`, or leave cluster null and use TF_CONFIG")
+    return value
+
+
 def _output_dir(value, done):
     if value is None:
         return f"runs/{done['name']}"
@@ -437,13 +461,14 @@ class TargetConfig:
 class RegularizerConfig:
     """The resource-weighted sparsifying regularizer used while shrinking."""
 
-    kind: str = _opt("gamma", _choice("gamma", "group_lasso", aliases={
-        "bn": "gamma", "batch_norm": "gamma"}),
-        "gamma (batch-norm scales) | group_lasso (weight norms, no BN needed)")
+    kind: str = _opt("gamma", _choice("gamma", "group_lasso", "gates", aliases={
+        "bn": "gamma", "batch_norm": "gamma", "gate": "gates", "gating": "gates"}),
+        "gamma (batch-norm scales) | group_lasso (weight norms, no BN needed) | gates "
+        "(learned channel gates, inserted while shrinking and folded away)")
     strength: float | str = _opt("auto", _auto(_POSITIVE),
                                  "auto (1.0) or > 0: the regularization loss starts at this value")
     threshold: float | str = _opt("auto", _auto(_POSITIVE),
-                                  "auto (1e-2) or > 0; a channel is alive above it")
+                                  "auto (1e-2; 0.1 for gates) or > 0; a channel is alive above it")
     min_channels: int = _opt(1, _integer(1), "channels kept alive in every group, at least")
 
 
@@ -497,18 +522,34 @@ class RetrainConfig(TrainConfig):
 
 @dataclass(frozen=True)
 class DistributeConfig:
-    """The tf.distribute strategy for shrink and retrain."""
+    """The tf.distribute strategy for shrink, retrain and run (see morphcli.distribute).
+
+    No `parameter_server`: Keras 3's `model.fit` does not train with
+    ParameterServerStrategy; `multi_worker` covers several machines.
+    """
 
     strategy: str = _opt("default", _choice(
-        "default", "one_device", "mirrored", "multi_worker", "tpu", "parameter_server"),
-        "default | one_device | mirrored | multi_worker | tpu | parameter_server")
+        "default", "one_device", "mirrored", "multi_worker", "tpu"),
+        "default | one_device | mirrored | multi_worker | tpu")
     devices: tuple[str, ...] | None = _opt(None, _optional(_strings),
-                                           "devices for mirrored, e.g. [/gpu:0, /gpu:1]")
-    tpu: str | None = _opt(None, _optional(_text()), "TPU name or address, for strategy tpu")
+                                           "mirrored/one_device: e.g. [/gpu:0, /gpu:1]; null: "
+                                           "every GPU; [/cpu:0, /cpu:1] splits the CPU")
+    tpu: str | None = _opt(None, _optional(_text()),
+                           "TPU for strategy tpu: local (TPU VM), a name or grpc://IP:8470")
     scale_learning_rate: bool = _opt(False, _boolean,
                                      "multiply learning rates by the number of replicas")
+    sync_batch_norm: bool = _opt(True, _boolean,
+                                 "batch norm statistics over the global batch, not per replica")
     communication: str = _opt("auto", _choice("auto", "ring", "nccl"),
                               "auto | ring | nccl, for multi_worker")
+    cluster: tuple[str, ...] | None = _opt(None, _optional(_addresses),
+                                           "multi_worker: [host:port, ...], first is the chief; "
+                                           "null reads TF_CONFIG")
+    task_index: int | None = _opt(None, _task_index,
+                                  "multi_worker with cluster: this worker's position in it")
+    timeout_seconds: float = _opt(300.0, _POSITIVE,
+                                  "multi_worker, tpu: wait at most this long for peers "
+                                  "(start-up, every step)")
 
 
 @dataclass(frozen=True)

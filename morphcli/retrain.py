@@ -42,10 +42,12 @@ def retrain(conf, model, outdir: str | Path, *, callbacks: Sequence = (), datase
     Returns:
         A `RetrainResult` with the trained model and its metrics.
     """
-    from morphcli import api, data, files, train
+    from morphcli import api, data, distribute, files, train
     from morphcli.shrink import hardware_of
 
-    outdir = Path(outdir)
+    # First: multi-worker runtimes and logical devices are set up before TF runs anything.
+    strategy = distribute.make_strategy(conf.distribute)
+    outdir = distribute.write_dir(outdir, strategy)  # other workers than the chief: scratch
     train.set_seed(conf.seed)
     if isinstance(model, str):
         model = api.load_model(model, input_shape=conf.model.input_shape,
@@ -56,11 +58,12 @@ def retrain(conf, model, outdir: str | Path, *, callbacks: Sequence = (), datase
         image_size=conf.data.image_size, augment=conf.data.augment)
     data.check_fits(dataset, model)
     keep = conf.retrain.keep_weights if keep_weights is None else keep_weights
-    trainee = reinitialize(model)
+    with strategy.scope():  # Keras trains a model with the strategy its variables were made in
+        trainee = reinitialize(model)
     if keep:
         trainee.set_weights(model.get_weights())
     fit = train.fit(trainee, dataset, train.TrainSpec.of(conf.retrain), workdir=outdir,
-                    callbacks=callbacks)
+                    callbacks=callbacks, **distribute.fit_options(conf.distribute, strategy))
     totals = api.analyze(trainee, hardware=hardware_of(conf)).totals
     metrics = {
         "val_accuracy": fit.val.get("accuracy"), "val_loss": fit.val.get("loss"),
@@ -71,4 +74,5 @@ def retrain(conf, model, outdir: str | Path, *, callbacks: Sequence = (), datase
     }
     files.save_model(trainee, outdir / "final.keras")
     files.write_json(outdir / "metrics.json", metrics)
+    distribute.remove_write_dir(outdir, strategy)
     return RetrainResult(trainee, metrics)

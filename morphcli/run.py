@@ -49,15 +49,21 @@ class _Runner:
     """Runs one step after the other, skipping those already done."""
 
     def __init__(self, conf, rundir: Path, progress: Progress | None, log: Callable[[str], None]):
+        from morphcli import distribute
+
         self.conf, self.rundir, self.log = conf, rundir, log
         self.progress = progress
         self.skipped: list[str] = []
+        self.strategy = distribute.make_strategy(conf.distribute)
 
     def callbacks(self, title: str, epochs: int) -> list:
         return [self.progress(title, epochs)] if self.progress else []
 
     def done(self, path: Path, step: str) -> bool:
-        if path.exists():
+        from morphcli import distribute
+
+        # Several workers skip a step only together: their collective ops must match.
+        if distribute.on_every_worker(self.strategy, path.exists()):
             self.skipped.append(step)
             self.log(f"{step}: already done ({path}), skipped")
             return True
@@ -114,13 +120,15 @@ def run(conf, rundir: str | Path | None = None, *, progress: Progress | None = N
     Returns:
         A `RunResult` with the final and baseline metrics and the report data.
     """
-    from morphcli import files
+    from morphcli import distribute, files
     from morphcli.config import dump_yaml
     from morphcli.costs import CostModel
     from morphcli.graph import build_graph
     from morphcli.shrink import Setup, hardware_of, prepare
 
-    rundir = Path(rundir or conf.output_dir)
+    # First: multi-worker runtimes and logical devices are set up before TF runs anything.
+    strategy = distribute.make_strategy(conf.distribute)
+    rundir = distribute.write_dir(rundir or conf.output_dir, strategy)  # non-chief: scratch
     files.write_text(rundir / "config.yaml", dump_yaml(conf))
     seed_setup = prepare(conf)
     runner = _Runner(conf, rundir, progress, log)
@@ -141,6 +149,7 @@ def run(conf, rundir: str | Path | None = None, *, progress: Progress | None = N
                                   "baseline retrain")
     report = write_report(conf, rundir, seed_setup, _load(rundir / "retrain" / "final.keras"),
                           final, baseline)
+    distribute.remove_write_dir(rundir, strategy)
     return RunResult(rundir, final, baseline, report, runner.skipped)
 
 

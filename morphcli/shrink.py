@@ -64,16 +64,19 @@ def prepare(conf) -> Setup:
     Raises:
         MorphError: Bad model, bad data, mismatched shapes, impossible target.
     """
-    from morphcli import data, train
+    from morphcli import data, distribute, train
     from morphcli.costs import CostModel
     from morphcli.graph import build_graph
 
+    # First: multi-worker runtimes and logical devices are set up before TF runs anything.
+    strategy = distribute.make_strategy(conf.distribute)
     train.set_seed(conf.seed)  # before the seed model's weights are drawn
     dataset = data.load_dataset(
         conf.data.source, batch_size=conf.data.batch_size,
         validation_split=conf.data.validation_split, seed=conf.seed,
         image_size=conf.data.image_size, augment=conf.data.augment)
-    model = load_seed(conf, dataset)
+    with strategy.scope():  # Keras trains a model with the strategy its variables were made in
+        model = load_seed(conf, dataset)
     data.check_fits(dataset, model)
     graph = build_graph(model)
     if not graph.prunable_groups():
@@ -179,32 +182,44 @@ def shrink(conf, outdir: str | Path, *, callbacks: Sequence = (), setup: Setup |
     Raises:
         MorphError: Bad input, impossible target, NaN loss (`TrainingError`).
     """
-    from morphcli import files, regularizers, structure, surgery, train
+    from morphcli import distribute, files, gates, regularizers, structure, surgery, train
     from morphcli.config import dump_yaml
+    from morphcli.costs import CostModel
+    from morphcli.graph import build_graph
     from morphcli.report import build_report
 
-    outdir = Path(outdir)
-    setup = setup or prepare(conf)
+    strategy = distribute.make_strategy(conf.distribute)
+    outdir = distribute.write_dir(outdir, strategy)  # other workers than the chief: scratch
+    setup = _in_scope(setup or prepare(conf), strategy)
     train.set_seed(conf.seed)  # the same training randomness however setup was made
     reg_conf = conf.regularizer
-    reg = regularizers.make_regularizer(
-        setup.graph, setup.costs, reg_conf.kind, setup.metric,
-        None if reg_conf.threshold == "auto" else reg_conf.threshold, reg_conf.min_channels)
+    threshold = None if reg_conf.threshold == "auto" else reg_conf.threshold
+    model, graph, costs = setup.model, setup.graph, setup.costs
+    gated = regularizers.canonical_kind(reg_conf.kind) == "gates"
+    if gated:  # train a gated copy; the seed's graph keeps keying masks and reports
+        with strategy.scope():
+            model = gates.insert(setup.model, threshold=threshold or gates.THRESHOLD)
+        graph = build_graph(model)
+        costs = CostModel(graph, setup.costs.hardware)
+    reg = regularizers.make_regularizer(graph, costs, reg_conf.kind, setup.metric, threshold,
+                                        reg_conf.min_channels)
     strength = AUTO_STRENGTH if reg_conf.strength == "auto" else float(reg_conf.strength)
     lam = strength / regularizers.strength_scale(reg)
     files.write_text(outdir / "config.yaml", dump_yaml(conf))
 
     seed_cost = setup.costs.total(setup.metric)
-    fit = train.fit(setup.model, setup.dataset, train.TrainSpec.of(conf.shrink), workdir=outdir,
+    fit = train.fit(model, setup.dataset, train.TrainSpec.of(conf.shrink), workdir=outdir,
                     penalty=reg.term, strength=lam,
-                    callbacks=[_structure_logger(reg, seed_cost), *callbacks])
+                    callbacks=[_structure_logger(reg, seed_cost), *callbacks],
+                    **distribute.fit_options(conf.distribute, strategy))
 
-    raw = reg.alive_masks()
-    values = reg.numpy_vectors()
+    raw = gates.rekey(reg.alive_masks(), graph, setup.graph)
+    values = gates.rekey(reg.numpy_vectors(), graph, setup.graph)
     floor = [g for g, m in raw.items() if not (values[g] > reg.threshold).any()]
     masks = round_masks(raw, values, conf.shrink.round_to)
     widths = {g: int(m.sum()) for g, m in masks.items()}
-    shrunk = surgery.apply_structure(setup.model, masks, setup.graph)
+    shrunk = (gates.export(model, masks, setup.graph) if gated
+              else surgery.apply_structure(setup.model, masks, setup.graph))
     before = build_report(setup.graph, setup.costs).totals
     after = build_report(setup.graph, setup.costs, widths).totals
     files.write_json(outdir / "structure.json", structure.to_dict(
@@ -215,9 +230,27 @@ def shrink(conf, outdir: str | Path, *, callbacks: Sequence = (), setup: Setup |
     files.save_model(shrunk, outdir / "shrunk.keras")
     shrunk_val = train.evaluate(shrunk, setup.dataset.val)
     result = ShrinkResult(masks, before, after, lam, fit.val, shrunk_val, fit.seconds,
-                          reg.kept_whole, floor, outdir, shrunk)
+                          gates.rekey(reg.kept_whole, graph, setup.graph), floor, outdir,
+                          shrunk)
     files.write_json(outdir / "summary.json", summary_dict(result, fit))
+    distribute.remove_write_dir(outdir, strategy)
     return result
+
+
+def _in_scope(setup: Setup, strategy) -> Setup:
+    """`setup` with a model whose variables `strategy` made (a `run` round after the
+    first starts from a model rebuilt outside the scope); graph and costs follow it."""
+    from dataclasses import replace
+
+    from morphcli import distribute
+    from morphcli.costs import CostModel
+    from morphcli.graph import build_graph
+
+    model = distribute.into_scope(setup.model, strategy)
+    if model is setup.model:
+        return setup
+    graph = build_graph(model)
+    return replace(setup, model=model, graph=graph, costs=CostModel(graph, setup.costs.hardware))
 
 
 def summary_dict(result: ShrinkResult, fit) -> dict:

@@ -95,23 +95,47 @@ def _penalized_model_class():
     import tensorflow as tf
 
     class Penalized(keras.Model):
-        """The user's network, with `strength * penalty()` added to its loss."""
+        """The user's network as Keras trains it: `strength * penalty()` added to
+        its loss (when there is a penalty), plus two fixes that let Keras 3's
+        `fit` run under MultiWorkerMirroredStrategy (keras-team/keras#20585)."""
 
-        def __init__(self, net, penalty: Callable, strength: float, **kwargs):
+        def __init__(self, net, penalty: Callable | None, strength: float, data_spec,
+                     multi_worker: bool, **kwargs):
             super().__init__(name=f"{net.name}_penalized", **kwargs)
             self.net = net
             self.penalty = penalty
             self.strength = float(strength)
-            self.reg_tracker = keras.metrics.Mean(name="reg_loss")
+            self.reg_tracker = None if penalty is None else keras.metrics.Mean(name="reg_loss")
+            self.data_spec = data_spec
+            self.multi_worker = multi_worker
 
         def call(self, x, training=False):
             return self.net(x, training=training)
+
+        def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+            # Keras builds the metrics' state from a batch it first averages over the
+            # replicas, which TF's multi-worker strategy cannot do for (x, y) pairs;
+            # build it from the data's element spec, with no batch pulled.
+            super()._maybe_symbolic_build(data_batch=self.data_spec)
+
+        def train_step(self, data):
+            return self._per_worker(super().train_step(data))
+
+        def test_step(self, data):
+            return self._per_worker(super().test_step(data))
+
+        def _per_worker(self, logs):
+            # Across workers Keras averages each step's logs along axis 0, which
+            # scalars lack: give them one (the reduced logs are scalars again).
+            if not self.multi_worker:
+                return logs
+            return {name: tf.reshape(value, [1]) for name, value in logs.items()}
 
         def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None,
                          training=True):
             loss = super().compute_loss(x=x, y=y, y_pred=y_pred,
                                         sample_weight=sample_weight, training=training)
-            if not training:
+            if not training or self.penalty is None:
                 return loss
             penalty = self.strength * self.penalty()
             self.reg_tracker.update_state(penalty)
@@ -164,11 +188,13 @@ def _callbacks(state: _State, checkpoint_dir: Path, log_dir: Path | None,
 
 def fit(model, dataset, spec: TrainSpec, *, workdir: str | Path, penalty: Callable | None = None,
         strength: float = 0.0, callbacks: Sequence = (), strategy=None,
-        lr_scale: float = 1.0, tensorboard: bool = True) -> FitResult:
+        lr_scale: float = 1.0, tensorboard: bool = True,
+        sync_batch_norm: bool = True) -> FitResult:
     """Trains `model` in place on `dataset` (a `morphcli.data.Dataset`).
 
     Args:
-        model: A functional Keras model (trained in place).
+        model: A functional Keras model (trained in place), built in the scope
+            of `strategy` (see `distribute.into_scope`).
         dataset: Train/val pipelines; `train` yields global batches.
         spec: Epochs, optimizer, learning rate and schedule.
         workdir: Folder for `checkpoints/` and `logs/`. Checkpoints left by an
@@ -179,40 +205,52 @@ def fit(model, dataset, spec: TrainSpec, *, workdir: str | Path, penalty: Callab
         strategy: A `tf.distribute.Strategy` (default: the current one).
         lr_scale: Learning-rate multiplier (e.g. replicas, for linear scaling).
         tensorboard: Write TensorBoard logs under `workdir/logs`.
+        sync_batch_norm: With several replicas, batch norms use the global
+            batch's statistics (see `distribute.global_batch_norm`).
 
     Returns:
         A `FitResult`.
 
     Raises:
-        TrainingError: The loss became NaN or infinite.
+        TrainingError: The loss became NaN or infinite, or (several workers)
+            another worker was lost.
     """
     import keras
     import tensorflow as tf
+
+    from morphcli import distribute
 
     strategy = strategy or tf.distribute.get_strategy()
     workdir = Path(workdir)
     checkpoint_dir = workdir / "checkpoints"
     resumed = _checkpoint_epoch(checkpoint_dir)
+    distribute.check_same_epoch(strategy, resumed, checkpoint_dir)  # workers resume together
     train_data, steps = dataset.train, spec.steps_per_epoch or _steps(dataset.train)
     if getattr(dataset, "train_epochs", None) is not None and not spec.steps_per_epoch:
         # Epoch-keyed order: resuming at epoch k replays the batches of epoch k.
         train_data = dataset.train_epochs(min(resumed, spec.epochs), spec.epochs)
         steps = dataset.steps_per_epoch
-    with strategy.scope():
-        trainee = model
-        if penalty is not None:
-            trainee = _penalized_model_class()(model, penalty, strength)
+    # Several workers: each keeps its share of every global batch (see shard_by_data).
+    train_data = distribute.shard_by_data(train_data)
+    val_data = distribute.shard_by_data(dataset.val)
+    with strategy.scope():  # `model` itself must have been built in this scope
+        trainee = _penalized_model_class()(model, penalty, strength, train_data.element_spec,
+                                           distribute.is_multi_worker(strategy))
         trainee.compile(optimizer=make_optimizer(spec, steps, lr_scale),
                         loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         trainee(keras.ops.zeros((1, *model.inputs[0].shape[1:])))  # built, for restoring
     state = _State()
     start = time.perf_counter()
-    history = trainee.fit(
-        train_data, validation_data=dataset.val, epochs=spec.epochs,
-        steps_per_epoch=steps, verbose=0, shuffle=False,  # tf.data shuffles
-        callbacks=_callbacks(state, checkpoint_dir, workdir / "logs" if tensorboard else None,
-                             callbacks),
-    )
+    resume = ("restart every worker with the same command and --resume: they continue "
+              "from their last finished epoch.")
+    with (distribute.peer_errors(strategy, resume),
+          distribute.global_batch_norm(model, strategy, sync_batch_norm)):
+        history = trainee.fit(
+            train_data, validation_data=val_data, epochs=spec.epochs,
+            steps_per_epoch=steps, verbose=0, shuffle=False,  # tf.data shuffles
+            callbacks=_callbacks(state, checkpoint_dir,
+                                 workdir / "logs" if tensorboard else None, callbacks),
+        )
     seconds = time.perf_counter() - start
     if state.bad is not None:
         epoch, batch, loss = state.bad

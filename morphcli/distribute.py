@@ -1,0 +1,528 @@
+"""Training on several devices and machines with TensorFlow's own `tf.distribute`.
+
+`make_strategy(conf.distribute)` turns the config's `distribute` section into
+a `tf.distribute.Strategy`; `shrink`, `retrain` and `run` build the model and
+optimizer in its scope and let Keras's `model.fit` do the rest (gradient
+all-reduce, per-replica batches, cross-worker metrics). This module only
+configures TensorFlow and keeps the file system in order:
+
+- **One process, several devices** (`mirrored`, `one_device`): the chief is
+  the only process, it writes everything.
+- **Several processes** (`multi_worker`, `MultiWorkerMirroredStrategy`): every
+  worker runs the same command. The chief (task 0, or the `chief` job) writes
+  to the output folder; every other worker writes the same files to its own
+  scratch folder ``OUTDIR/workertemp_<task>`` and deletes it when the command
+  succeeds (TensorFlow's recommended pattern: all workers run the same code,
+  so collective ops stay in step, but only the chief's files are kept). A
+  worker's scratch folder also holds its training checkpoints, so a killed
+  worker resumes from its own copy; on a shared file system the folders do
+  not collide.
+- **TPU** (`tpu`): one client process drives the TPU workers; it is the chief.
+
+Start-up and peer failures are bounded by `distribute.timeout_seconds`: a
+worker that cannot reach the others fails with a `MorphError` instead of
+waiting forever, and a worker that dies mid-run makes the others stop with a
+`TrainingError` that says how to resume.
+
+Batch semantics: `data.batch_size` is the *global* batch; each step splits it
+over the `num_replicas_in_sync` replicas (per-replica batch =
+batch_size / replicas), so a run sees the same batches whatever the number of
+replicas. `distribute.scale_learning_rate` multiplies learning rates by the
+number of replicas (the linear scaling rule), for users who grow the global
+batch with the replica count.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from morphcli.errors import MorphError, TrainingError
+
+STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
+SCRATCH_PREFIX = "workertemp_"  # TensorFlow's name for a non-chief worker's scratch folder
+
+_strategies: dict[Any, Any] = {}  # one strategy per process and config (see make_strategy)
+_gatherers: dict[Any, Any] = {}  # strategy -> its traced `_gather` function
+
+
+def make_strategy(conf) -> Any:
+    """The `tf.distribute.Strategy` a config's `distribute` section asks for.
+
+    Call it before TensorFlow runs anything: logical CPU devices and the
+    multi-worker runtime can only be set up before TensorFlow initialises.
+    The strategy is made once per process and config, and returned again on
+    later calls (TensorFlow allows one multi-worker runtime per process).
+
+    Args:
+        conf: A `config.DistributeConfig`.
+
+    Returns:
+        The strategy: the default one, `OneDeviceStrategy`,
+        `MirroredStrategy`, `MultiWorkerMirroredStrategy` or `TPUStrategy`.
+
+    Raises:
+        MorphError: Unknown strategy or device, no cluster description for
+            `multi_worker`, peers unreachable within `timeout_seconds`, TPU
+            not found.
+
+    Example:
+
+    >>> conf = load_config(None, {"distribute.strategy": "mirrored",
+    ...                              "distribute.devices": ["/cpu:0", "/cpu:1"]})
+    >>> make_strategy(conf.distribute).num_replicas_in_sync
+    2
+    """
+    if conf.strategy not in _BUILDERS:
+        raise MorphError(f"Unknown distribution strategy. Expected one of "
+                         f"{', '.join(STRATEGIES)}. Received: strategy={conf.strategy!r}")
+    if conf not in _strategies:
+        _strategies[conf] = _BUILDERS[conf.strategy](conf)
+    return _strategies[conf]
+
+
+def is_chief(strategy) -> bool:
+    """Whether this process writes the outputs.
+
+    Args:
+        strategy: The process's strategy.
+
+    Returns:
+        True, except on the workers of a multi-worker cluster other than its
+        chief (the `chief` task if the cluster has one, else worker 0).
+    """
+    resolver = _multi_worker_resolver(strategy)
+    if resolver is None:
+        return True
+    jobs = resolver.cluster_spec().jobs
+    if "chief" in jobs:
+        return resolver.task_type == "chief"
+    return resolver.task_type in (None, "worker") and not resolver.task_id
+
+
+def is_multi_worker(strategy) -> bool:
+    """Whether `strategy`'s replicas span several processes (so every step, and
+    every `on_every_worker` check, is a collective operation across workers)."""
+    return (_multi_worker_resolver(strategy) is not None
+            and strategy.num_replicas_in_sync > len(strategy.extended.worker_devices))
+
+
+def fit_options(conf, strategy) -> dict[str, Any]:
+    """The distribution keywords of `train.fit` for a `distribute` config section.
+
+    Args:
+        conf: A `config.DistributeConfig`.
+        strategy: `make_strategy(conf)`.
+
+    Returns:
+        `strategy`, `lr_scale` (the number of replicas with
+        `scale_learning_rate`, else 1) and `sync_batch_norm`.
+    """
+    return {"strategy": strategy, "sync_batch_norm": conf.sync_batch_norm,
+            "lr_scale": float(strategy.num_replicas_in_sync) if conf.scale_learning_rate else 1.0}
+
+
+def write_dir(path: str | os.PathLike, strategy) -> Path:
+    """Where this process writes what the command would write to `path`.
+
+    Args:
+        path: The command's output folder.
+        strategy: The process's strategy.
+
+    Returns:
+        `path` on the chief; ``path/workertemp_<task>`` on another worker
+        (kept across restarts, so its checkpoints survive; see
+        `remove_write_dir`). A path already inside this worker's scratch
+        folder is returned as is, so `run` can hand its sub-folders to
+        `shrink` and `retrain`.
+    """
+    path = Path(path)
+    if is_chief(strategy) or _scratch_name(strategy) in path.parts:
+        return path
+    return path / _scratch_name(strategy)
+
+
+def remove_write_dir(path: str | os.PathLike, strategy) -> None:
+    """Deletes a worker's scratch folder made by `write_dir` (never the chief's outputs).
+
+    Args:
+        path: A `write_dir` result; only the scratch folder itself is removed,
+            not a sub-folder of it (those belong to an enclosing `run`).
+        strategy: The process's strategy.
+    """
+    path = Path(path)
+    if not is_chief(strategy) and path.name == _scratch_name(strategy):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _scratch_name(strategy) -> str:
+    return f"{SCRATCH_PREFIX}{_multi_worker_resolver(strategy).task_id}"
+
+
+def shard_by_data(dataset):
+    """`dataset` with DATA auto-sharding, for `multi_worker`.
+
+    Every worker builds the whole pipeline and keeps its share of each global
+    batch. Our datasets live in memory (or are decoded per example), so
+    sharding by file would leave workers with unequal, differently composed
+    batches; DATA keeps the batches identical to a single-device run and
+    costs each worker only the cheap slicing of the others' examples.
+    Strategies within one process ignore the option.
+
+    Args:
+        dataset: A `tf.data.Dataset`, or None (returned as is).
+
+    Returns:
+        The dataset with the sharding option set.
+    """
+    import tensorflow as tf
+
+    if dataset is None:
+        return None
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options)
+
+
+def into_scope(model, strategy):
+    """`model` if its variables belong to `strategy`, else a copy built in its scope.
+
+    Keras trains a model with a strategy only if its variables were created in
+    the strategy's scope; models loaded or rebuilt outside it are cloned in,
+    weights copied.
+
+    Args:
+        model: A Keras model.
+        strategy: The strategy it will train with.
+
+    Returns:
+        `model` itself, or its clone with the same weights.
+    """
+    import keras
+
+    if all(strategy.extended.variable_created_in_scope(_tf_variable(v)) for v in model.variables):
+        return model
+    with strategy.scope():
+        clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+def _tf_variable(variable):
+    return getattr(variable, "value", variable)  # a Keras variable wraps a tf.Variable
+
+
+@contextlib.contextmanager
+def global_batch_norm(model, strategy, enabled: bool = True) -> Iterator[None]:
+    """While inside, `model`'s batch norms use the global batch's statistics.
+
+    Per-replica statistics would make training (and the gammas the shrink
+    reads) depend on the number of replicas; Keras's `synchronized` option
+    all-reduces them instead, one small all-reduce per layer and step. The
+    layers' own setting is restored on exit, so saved models are unchanged.
+
+    Args:
+        model: The Keras model being trained.
+        strategy: Its strategy; nothing changes with a single replica.
+        enabled: `distribute.sync_batch_norm`.
+    """
+    import keras
+
+    layers = []
+    if enabled and strategy.num_replicas_in_sync > 1:
+        layers = [layer for layer in _all_layers(model)
+                  if isinstance(layer, keras.layers.BatchNormalization)]
+    saved = [layer.synchronized for layer in layers]
+    for layer in layers:
+        layer.synchronized = True
+    try:
+        yield
+    finally:
+        for layer, value in zip(layers, saved, strict=True):
+            layer.synchronized = value
+
+
+def _all_layers(model) -> list:
+    """Every layer of `model`, nested models' included."""
+    found = []
+    for layer in getattr(model, "layers", []):
+        found.append(layer)
+        found += _all_layers(layer)
+    return found
+
+
+def on_every_worker(strategy, flag: bool) -> bool:
+    """True when `flag` is true on every worker (`flag` itself within one process).
+
+    Workers must take the same branches (skip a finished step or not), or
+    their collective ops would wait on each other. Every worker must call it.
+
+    Args:
+        strategy: The process's strategy.
+        flag: This worker's answer.
+
+    Returns:
+        Whether every worker answered True.
+    """
+    if not is_multi_worker(strategy):
+        return bool(flag)
+    return bool(min(_gather(strategy, float(flag))) > 0)
+
+
+def check_same_epoch(strategy, epoch: int, checkpoint_dir: Path) -> None:
+    """Fails when workers would resume from different epochs (their steps would not match).
+
+    Every worker must call it (within one process it checks nothing).
+
+    Args:
+        strategy: The process's strategy.
+        epoch: The epoch this worker's checkpoint resumes from (0: none).
+        checkpoint_dir: Where that checkpoint is, for the message.
+
+    Raises:
+        TrainingError: The workers' checkpoints are of different epochs.
+    """
+    if not is_multi_worker(strategy):
+        return
+    epochs = sorted({int(e) for e in _gather(strategy, float(epoch))})
+    if len(epochs) > 1:
+        raise TrainingError(
+            f"The workers' checkpoints are of different epochs ({', '.join(map(str, epochs))}), "
+            f"so they cannot resume together. Received: epoch={epoch} in {checkpoint_dir}",
+            hint="copy the chief's OUTDIR/checkpoints into every worker's "
+                 f"OUTDIR/{SCRATCH_PREFIX}<task>/checkpoints, or delete them all to start over.")
+
+
+def _gather(strategy, value: float) -> list[float]:
+    """Every replica's `value` (a worker's replicas share its value): a collective op."""
+    import tensorflow as tf
+
+    if strategy not in _gatherers:  # traced once per strategy, not once per call
+
+        @tf.function
+        def gather(local):
+            return strategy.gather(strategy.run(tf.identity, args=(local,)), axis=0)
+
+        _gatherers[strategy] = gather
+    return [float(v) for v in _gatherers[strategy](tf.constant([value], tf.float32)).numpy()]
+
+
+@contextlib.contextmanager
+def peer_errors(strategy, resume_hint: str) -> Iterator[None]:
+    """Turns "a peer is gone" errors of collective ops into a `TrainingError`.
+
+    Args:
+        strategy: The strategy training runs under.
+        resume_hint: What to do next, e.g. how to resume.
+    """
+    import tensorflow as tf
+
+    try:
+        yield
+    except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
+            tf.errors.CancelledError, tf.errors.AbortedError) as error:
+        if not is_multi_worker(strategy):
+            raise
+        raise TrainingError(
+            f"Lost contact with another worker of the cluster: {_first_line(error)}. "
+            f"Received: task={_task(strategy)}", hint=resume_hint) from None
+
+
+def _first_line(error: Exception) -> str:
+    """The informative line of a TensorFlow error (not "Graph execution error:")."""
+    text = re.sub(r"\{\{[^}]*\}\}\s*", "", getattr(error, "message", None) or str(error))
+    cause = re.search(r"aborted by: (.+)", text, re.DOTALL)
+    lines = [line.strip() for line in (cause[1] if cause else text).splitlines() if line.strip(
+        ) and not line.strip().startswith(("Graph execution error", "Detected at node", "File "))]
+    lines = lines or [type(error).__name__]
+    first = f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
+    return first.split(". ")[0][:300].rstrip(".")  # its first sentence
+
+
+def _task(strategy) -> str:
+    resolver = _multi_worker_resolver(strategy)
+    return f"{resolver.task_type}:{resolver.task_id}" if resolver is not None else "local"
+
+
+def _multi_worker_resolver(strategy):
+    import tensorflow as tf
+
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return None
+    resolver = strategy.cluster_resolver
+    return resolver if resolver is not None and resolver.cluster_spec().jobs else None
+
+
+# -------------------------------------------------------------------------- builders
+
+
+def _default(conf):
+    import tensorflow as tf
+
+    return tf.distribute.get_strategy()
+
+
+def _one_device(conf):
+    import tensorflow as tf
+
+    device = conf.devices[0] if conf.devices else (
+        "/gpu:0" if tf.config.list_physical_devices("GPU") else "/cpu:0")
+    _split_cpu(conf.devices or ())
+    return _checked_devices(lambda: tf.distribute.OneDeviceStrategy(device), conf.devices)
+
+
+def _mirrored(conf):
+    import tensorflow as tf
+
+    _split_cpu(conf.devices or ())
+    return _checked_devices(lambda: tf.distribute.MirroredStrategy(
+        devices=list(conf.devices) if conf.devices else None), conf.devices)
+
+
+def _checked_devices(make, devices):
+    try:
+        return make()
+    except (ValueError, RuntimeError) as error:
+        raise MorphError(
+            f"Cannot place replicas on the devices asked for: {_first_line(error)}. "
+            f"Received: devices={list(devices) if devices else None}",
+            hint="list the machine's devices with `python -c \"import tensorflow as tf; "
+                 "print(tf.config.list_logical_devices())\"`.") from None
+
+
+def _split_cpu(devices) -> None:
+    """Splits the CPU into logical devices when more CPUs are named than exist.
+
+    Several CPU replicas train no faster than one; they exist to try a
+    multi-replica config (and to test it) on a machine without GPUs.
+    """
+    import tensorflow as tf
+
+    wanted = [int(d.rsplit(":", 1)[1]) for d in devices
+              if d.lower().replace("/device:", "/").startswith("/cpu:")
+              and d.rsplit(":", 1)[1].isdigit()]
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    split = tf.config.get_logical_device_configuration(cpu)  # unlike listing, no TF start-up
+    if not wanted or max(wanted) < len(split or [cpu]):
+        return
+    try:
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * (max(wanted) + 1))
+    except RuntimeError:
+        raise MorphError(
+            f"Cannot split the CPU into {max(wanted) + 1} devices: TensorFlow is already "
+            f"running in this process. Received: devices={list(devices)}",
+            hint="create the strategy (distribute.make_strategy) before anything else "
+                 "uses TensorFlow.") from None
+
+
+def _multi_worker(conf):
+    import tensorflow as tf
+
+    resolver = _cluster_resolver(conf)
+    _bound_start_up(resolver, conf.timeout_seconds)
+    implementation = {"auto": "AUTO", "ring": "RING", "nccl": "NCCL"}[conf.communication]
+    options = tf.distribute.experimental.CommunicationOptions(
+        implementation=getattr(tf.distribute.experimental.CommunicationImplementation,
+                               implementation),
+        timeout_seconds=float(conf.timeout_seconds))
+    try:
+        return tf.distribute.MultiWorkerMirroredStrategy(
+            cluster_resolver=resolver, communication_options=options)
+    except (tf.errors.DeadlineExceededError, tf.errors.UnavailableError) as error:
+        raise MorphError(
+            f"Worker {resolver.task_type}:{resolver.task_id} could not reach the rest of the "
+            f"cluster within {conf.timeout_seconds:g} s ({_first_line(error)}). "
+            f"Received: cluster={json.dumps(resolver.cluster_spec().as_dict())}",
+            hint="start every worker with the same config and its own task within "
+                 "distribute.timeout_seconds, and check hosts, ports and firewalls.") from None
+
+
+def _cluster_resolver(conf):
+    """From `distribute.cluster` + `task_index`, or else from the TF_CONFIG variable."""
+    import tensorflow as tf
+
+    resolvers = tf.distribute.cluster_resolver
+    if conf.cluster:
+        if conf.task_index is None or conf.task_index >= len(conf.cluster):
+            raise MorphError(
+                f"With distribute.cluster, each worker needs its own distribute.task_index "
+                f"between 0 and {len(conf.cluster) - 1}. Received: task_index={conf.task_index}",
+                hint="give it per machine, e.g. `--set distribute.task_index=1`, or use TF_CONFIG.")
+        spec = tf.train.ClusterSpec({"worker": list(conf.cluster)})
+        return resolvers.SimpleClusterResolver(spec, task_type="worker", task_id=conf.task_index,
+                                               rpc_layer="grpc")
+    resolver = resolvers.TFConfigClusterResolver()
+    if not resolver.cluster_spec().jobs:
+        raise MorphError(
+            "strategy multi_worker needs the cluster's addresses. Received: TF_CONFIG="
+            f"{os.environ.get('TF_CONFIG')!r}, distribute.cluster=null",
+            hint="set TF_CONFIG on every worker (see configs/multi_worker.yaml), or "
+                 "distribute.cluster and distribute.task_index.")
+    return resolver
+
+
+def _bound_start_up(resolver, timeout: float) -> None:
+    """Configures TensorFlow's coordination service so that start-up is bounded.
+
+    By default the leader waits forever for missing workers. With a
+    registration barrier and `timeout`, every worker (leader included) fails
+    with DeadlineExceeded when the cluster is not complete in time. TF has no
+    public API for these settings; MultiWorkerMirroredStrategy keeps a
+    service configured before it is created, which is what we rely on.
+    """
+    from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
+    from tensorflow.python.eager import context
+
+    spec = resolver.cluster_spec()
+    jobs = [job for job in ("chief", "worker") if job in spec.jobs]
+    ms = int(timeout * 1000)
+    ctx = context.context()
+    ctx.configure_coordination_service(
+        service_type="standalone", service_leader=f"/job:{jobs[0]}/replica:0/task:0",
+        cluster_register_timeout_in_ms=ms, shutdown_barrier_timeout_in_ms=ms,
+        coordinated_jobs=[coordination_config_pb2.CoordinatedJob(name=job,
+                                                                 num_tasks=spec.num_tasks(job))
+                          for job in jobs])
+    ctx.coordination_service.cluster_register_with_barrier = True
+
+
+def _tpu(conf):
+    import tensorflow as tf
+
+    address = conf.tpu or "local"
+    if address.startswith("grpc://"):
+        _check_reachable(address, conf.timeout_seconds)
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=address)
+        if address != "local":
+            tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return tf.distribute.TPUStrategy(resolver)
+    except (ValueError, RuntimeError, tf.errors.OpError) as error:
+        raise MorphError(f"Cannot connect to the TPU: {_first_line(error)}. "
+                         f"Received: tpu={address!r}",
+                         hint="on a TPU VM use `tpu: local`; otherwise the TPU's name or "
+                              "grpc://IP:8470 address.") from None
+
+
+def _check_reachable(address: str, timeout: float) -> None:
+    """Fails fast when nothing listens at a grpc:// address (TF would wait forever)."""
+    host, _, port = address.removeprefix("grpc://").rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=min(timeout, 30.0)):
+            pass
+    except (OSError, ValueError) as error:
+        raise MorphError(f"Cannot reach the TPU at {address}: {error}. Received: tpu={address!r}",
+                         hint="check the address and that the TPU is running.") from None
+
+
+_BUILDERS = {"default": _default, "one_device": _one_device, "mirrored": _mirrored,
+             "multi_worker": _multi_worker, "tpu": _tpu}
