@@ -165,16 +165,15 @@ class ChannelGate(keras.layers.Layer):
 # ---------------------------------------------------------------------------
 # Where gates go.
 
-# Per-channel layers that absorb a 0/1 gate: multiplying their channel's trainable
-# weights by it gives exactly 0 for a closed gate, whatever their input.
-_ABSORBING = {"DepthwiseConv1D", "DepthwiseConv2D", "LayerScale"}
-_ABSORBING_IF_SCALED = {"BatchNormalization", "LayerNormalization"}
-
-
 def _absorbs(node: LayerNode) -> bool:
-    if node.kind == Kind.SOURCE or node.type in _ABSORBING:
-        return _zero_at_zero(node.config.get("activation"))
-    return node.type in _ABSORBING_IF_SCALED and bool(node.config.get("scale", True))
+    """Whether multiplying the node's per-channel trainable weights by a 0/1 gate
+    gives exactly 0 for a closed gate, whatever its input: a conv/dense source, or a
+    layer whose rule names a per-channel `scale` weight (that it has: a batch norm
+    with scale=False has no gamma), with no fused activation that moves 0."""
+    rule = node.rule
+    scaled = (rule is not None and rule.scale is not None
+              and getattr(node.layer, rule.scale, None) is not None)
+    return (node.kind == Kind.SOURCE or scaled) and _zero_at_zero(node.config.get("activation"))
 
 
 def _zero_at_zero(activation) -> bool:

@@ -242,7 +242,7 @@ def _segments(graph: ChannelGraph, space):
 
 
 def _gamma_sources(reg: Regularizer, node) -> None:
-    if node.type != "BatchNormalization" or node.kind != Kind.PASS:
+    if node.rule is None or not node.rule.normalizes or node.kind != Kind.PASS:
         return
     space = node.inputs[0]
     if not node.config.get("scale", True):
@@ -257,7 +257,8 @@ def _gamma_sources(reg: Regularizer, node) -> None:
         return
     for gid, index in _segments(reg.graph, space):
         if reg.graph.groups[gid].prunable and space.repeat == 1:
-            reg.sources.setdefault(gid, []).append(_Source(node.layer.gamma, -1, index))
+            scale = getattr(node.layer, node.rule.scale)
+            reg.sources.setdefault(gid, []).append(_Source(scale, -1, index))
 
 
 def _lasso_sources(reg: Regularizer, node) -> None:

@@ -79,6 +79,11 @@ class Rule:
     # Real multiply-adds of the kernels (`flops` follows the profiler, which
     # prices dilated and transposed convs by what TF runs, not by the math).
     macs: Pricer | None = None
+    # The weight that multiplies each output channel (a norm's or LayerScale's
+    # `gamma`, a depthwise `kernel`): a 0/1 gate folds into it (morphcli.gates).
+    scale: str | None = None
+    # Whether `scale` is a batch norm's gamma, what `regularizer.kind: gamma` reads.
+    normalizes: bool = False
     # Whether running the layer reads and writes activations (roofline latency);
     # False for views such as Flatten, Reshape, Dropout at inference.
     moves_memory: bool = True
@@ -527,7 +532,7 @@ register("Dense", Rule(Kind.SOURCE, dense_flops, dense_params, dense_weights,
 register(
     ["DepthwiseConv1D", "DepthwiseConv2D"],
     Rule(Kind.PASS, depthwise_flops, depthwise_params, depthwise_weights, macs=depthwise_macs,
-         check=_all(_single_multiplier, _channels_last)),
+         scale="kernel", check=_all(_single_multiplier, _channels_last)),
 )
 register(
     ["SeparableConv1D", "SeparableConv2D"],
@@ -541,11 +546,13 @@ register(
 # handful per channel (measured against the profiler; see tests/test_costs.py).
 register(
     "BatchNormalization",
-    Rule(Kind.PASS, batch_norm_flops, per_channel_params, last_axis_weights, check=_last_axis),
+    Rule(Kind.PASS, batch_norm_flops, per_channel_params, last_axis_weights, scale="gamma",
+         normalizes=True, check=_last_axis),
 )
 register(
     "LayerNormalization",
-    Rule(Kind.PASS, layer_norm_flops, per_channel_params, last_axis_weights, check=_last_axis),
+    Rule(Kind.PASS, layer_norm_flops, per_channel_params, last_axis_weights, scale="gamma",
+         check=_last_axis),
 )
 register(
     "PReLU",
@@ -561,7 +568,7 @@ register(  # keras.applications.convnext.LayerScale: gamma of size projection_di
     "LayerScale",
     Rule(Kind.PASS, elementwise_flops(1), per_channel_params, last_axis_weights,
          resize=lambda config, width_in, width_out: {**config, "projection_dim": width_in},
-         check=_per_channel_params),
+         scale="gamma", check=_per_channel_params),
 )
 
 register(  # morphcli.gates.ChannelGate: inserted for `regularizer.kind: gates`, folded

@@ -404,3 +404,18 @@ def test_rules_have_what_their_kind_needs():
         assert rule.flops is not None, name
         if rule.kind == Kind.SOURCE:
             assert rule.params and rule.weights and rule.resize, name
+
+
+def test_scale_weights_named_by_rules_exist():
+    checked = set()
+    for model in _all_test_models():
+        for node in build_graph(model).nodes:
+            rule = node.rule
+            if rule is None or rule.scale is None or not node.config.get("scale", True):
+                continue
+            weight = getattr(node.layer, rule.scale)
+            assert node.out_shapes[0][-1] in tuple(weight.shape), node.name
+            checked.add(node.type)
+    assert {"BatchNormalization", "LayerNormalization", "DepthwiseConv2D", "LayerScale"} <= checked
+    assert [name for name, rule in rules.registered().items() if rule.normalizes] == [
+        "BatchNormalization"]
