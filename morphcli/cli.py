@@ -88,14 +88,14 @@ def cli():
     """Reshape a Keras network to fit a FLOPs, size or latency budget.
 
     MODEL arguments accept a .keras file, zoo:NAME (built-in seeds: cnn,
-    cnn_flatten, resnet20, mobilenet_v2) or applications:NAME (any
+    cnn_flatten, mlp, resnet20, mobilenet_v2) or applications:NAME (any
     keras.applications architecture, random weights).
 
     \b
     Typical session:
       morph report zoo:resnet20                      # what does the seed cost?
       morph run configs/demo.yaml                    # shrink, expand, retrain, report
-      morph report runs/demo/retrain/final.keras --compare zoo:cnn
+      morph report zoo:cnn --compare runs/demo/retrain/final.keras
     """
 
 
