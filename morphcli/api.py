@@ -85,6 +85,7 @@ def analyze(model, *, hardware: str | None = "cpu", structure: str | None = None
 
 def cost(model, resource: str = "flops", hardware: str | None = None) -> float:
     """Total cost of `model` for one resource: flops, macs, params, kernel_params, latency."""
-    from morphcli.costs import price
+    from morphcli.costs import CostModel
+    from morphcli.graph import build_graph
 
-    return price(model, resource, hardware)
+    return CostModel(build_graph(model), hardware).total(resource)

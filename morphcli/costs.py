@@ -30,7 +30,7 @@ import numpy as np
 
 from morphcli.errors import MorphError
 from morphcli.graph import ChannelGraph, Space
-from morphcli.rules import Term
+from morphcli.rules import Term, positions
 
 RESOURCES = ("flops", "macs", "params", "kernel_params", "latency")
 BYTES_PER_VALUE = 4  # float32 activations and weights
@@ -196,7 +196,7 @@ class CostModel:
     def _bytes_terms(node, params: list[Term]) -> list[Term]:
         if node.rule is not None and not node.rule.moves_memory:
             return []
-        terms = [Term(BYTES_PER_VALUE * _positions(shape), (space,))
+        terms = [Term(BYTES_PER_VALUE * positions(shape), (space,))
                  for shape, space in zip(node.in_shapes + node.out_shapes,
                                          node.inputs + node.outputs, strict=True)]
         return terms + [Term(BYTES_PER_VALUE * t.coef, t.spaces) for t in params]
@@ -251,19 +251,3 @@ class CostModel:
     def terms(self, kind: str) -> _Compiled:
         """Compiled terms of `flops`, `macs`, `params`, `kernel_params` or `bytes`."""
         return self._terms[kind]
-
-
-def _positions(shape: Sequence[int]) -> int:
-    return int(np.prod(shape[:-1])) if len(shape) > 1 else 1
-
-
-def price(model, resource: str = "flops", hardware: str | None = None) -> float:
-    """Total cost of a Keras model for one resource (a convenience for notebooks).
-
-    Example:
-
-    >>> morphcli.cost(keras.applications.ResNet50(weights=None), "macs")
-    """
-    from morphcli.graph import build_graph
-
-    return CostModel(build_graph(model), hardware).total(resource)

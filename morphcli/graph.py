@@ -18,7 +18,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -424,6 +424,3 @@ def alive_from_counts(graph: ChannelGraph, counts: Mapping[int, int]) -> dict[in
         masks[gid] = mask
     return masks
 
-
-def summarize(groups: Iterable[Group]) -> Sequence[str]:
-    return [g.describe() for g in groups]

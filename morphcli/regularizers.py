@@ -24,7 +24,7 @@ Kinds:
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -330,6 +330,3 @@ def strength_scale(reg: Regularizer) -> float:
     value = float(reg.term())
     return value if value > 0 else 1.0
 
-
-def summarize_masks(masks: Mapping[int, np.ndarray]) -> dict[int, tuple[int, int]]:
-    return {gid: (int(m.sum()), int(m.size)) for gid, m in masks.items()}

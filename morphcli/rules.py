@@ -119,7 +119,7 @@ def registered() -> dict[str, Rule]:
 # Shape helpers. Shapes exclude the batch axis; the channel axis is the last.
 
 
-def _positions(shape: Sequence[int]) -> int:
+def positions(shape: Sequence[int]) -> int:
     """Number of positions (product of all but the channel axis)."""
     return math.prod(shape[:-1]) if len(shape) > 1 else 1
 
@@ -161,7 +161,7 @@ def _activation(node) -> float:
 
 
 def _per_output(node, per_position: float) -> list[Term]:
-    coef = per_position * _positions(_out(node))
+    coef = per_position * positions(_out(node))
     return [Term(coef, (node.outputs[0],))] if coef else []
 
 
@@ -180,7 +180,7 @@ def _conv_positions(node) -> int:
     spatial = _in(node)[:-1]
     rates = _tuple(_cfg(node, "dilation_rate", 1), len(spatial))
     if all(r == 1 for r in rates):
-        return _positions(_out(node))
+        return positions(_out(node))
     kernel = _tuple(_cfg(node, "kernel_size", 1), len(spatial))
     padded = _cfg(node, "padding", "valid") in ("same", "causal")
     return math.prod(d * (math.ceil((n + ((k - 1) * d if padded else 0)) / d) - k + 1)
@@ -199,13 +199,13 @@ def conv_transpose_flops(node) -> list[Term]:
     if len(_in(node)) == 4:  # Conv3DBackpropInputV2 has no registered flops
         return _bias_act_terms(node)
     strides = math.prod(_tuple(_cfg(node, "strides", 1), len(_in(node)) - 1))
-    coef = 2 * _kernel_area(node) * _positions(_out(node)) / strides
+    coef = 2 * _kernel_area(node) * positions(_out(node)) / strides
     return [Term(coef, (node.inputs[0], node.outputs[0]))] + _bias_act_terms(node)
 
 
 def dense_flops(node) -> list[Term]:
     """2 · A · B per position (Dense acts on the last axis), plus bias and activation."""
-    coef = 2 * _positions(_out(node))
+    coef = 2 * positions(_out(node))
     return [Term(coef, (node.inputs[0], node.outputs[0]))] + _bias_act_terms(node)
 
 
@@ -219,7 +219,7 @@ def separable_flops(node) -> list[Term]:
     """Depthwise part (linear in A) plus pointwise part (bilinear A·B)."""
     mult = _cfg(node, "depth_multiplier", 1)
     depthwise = Term(2 * _kernel_area(node) * _conv_positions(node) * mult, (node.inputs[0],))
-    pointwise = Term(2 * _positions(_out(node)) * mult, (node.inputs[0], node.outputs[0]))
+    pointwise = Term(2 * positions(_out(node)) * mult, (node.inputs[0], node.outputs[0]))
     return [depthwise, pointwise] + _bias_act_terms(node)
 
 
@@ -228,7 +228,7 @@ def elementwise_flops(per_element: float = 1.0, per_channel: float = 0.0) -> Pri
     `per_channel` ops per channel."""
 
     def price(node) -> list[Term]:
-        coef = per_element * _positions(_out(node)) + per_channel
+        coef = per_element * positions(_out(node)) + per_channel
         return [Term(coef, (node.outputs[0],))] if coef else []
 
     return price
@@ -244,9 +244,9 @@ def batch_norm_flops(node) -> list[Term]:
 def layer_norm_flops(node) -> list[Term]:
     """Means, squared differences and affine per value; rsqrt and more per position."""
     scale, center = int(bool(_cfg(node, "scale", True))), int(bool(_cfg(node, "center", True)))
-    positions = _positions(_out(node))
-    return [Term((6 + 2 * scale + center) * positions, (node.outputs[0],)),
-            Term((5 - scale) * positions)]
+    where = positions(_out(node))
+    return [Term((6 + 2 * scale + center) * where, (node.outputs[0],)),
+            Term((5 - scale) * where)]
 
 
 def activation_flops(node) -> list[Term]:
@@ -278,7 +278,7 @@ def softmax_flops(node) -> list[Term]:
 
 def prelu_flops(node) -> list[Term]:
     alpha = math.prod(node.layer.weights[0].shape) if node.layer.weights else 0
-    return [Term(3 * _positions(_out(node)) + alpha / _out(node)[-1], (node.outputs[0],))]
+    return [Term(3 * positions(_out(node)) + alpha / _out(node)[-1], (node.outputs[0],))]
 
 
 def join_flops(node) -> list[Term]:
@@ -301,7 +301,7 @@ def pool_flops(node) -> list[Term]:
 
 def global_average_flops(node) -> list[Term]:
     """A mean reads every input position once per channel."""
-    return [Term(_positions(_in(node)), (node.outputs[0],))]
+    return [Term(positions(_in(node)), (node.outputs[0],))]
 
 
 def upsampling_flops(node) -> list[Term]:
@@ -319,28 +319,28 @@ def no_flops(node) -> list[Term]:
 
 def conv_macs(node) -> list[Term]:
     groups = _cfg(node, "groups", 1) or 1
-    coef = _kernel_area(node) * _positions(_out(node)) / groups
+    coef = _kernel_area(node) * positions(_out(node)) / groups
     return [Term(coef, (node.inputs[0], node.outputs[0]))]
 
 
 def conv_transpose_macs(node) -> list[Term]:
     """Every input position scatters a full kernel."""
-    return [Term(_kernel_area(node) * _positions(_in(node)), (node.inputs[0], node.outputs[0]))]
+    return [Term(_kernel_area(node) * positions(_in(node)), (node.inputs[0], node.outputs[0]))]
 
 
 def dense_macs(node) -> list[Term]:
-    return [Term(_positions(_out(node)), (node.inputs[0], node.outputs[0]))]
+    return [Term(positions(_out(node)), (node.inputs[0], node.outputs[0]))]
 
 
 def depthwise_macs(node) -> list[Term]:
-    coef = _kernel_area(node) * _positions(_out(node)) * _cfg(node, "depth_multiplier", 1)
+    coef = _kernel_area(node) * positions(_out(node)) * _cfg(node, "depth_multiplier", 1)
     return [Term(coef, (node.inputs[0],))]
 
 
 def separable_macs(node) -> list[Term]:
-    mult, positions = _cfg(node, "depth_multiplier", 1), _positions(_out(node))
-    return [Term(_kernel_area(node) * positions * mult, (node.inputs[0],)),
-            Term(positions * mult, (node.inputs[0], node.outputs[0]))]
+    mult, where = _cfg(node, "depth_multiplier", 1), positions(_out(node))
+    return [Term(_kernel_area(node) * where * mult, (node.inputs[0],)),
+            Term(where * mult, (node.inputs[0], node.outputs[0]))]
 
 
 # ---------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from patterns import (
     probe_node,
 )
 
-from morphcli.costs import HARDWARE, CostModel, Hardware, check_resource, get_hardware, price
+from morphcli.costs import HARDWARE, CostModel, Hardware, check_resource, get_hardware
 from morphcli.errors import MorphError
 from morphcli.graph import build_graph
 from morphcli.rules import Kind
@@ -329,7 +329,9 @@ def test_unknown_resource_is_an_error():
 
 
 def test_price_shortcut():
-    assert price(PATTERNS["chain"](), "macs") == 16228
+    from morphcli.api import cost
+
+    assert cost(PATTERNS["chain"](), "macs") == 16228
 
 
 # --- one probe per layer class --------------------------------------------------------------
