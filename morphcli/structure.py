@@ -111,9 +111,14 @@ def load(path: str | Path) -> Structure:
         raise MorphError(f"{path} has structure version {data.get('version')}; this morphcli "
                          f"reads version {VERSION}.")
     alive = {}
-    for group in data["groups"]:
-        mask = np.zeros(group["width"], dtype=bool)
-        mask[group["alive_indices"]] = True
-        alive[group["key"]] = mask
+    try:
+        for group in data["groups"]:
+            mask = np.zeros(int(group["width"]), dtype=bool)
+            mask[np.asarray(group["alive_indices"], dtype=int)] = True
+            alive[str(group["key"])] = mask
+    except (KeyError, TypeError, ValueError, IndexError) as err:
+        raise MorphError(
+            f"Structure file {path} is damaged: each group needs `key`, `width` and "
+            f"`alive_indices` within the width. Received: {type(err).__name__}: {err}") from None
     meta = {k: v for k, v in data.items() if k not in ("groups", "layers")}
     return Structure(alive, meta)

@@ -91,6 +91,14 @@ def test_report_structure_prices_without_rebuilding(tmp_path):
     assert data["totals"]["macs"] == 18_432 + 1_179_648 // 4 + 1_179_648 // 4 + 1_280
 
 
+@pytest.mark.parametrize("groups", ['[{"key": "conv1"}]', '[{"key": "conv1", "width": 2, '
+                                    '"alive_indices": [5]}]', '"none"'])
+def test_damaged_structure_file(tmp_path, groups):
+    path = tmp_path / "structure.json"
+    path.write_text(f'{{"format": "morphcli.structure", "version": 1, "groups": {groups}}}')
+    assert "damaged" in user_error("report", "zoo:cnn", "--structure", str(path))
+
+
 def _cnn():
     from morphcli.zoo import load_model
 
