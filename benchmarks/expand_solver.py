@@ -16,9 +16,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
 
-from morphcli.costs import CostModel  # noqa: E402
-from morphcli.expand import solve_multiplier  # noqa: E402
-from morphcli.graph import build_graph  # noqa: E402
+from morphcli.core.costs import CostModel  # noqa: E402
+from morphcli.core.graph import build_graph  # noqa: E402
+from morphcli.core.solver import solve_multiplier  # noqa: E402
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """Benchmark: MorphNet's structure vs the uniform-width baseline at equal FLOPs.
 
 For each model and each FLOPs budget (a fraction of the seed's FLOPs), runs
-`morphcli.run.run` (shrink -> expand -> retrain, plus the seed narrowed
+`morphcli.steps.run.run` (shrink -> expand -> retrain, plus the seed narrowed
 uniformly to the same budget and retrained with the same schedule) for
 several random seeds, then prints:
 
@@ -162,8 +162,8 @@ def shrunk_of(rundir: Path) -> Shrunk:
 
 def run_seed(args, model: str, seed: int, cells: list[Cell], workdir: Path, log) -> Shrunk:
     """Runs every budget of one model and seed; returns what the shrink learned."""
-    from morphcli.data import load_dataset
-    from morphcli.run import run
+    from morphcli.steps.run import run
+    from morphcli.training.data import load_dataset
 
     first: Path | None = None
     for cell in cells:

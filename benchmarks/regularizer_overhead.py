@@ -46,9 +46,9 @@ def main() -> None:
     import tensorflow as tf
 
     from morphcli.api import load_model
-    from morphcli.costs import CostModel
-    from morphcli.graph import build_graph
-    from morphcli.regularizers import make_regularizer
+    from morphcli.core.costs import CostModel
+    from morphcli.core.graph import build_graph
+    from morphcli.training.regularizers import make_regularizer
 
     results = {}
     for resource in ("flops", "latency"):

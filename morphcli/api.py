@@ -27,7 +27,7 @@ def load_model(spec: str, *, input_shape: str | Sequence[int] | None = None,
         MorphError: Missing or corrupt file, unknown name, bad shape, subclassed
             model, unsafe code without `trust_code`.
     """
-    from morphcli import zoo
+    from morphcli.models import zoo
 
     shape = zoo.parse_input_shape(input_shape)
     model = zoo.load_model(spec, input_shape=shape, classes=classes, trust_code=trust_code)
@@ -70,9 +70,9 @@ def analyze(model, *, hardware: str | None = "cpu", structure: str | None = None
         widths: Optional width per group id (instead of `structure`).
         name: Label for the report (default: the model's name).
     """
-    from morphcli import structure as struct
-    from morphcli.costs import CostModel
-    from morphcli.graph import build_graph
+    from morphcli.core import structure as struct
+    from morphcli.core.costs import CostModel
+    from morphcli.core.graph import build_graph
     from morphcli.report import build_report
 
     graph = build_graph(model)
@@ -85,7 +85,7 @@ def analyze(model, *, hardware: str | None = "cpu", structure: str | None = None
 
 def cost(model, resource: str = "flops", hardware: str | None = None) -> float:
     """Total cost of `model` for one resource: flops, macs, params, kernel_params, latency."""
-    from morphcli.costs import CostModel
-    from morphcli.graph import build_graph
+    from morphcli.core.costs import CostModel
+    from morphcli.core.graph import build_graph
 
     return CostModel(build_graph(model), hardware).total(resource)

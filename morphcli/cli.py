@@ -195,7 +195,7 @@ def shrink(model, config_path, outdir, epochs, strength, kind, round_to, resume,
       morph shrink seed.keras -c my.yaml -o runs/x --strength 3 --epochs 20
       morph shrink -c my.yaml -o runs/x --resume        # after an interruption
     """
-    from morphcli import shrink as shrinking
+    from morphcli.steps import shrink as shrinking
 
     overrides = {k: v for k, v in {
         "model.seed": model, "shrink.epochs": epochs, "regularizer.kind": kind,
@@ -223,7 +223,7 @@ def _distribution(conf, resume: bool, overwrite: bool) -> tuple[bool, bool, bool
     """Creates the config's tf.distribute strategy before TensorFlow runs anything
     (logical devices must be set first). Returns (resume, overwrite, is_chief):
     workers other than the chief never refuse or delete the chief's folder."""
-    from morphcli import distribute
+    from morphcli.training import distribute
 
     _quiet_tensorflow()
     strategy = distribute.make_strategy(conf.distribute)
@@ -308,11 +308,11 @@ def expand(model, target, config_path, out_path, hardware, round_to, mode, struc
       morph expand seed.keras --structure runs/x/structure.json --target flops=0.5 -o y.keras
     """
     from morphcli import config as cfg
-    from morphcli import expand as expanding
     from morphcli import files
+    from morphcli.core.graph import build_graph
     from morphcli.errors import MorphError
-    from morphcli.graph import build_graph
-    from morphcli.shrink import hardware_of
+    from morphcli.steps import expand as expanding
+    from morphcli.steps.shrink import hardware_of
 
     out, err = _consoles()
     conf = _resolve(config_path, {k: v for k, v in {
@@ -328,7 +328,7 @@ def expand(model, target, config_path, out_path, hardware, round_to, mode, struc
     seed = _load(model, input_shape, classes, trust_code)
     base = None
     if structure_path:
-        from morphcli import structure
+        from morphcli.core import structure
 
         base = structure.load(structure_path).widths_for(build_graph(seed))
     expanded, result = expanding.expand_model(
@@ -378,8 +378,8 @@ def retrain(model, config_path, outdir, epochs, keep_weights, resume, overwrite,
       morph retrain runs/x/expanded.keras -c configs/demo.yaml -o runs/x/retrain
       morph retrain shrunk.keras -c my.yaml -o ft --keep-weights --epochs 3
     """
-    from morphcli import retrain as retraining
     from morphcli.files import prepare_outdir
+    from morphcli.steps import retrain as retraining
 
     overrides = {k: v for k, v in {"retrain.epochs": epochs}.items() if v is not None}
     conf = _resolve(config_path, overrides, {k: "the command line" for k in overrides})
@@ -439,8 +439,8 @@ def run(config_path, rundir, rounds, baseline, resume, overwrite, sets, as_json)
       morph run configs/demo.yaml --resume           # after an interruption
     """
     from morphcli import config as cfg
-    from morphcli import run as running
     from morphcli.files import prepare_outdir
+    from morphcli.steps import run as running
 
     overrides = dict(cfg.parse_override(p) for p in sets)
     overrides.update({k: v for k, v in {"run.rounds": rounds, "run.baseline": baseline}.items()

@@ -11,9 +11,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from morphcli.costs import CostModel
-from morphcli.graph import ChannelGraph
-from morphcli.rules import Kind
+from morphcli.core.costs import CostModel
+from morphcli.core.graph import ChannelGraph
+from morphcli.core.rules import Kind
 
 TOTAL_KEYS = ("flops", "macs", "params", "kernel_params", "latency_s")
 

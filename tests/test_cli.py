@@ -48,7 +48,7 @@ def test_report_json_totals():
 def test_report_flops_match_profiler():
     from tf_profiler import profiler_flops
 
-    from morphcli.zoo import load_model
+    from morphcli.models.zoo import load_model
 
     data = json.loads(morph("report", "zoo:resnet20", "--input-shape", "16,16,3",
                             "--json").stdout)
@@ -77,8 +77,8 @@ def test_report_compare_markdown_plot(tmp_path):
 
 
 def test_report_structure_prices_without_rebuilding(tmp_path):
-    from morphcli import structure
-    from morphcli.graph import build_graph
+    from morphcli.core import structure
+    from morphcli.core.graph import build_graph
 
     graph = build_graph(_cnn())
     conv2 = next(g for g in graph.groups.values() if "conv2" in g.sources)
@@ -95,12 +95,12 @@ def test_report_structure_prices_without_rebuilding(tmp_path):
                                     '"alive_indices": [5]}]', '"none"'])
 def test_damaged_structure_file(tmp_path, groups):
     path = tmp_path / "structure.json"
-    path.write_text(f'{{"format": "morphcli.structure", "version": 1, "groups": {groups}}}')
+    path.write_text(f'{{"format": "morphcli.core.structure", "version": 1, "groups": {groups}}}')
     assert "damaged" in user_error("report", "zoo:cnn", "--structure", str(path))
 
 
 def _cnn():
-    from morphcli.zoo import load_model
+    from morphcli.models.zoo import load_model
 
     return load_model("zoo:cnn")
 
@@ -226,8 +226,8 @@ def test_model_with_nothing_to_prune(tmp_path):
 
 
 def test_expand_a_structure_learned_on_the_seed(tmp_path):
-    from morphcli import structure
-    from morphcli.graph import build_graph
+    from morphcli.core import structure
+    from morphcli.core.graph import build_graph
 
     graph = build_graph(_cnn())
     conv3 = next(g for g in graph.groups.values() if "conv3" in g.sources)

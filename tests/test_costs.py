@@ -1,4 +1,4 @@
-"""Tests for morphcli.costs: every pattern priced by hand, seed and narrower.
+"""Tests for morphcli.core.costs: every pattern priced by hand, seed and narrower.
 
 Kernel terms (conv, dense, depthwise) are computed here from first principles:
 a conv does kh*kw * A/groups * B multiply-adds per output position (a
@@ -26,10 +26,10 @@ from patterns import (
     probe_node,
 )
 
-from morphcli.costs import HARDWARE, CostModel, Hardware, check_resource, get_hardware
+from morphcli.core.costs import HARDWARE, CostModel, Hardware, check_resource, get_hardware
+from morphcli.core.graph import build_graph
+from morphcli.core.rules import Kind
 from morphcli.errors import MorphError
-from morphcli.graph import build_graph
-from morphcli.rules import Kind
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Tests for morphcli.data: sources, split rule, pipelines, augmentation, check_fits."""
+"""Tests for morphcli.training.data: sources, split rule, pipelines, augmentation, check_fits."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from morphcli.data import check_fits, load_dataset, split_indices
 from morphcli.errors import DataError
+from morphcli.training.data import check_fits, load_dataset, split_indices
 
 OFFLINE_MESSAGE = ("URL fetch failure on https://storage.googleapis.com/tensorflow/"
                    "tf-keras-datasets/mnist.npz: None -- [Errno -2] Name or service not known")

@@ -1,4 +1,4 @@
-"""Tests for morphcli.distribute: strategies from the config, chief and worker
+"""Tests for morphcli.training.distribute: strategies from the config, chief and worker
 folders, bounded waits, and real training under MirroredStrategy (2 logical
 CPUs) and MultiWorkerMirroredStrategy (2 processes on 127.0.0.1).
 
@@ -59,8 +59,8 @@ def _losses(outdir: Path) -> list[float]:
 def test_default_strategy_is_the_current_one(tmp_path):
     import tensorflow as tf
 
-    from morphcli import distribute
     from morphcli.config import load_config
+    from morphcli.training import distribute
 
     conf = load_config(None).distribute
     strategy = distribute.make_strategy(conf)
@@ -76,8 +76,8 @@ def test_default_strategy_is_the_current_one(tmp_path):
 def test_one_device_trains_like_the_default(tmp_path):
     """The strategy path (model built in the scope, Keras's distributed step, the
     penalty divided by one replica) gives the default strategy's numbers exactly."""
-    from morphcli import shrink
     from morphcli.config import load_config
+    from morphcli.steps import shrink
 
     losses = []
     for strategy in ("default", "one_device"):
@@ -92,7 +92,7 @@ def test_worker_folders(tmp_path, monkeypatch):
     from `run` keep it), and removes only that folder."""
     import tensorflow as tf
 
-    from morphcli import distribute
+    from morphcli.training import distribute
 
     spec = tf.train.ClusterSpec({"worker": ["h0:1", "h1:1"]})
     for task, chief in ((0, True), (1, False)):
@@ -119,7 +119,7 @@ def test_worker_folders(tmp_path, monkeypatch):
 def test_data_is_sharded_by_data():
     import tensorflow as tf
 
-    from morphcli import distribute
+    from morphcli.training import distribute
 
     sharded = distribute.shard_by_data(tf.data.Dataset.range(4))
     assert (sharded.options().experimental_distribute.auto_shard_policy
@@ -131,7 +131,7 @@ def test_data_is_sharded_by_data():
 def test_global_batch_norm_syncs_only_with_replicas_and_restores():
     import keras
 
-    from morphcli import distribute
+    from morphcli.training import distribute
 
     inputs = keras.Input((4,))
     outputs = keras.layers.BatchNormalization()(keras.layers.Dense(3)(inputs))
@@ -153,16 +153,17 @@ def test_global_batch_norm_syncs_only_with_replicas_and_restores():
 def test_into_scope_keeps_a_model_made_in_the_scope():
     import tensorflow as tf
 
-    from morphcli import distribute, zoo
+    from morphcli.models import zoo
+    from morphcli.training import distribute
 
     model = zoo.build_seed("cnn")
     assert distribute.into_scope(model, tf.distribute.get_strategy()) is model
 
 
 def test_multi_worker_needs_a_cluster(monkeypatch):
-    from morphcli import distribute
     from morphcli.config import load_config
     from morphcli.errors import MorphError
+    from morphcli.training import distribute
 
     monkeypatch.delenv("TF_CONFIG", raising=False)
     conf = load_config(None, {"distribute.strategy": "multi_worker"}).distribute
@@ -178,9 +179,9 @@ def test_multi_worker_needs_a_cluster(monkeypatch):
 
 
 def test_unreachable_tpu_fails_fast():
-    from morphcli import distribute
     from morphcli.config import load_config
     from morphcli.errors import MorphError
+    from morphcli.training import distribute
 
     port = _free_ports(1)[0]  # nothing listens there
     conf = load_config(None, {"distribute.strategy": "tpu",
@@ -213,7 +214,7 @@ class _TFError(Exception):
      "Barrier timed out"),
 ])
 def test_tensorflow_errors_shortened_to_their_reason(message, reason):
-    from morphcli import distribute
+    from morphcli.training import distribute
 
     assert distribute._first_line(_TFError(message)) == reason
 
@@ -475,8 +476,9 @@ def _shrink_and_probe(config_path: str, outdir: str) -> None:
     """Shrinks with the config, recording |gamma| of every batch norm after each epoch."""
     import keras
 
-    from morphcli import distribute, shrink
     from morphcli.config import load_config
+    from morphcli.steps import shrink
+    from morphcli.training import distribute
 
     conf = load_config(config_path)
     gammas = []

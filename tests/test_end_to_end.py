@@ -15,8 +15,8 @@ from click.testing import CliRunner
 from morphcli.api import analyze
 from morphcli.cli import cli
 from morphcli.config import load_config
-from morphcli.shrink import prepare, shrink
-from morphcli.surgery import zero_dead_channels
+from morphcli.core.surgery import zero_dead_channels
+from morphcli.steps.shrink import prepare, shrink
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""Tests for morphcli.expand: the width-multiplier solver and expand_model."""
+"""Tests for morphcli.steps.expand: the width-multiplier solver and expand_model."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ import pytest
 from keras import layers
 
 from morphcli.config import Quantity
-from morphcli.costs import CostModel
+from morphcli.core.costs import CostModel
+from morphcli.core.graph import build_graph
+from morphcli.core.solver import resolve_target, solve_multiplier
 from morphcli.errors import ModelError, MorphError
-from morphcli.expand import expand_model, resolve_target, solve_multiplier
-from morphcli.graph import build_graph
+from morphcli.steps.expand import expand_model
 
 FACTORS = (0.3, 0.5, 2.0, 3.0)
 

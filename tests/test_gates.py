@@ -9,12 +9,20 @@ import tensorflow as tf
 from keras import layers
 from patterns import PATTERNS, randomize, sample_input, shared_layer
 
-from morphcli import rules
-from morphcli.costs import RESOURCES, CostModel
+from morphcli.core import rules
+from morphcli.core.costs import RESOURCES, CostModel
+from morphcli.core.graph import build_graph
 from morphcli.errors import ModelError, MorphError
-from morphcli.gates import LOGIT_SCALE, ChannelGate, export, insert, log_odds, rekey, remove
-from morphcli.graph import build_graph
-from morphcli.regularizers import canonical_kind, make_regularizer, strength_scale
+from morphcli.training.gates import (
+    LOGIT_SCALE,
+    ChannelGate,
+    export,
+    insert,
+    log_odds,
+    rekey,
+    remove,
+)
+from morphcli.training.regularizers import canonical_kind, make_regularizer, strength_scale
 
 ALL = {**PATTERNS, "shared_layer": shared_layer}
 
@@ -369,7 +377,9 @@ def test_rekey_matches_groups_by_source_layer():
 
 
 def test_training_closes_gates_and_export_matches(tmp_path):
-    from morphcli import data, train, zoo
+    from morphcli.models import zoo
+    from morphcli.training import data
+    from morphcli.training import engine as train
 
     train.set_seed(0)
     dataset = data.load_dataset("builtin:digits", batch_size=64, seed=0)

@@ -1,5 +1,5 @@
-"""Tests for morphcli.graph: channel groups of every supported pattern, and the
-registry coverage of morphcli.rules."""
+"""Tests for morphcli.core.graph: channel groups of every supported pattern, and the
+registry coverage of morphcli.core.rules."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ import pytest
 from keras import layers
 from patterns import PATTERNS, PROBES, group_of, probe_model, probe_node, shared_layer
 
-from morphcli import gates, rules
+from morphcli.core import rules
+from morphcli.core.graph import Space, alive_from_counts, build_graph
+from morphcli.core.rules import Kind
 from morphcli.errors import ModelError
-from morphcli.graph import Space, alive_from_counts, build_graph
-from morphcli.rules import Kind
+from morphcli.training import gates
 
 # --- the groups of every pattern ------------------------------------------------
 #
@@ -354,7 +355,7 @@ def test_unbuilt_sequential_is_an_error():
 
 # Registered names that are not `keras.layers` classes, and why.
 NOT_KERAS_LAYERS = {
-    "ChannelGate": "morphcli.gates.ChannelGate (inserted for regularizer.kind: gates)",
+    "ChannelGate": "morphcli.training.gates.ChannelGate (inserted for regularizer.kind: gates)",
     "Divide": "keras.ops.divide operation",
     "TrueDivide": "keras.ops.true_divide operation (`x / y`)",
     "LayerScale": "keras.applications.convnext.LayerScale (not exported)",

@@ -9,8 +9,8 @@ import keras
 import pytest
 from tf_profiler import profiler_flops
 
-from morphcli.costs import CostModel
-from morphcli.graph import build_graph
+from morphcli.core.costs import CostModel
+from morphcli.core.graph import build_graph
 
 # Architecture, input side. InceptionV3 needs >= 75, Xception >= 71.
 APPLICATIONS = [

@@ -6,10 +6,10 @@ import pytest
 import tensorflow as tf
 from keras import layers
 
-from morphcli.costs import CostModel
+from morphcli.core.costs import CostModel
+from morphcli.core.graph import build_graph
 from morphcli.errors import MorphError
-from morphcli.graph import build_graph
-from morphcli.regularizers import canonical_kind, make_regularizer, strength_scale
+from morphcli.training.regularizers import canonical_kind, make_regularizer, strength_scale
 
 
 def bn_chain():
@@ -185,7 +185,7 @@ def test_latency_term_by_hand_on_a_memory_bound_model():
 
 
 def test_latency_term_by_hand_on_a_compute_bound_device():
-    from morphcli.costs import get_hardware
+    from morphcli.core.costs import get_hardware
 
     model = bn_chain()
     graph = build_graph(model)

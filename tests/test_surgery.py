@@ -1,4 +1,4 @@
-"""Tests for morphcli.surgery: for every pattern and probe, the rebuilt model equals
+"""Tests for morphcli.core.surgery: for every pattern and probe, the rebuilt model equals
 the seed with its dead channels zeroed, has the widths of the masks, costs what
 the cost model predicts, and survives a .keras round trip."""
 
@@ -22,10 +22,10 @@ from patterns import (
     shared_layer,
 )
 
-from morphcli.costs import RESOURCES, CostModel
+from morphcli.core.costs import RESOURCES, CostModel
+from morphcli.core.graph import build_graph
+from morphcli.core.surgery import apply_structure, resize, zero_dead_channels
 from morphcli.errors import ModelError
-from morphcli.graph import build_graph
-from morphcli.surgery import apply_structure, resize, zero_dead_channels
 
 # LayerNormalization is pruned as a per-channel layer (issue 2 lists it so), but its
 # mean and variance run over the channel axis: removing channels, even zero ones,

@@ -1,4 +1,4 @@
-"""Tests for morphcli.zoo: input shapes, built-in seeds, applications, model files."""
+"""Tests for morphcli.models.zoo: input shapes, built-in seeds, applications, model files."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import keras
 import numpy as np
 import pytest
 
-from morphcli import zoo
 from morphcli.errors import ModelError, MorphError
+from morphcli.models import zoo
 
 
 def layer_counts(model) -> collections.Counter:

@@ -49,7 +49,7 @@ class _Runner:
     """Runs one step after the other, skipping those already done."""
 
     def __init__(self, conf, rundir: Path, progress: Progress | None, log: Callable[[str], None]):
-        from morphcli import distribute
+        from morphcli.training import distribute
 
         self.conf, self.rundir, self.log = conf, rundir, log
         self.progress = progress
@@ -60,7 +60,7 @@ class _Runner:
         return [self.progress(title, epochs)] if self.progress else []
 
     def done(self, path: Path, step: str) -> bool:
-        from morphcli import distribute
+        from morphcli.training import distribute
 
         # Several workers skip a step only together: their collective ops must match.
         if distribute.on_every_worker(self.strategy, path.exists()):
@@ -70,7 +70,7 @@ class _Runner:
         return False
 
     def shrink(self, setup, round_: int):
-        from morphcli import shrink
+        from morphcli.steps import shrink
 
         outdir = _round_dir(self.rundir, "shrink", round_)
         if not self.done(outdir / "shrunk.keras", f"shrink round {round_}"):
@@ -79,10 +79,11 @@ class _Runner:
         return _load(outdir / "shrunk.keras")
 
     def expand(self, model, outdir: Path, target: float, label: str):
-        from morphcli import expand, files
+        from morphcli import files
         from morphcli.config import Quantity
-        from morphcli.graph import build_graph
-        from morphcli.shrink import hardware_of
+        from morphcli.core.graph import build_graph
+        from morphcli.steps import expand
+        from morphcli.steps.shrink import hardware_of
 
         if self.done(outdir / "expanded.keras", label):
             return _load(outdir / "expanded.keras")
@@ -99,7 +100,7 @@ class _Runner:
     def retrain(self, model, outdir: Path, dataset, label: str) -> dict:
         import json
 
-        from morphcli import retrain
+        from morphcli.steps import retrain
 
         if self.done(outdir / "metrics.json", label):
             return json.loads((outdir / "metrics.json").read_text())
@@ -120,11 +121,12 @@ def run(conf, rundir: str | Path | None = None, *, progress: Progress | None = N
     Returns:
         A `RunResult` with the final and baseline metrics and the report data.
     """
-    from morphcli import distribute, files
+    from morphcli import files
     from morphcli.config import dump_yaml
-    from morphcli.costs import CostModel
-    from morphcli.graph import build_graph
-    from morphcli.shrink import Setup, hardware_of, prepare
+    from morphcli.core.costs import CostModel
+    from morphcli.core.graph import build_graph
+    from morphcli.steps.shrink import Setup, hardware_of, prepare
+    from morphcli.training import distribute
 
     # First: multi-worker runtimes and logical devices are set up before TF runs anything.
     strategy = distribute.make_strategy(conf.distribute)
@@ -159,7 +161,7 @@ def write_report(conf, rundir: Path, seed_setup, final_model, final: dict,
     from morphcli import files
     from morphcli import report as rep
     from morphcli.api import analyze
-    from morphcli.shrink import hardware_of
+    from morphcli.steps.shrink import hardware_of
 
     hardware = hardware_of(conf)
     seed = rep.build_report(seed_setup.graph, seed_setup.costs, name="seed")

@@ -64,9 +64,10 @@ def prepare(conf) -> Setup:
     Raises:
         MorphError: Bad model, bad data, mismatched shapes, impossible target.
     """
-    from morphcli import data, distribute, train
-    from morphcli.costs import CostModel
-    from morphcli.graph import build_graph
+    from morphcli.core.costs import CostModel
+    from morphcli.core.graph import build_graph
+    from morphcli.training import data, distribute
+    from morphcli.training import engine as train
 
     # First: multi-worker runtimes and logical devices are set up before TF runs anything.
     strategy = distribute.make_strategy(conf.distribute)
@@ -104,7 +105,7 @@ def load_seed(conf, dataset=None):
 
 
 def hardware_of(conf):
-    from morphcli.costs import get_hardware
+    from morphcli.core.costs import get_hardware
 
     spec = conf.target.hardware_spec
     spec = None if spec is None else {"peak_gflops": spec.peak_gflops,
@@ -118,7 +119,7 @@ def resolve_target(costs, metric: str, quantity, min_channels: int = 1) -> float
     Raises:
         MorphError: The target is below the cost of the smallest legal structure.
     """
-    from morphcli.expand import resolve_target as absolute
+    from morphcli.core.solver import resolve_target as absolute
 
     seed = costs.total(metric)
     target = absolute(costs, metric, quantity)
@@ -182,11 +183,14 @@ def shrink(conf, outdir: str | Path, *, callbacks: Sequence = (), setup: Setup |
     Raises:
         MorphError: Bad input, impossible target, NaN loss (`TrainingError`).
     """
-    from morphcli import distribute, files, gates, regularizers, structure, surgery, train
+    from morphcli import files
     from morphcli.config import dump_yaml
-    from morphcli.costs import CostModel
-    from morphcli.graph import build_graph
+    from morphcli.core import structure, surgery
+    from morphcli.core.costs import CostModel
+    from morphcli.core.graph import build_graph
     from morphcli.report import build_report
+    from morphcli.training import distribute, gates, regularizers
+    from morphcli.training import engine as train
 
     strategy = distribute.make_strategy(conf.distribute)
     outdir = distribute.write_dir(outdir, strategy)  # other workers than the chief: scratch
@@ -242,9 +246,9 @@ def _in_scope(setup: Setup, strategy) -> Setup:
     first starts from a model rebuilt outside the scope); graph and costs follow it."""
     from dataclasses import replace
 
-    from morphcli import distribute
-    from morphcli.costs import CostModel
-    from morphcli.graph import build_graph
+    from morphcli.core.costs import CostModel
+    from morphcli.core.graph import build_graph
+    from morphcli.training import distribute
 
     model = distribute.into_scope(setup.model, strategy)
     if model is setup.model:

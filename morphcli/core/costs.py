@@ -28,9 +28,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from morphcli.core.graph import ChannelGraph, Space
+from morphcli.core.rules import Term, positions
 from morphcli.errors import MorphError
-from morphcli.graph import ChannelGraph, Space
-from morphcli.rules import Term, positions
 
 RESOURCES = ("flops", "macs", "params", "kernel_params", "latency")
 BYTES_PER_VALUE = 4  # float32 activations and weights

@@ -35,15 +35,17 @@ def retrain(conf, model, outdir: str | Path, *, callbacks: Sequence = (), datase
         model: A Keras model (not modified) or a model spec to load.
         outdir: Output folder; checkpoints found there are resumed.
         callbacks: Extra Keras callbacks (progress display).
-        dataset: A loaded `morphcli.data.Dataset`, if already made.
+        dataset: A loaded `morphcli.training.data.Dataset`, if already made.
         keep_weights: Fine-tune instead of training from scratch
             (default: `retrain.keep_weights`).
 
     Returns:
         A `RetrainResult` with the trained model and its metrics.
     """
-    from morphcli import api, data, distribute, files, train
-    from morphcli.shrink import hardware_of
+    from morphcli import api, files
+    from morphcli.steps.shrink import hardware_of
+    from morphcli.training import data, distribute
+    from morphcli.training import engine as train
 
     # First: multi-worker runtimes and logical devices are set up before TF runs anything.
     strategy = distribute.make_strategy(conf.distribute)

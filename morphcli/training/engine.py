@@ -190,7 +190,7 @@ def fit(model, dataset, spec: TrainSpec, *, workdir: str | Path, penalty: Callab
         strength: float = 0.0, callbacks: Sequence = (), strategy=None,
         lr_scale: float = 1.0, tensorboard: bool = True,
         sync_batch_norm: bool = True) -> FitResult:
-    """Trains `model` in place on `dataset` (a `morphcli.data.Dataset`).
+    """Trains `model` in place on `dataset` (a `morphcli.training.data.Dataset`).
 
     Args:
         model: A functional Keras model (trained in place), built in the scope
@@ -218,7 +218,7 @@ def fit(model, dataset, spec: TrainSpec, *, workdir: str | Path, penalty: Callab
     import keras
     import tensorflow as tf
 
-    from morphcli import distribute
+    from morphcli.training import distribute
 
     strategy = strategy or tf.distribute.get_strategy()
     workdir = Path(workdir)

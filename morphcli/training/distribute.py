@@ -47,6 +47,7 @@ from typing import Any
 from morphcli.errors import MorphError, TrainingError
 
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
+COMMUNICATIONS = ("auto", "ring", "nccl")  # multi_worker all-reduce implementations
 SCRATCH_PREFIX = "workertemp_"  # TensorFlow's name for a non-chief worker's scratch folder
 
 _strategies: dict[Any, Any] = {}  # one strategy per process and config (see make_strategy)

@@ -41,10 +41,10 @@ import keras
 import numpy as np
 from keras import ops
 
+from morphcli.core.graph import ChannelGraph, LayerNode, _functional, build_graph, is_nested_model
+from morphcli.core.rules import IN, OUT, Kind
+from morphcli.core.surgery import _from_config, apply_structure
 from morphcli.errors import ModelError
-from morphcli.graph import ChannelGraph, LayerNode, _functional, build_graph, is_nested_model
-from morphcli.rules import IN, OUT, Kind
-from morphcli.surgery import _from_config, apply_structure
 
 # The reference's initial keep-probability (log-odds 2.5 there; ours is exactly 0.92).
 INIT_PROBABILITY = 0.92

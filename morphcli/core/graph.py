@@ -6,7 +6,7 @@ the groups its channel axis is made of, side by side. A *group* is a set of
 channels that must be pruned together: a conv/dense output and everything
 per-channel after it, the inputs of an element-wise join, a depthwise conv's
 input and output. How each layer class behaves is looked up in the one table
-in `morphcli.rules`; an unknown layer is a boundary that freezes what it touches.
+in `morphcli.core.rules`; an unknown layer is a boundary that freezes what it touches.
 
 Example:
 
@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from morphcli import rules
+from morphcli.core import rules
+from morphcli.core.rules import Kind
 from morphcli.errors import ModelError
-from morphcli.rules import Kind
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ the same architecture loaded from another file.
 
 Format (version 1)::
 
-    {"format": "morphcli.structure", "version": 1,
+    {"format": "morphcli.core.structure", "version": 1,
      "model": "resnet20", "resource": "flops",
      "groups": [{"id": 3, "layers": ["conv1", "bn1", ...], "width": 16,
                  "alive": 9, "alive_indices": [0, 2, ...], "prunable": true}],
@@ -26,10 +26,10 @@ from typing import Any
 
 import numpy as np
 
+from morphcli.core.graph import ChannelGraph
 from morphcli.errors import MorphError
-from morphcli.graph import ChannelGraph
 
-FORMAT, VERSION = "morphcli.structure", 1
+FORMAT, VERSION = "morphcli.core.structure", 1
 
 
 @dataclass

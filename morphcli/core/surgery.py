@@ -8,7 +8,7 @@
   place, the "masked seed" that a rebuilt model must match exactly.
 
 All three stand on `keras.models.clone_model`: each layer is re-created from
-its config, edited by its rule's `resize` hook (see `morphcli.rules`), and
+its config, edited by its rule's `resize` hook (see `morphcli.core.rules`), and
 the weights are sliced by its rule's `weights` axis spec.
 """
 
@@ -18,9 +18,9 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from morphcli.core.graph import ChannelGraph, LayerNode, Space, build_graph
+from morphcli.core.rules import IN
 from morphcli.errors import ModelError
-from morphcli.graph import ChannelGraph, LayerNode, Space, build_graph
-from morphcli.rules import IN
 
 
 def _widths_from_alive(graph: ChannelGraph, alive: Mapping[int, np.ndarray]) -> dict[int, int]:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
-    from morphcli.graph import LayerNode
+    from morphcli.core.graph import LayerNode
 
 
 class Kind(enum.Enum):
@@ -80,7 +80,7 @@ class Rule:
     # prices dilated and transposed convs by what TF runs, not by the math).
     macs: Pricer | None = None
     # The weight that multiplies each output channel (a norm's or LayerScale's
-    # `gamma`, a depthwise `kernel`): a 0/1 gate folds into it (morphcli.gates).
+    # `gamma`, a depthwise `kernel`): a 0/1 gate folds into it (morphcli.training.gates).
     scale: str | None = None
     # Whether `scale` is a batch norm's gamma, what `regularizer.kind: gamma` reads.
     normalizes: bool = False
@@ -571,7 +571,7 @@ register(  # keras.applications.convnext.LayerScale: gamma of size projection_di
          scale="gamma", check=_per_channel_params),
 )
 
-register(  # morphcli.gates.ChannelGate: inserted for `regularizer.kind: gates`, folded
+register(  # morphcli.training.gates.ChannelGate: inserted for `regularizer.kind: gates`, folded
     # into the layer before it on export, so it costs nothing and moves no memory.
     "ChannelGate",
     Rule(Kind.PASS, no_flops, no_flops, last_axis_weights, moves_memory=False),

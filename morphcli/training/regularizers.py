@@ -17,7 +17,7 @@ Kinds:
   layers of a tied group). Groups without a batch norm are kept whole.
 - `group_lasso`: root-mean-square of the kernel slice that produces the
   channel, for models without batch norm.
-- `gates`: keep-probability of the `ChannelGate`s that `morphcli.gates`
+- `gates`: keep-probability of the `ChannelGate`s that `morphcli.training.gates`
   inserts (FiGS); a tied group's is 1 - prod(1 - p) over its gates.
 """
 
@@ -29,11 +29,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from morphcli.costs import CostModel
+from morphcli.core.costs import CostModel
+from morphcli.core.graph import ChannelGraph
+from morphcli.core.rules import OUT, Kind
 from morphcli.errors import MorphError
-from morphcli.graph import ChannelGraph
-from morphcli.rules import OUT, Kind
 
+KIND_NAMES = ("gamma", "group_lasso", "gates")
 KINDS = {"gamma": "gamma", "batch_norm": "gamma", "bn": "gamma",
          "group_lasso": "group_lasso", "grouplasso": "group_lasso",
          "gates": "gates", "gate": "gates", "gating": "gates"}
@@ -205,7 +206,7 @@ def make_regularizer(graph: ChannelGraph, costs: CostModel, kind: str = "gamma",
             weight variables, so training the model moves its values.
         costs: `CostModel(graph, hardware)`.
         kind: `gamma`, `group_lasso` or `gates` (aliases accepted); `gates`
-            needs a model made by `morphcli.gates.insert`.
+            needs a model made by `morphcli.training.gates.insert`.
         resource: flops, macs, params, kernel_params or latency.
         threshold: Alive threshold (default 1e-2; 0.1 for gates).
         min_channels: Channels every group keeps at least.
@@ -314,7 +315,7 @@ _COLLECTORS = {
                               "check `morph report MODEL` for frozen groups."),
     "gates": _Collector(
         _gate_sources, "no gate on it (inside a nested model, or no layer can absorb one)",
-        "a ChannelGate", "insert the gates first: `morphcli.gates.insert(model)`."),
+        "a ChannelGate", "insert the gates first: `morphcli.training.gates.insert(model)`."),
 }
 
 
