@@ -13,50 +13,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from morphcli.errors import ModelError
-
 
 def load_model(spec: str, *, input_shape: str | Sequence[int] | None = None,
                classes: int | None = None, trust_code: bool = False):
-    """Loads a seed model (file, `zoo:NAME`, `applications:NAME`) with static shapes.
+    """A seed model (file, `zoo:NAME`, `applications:NAME`) with static shapes
+    (`morphcli.models.zoo.load_static`)."""
+    from morphcli.models.zoo import load_static
 
-    A model whose input has dynamic dimensions is re-created on a static input
-    of `input_shape`, keeping its weights.
-
-    Raises:
-        MorphError: Missing or corrupt file, unknown name, bad shape, subclassed
-            model, unsafe code without `trust_code`.
-    """
-    from morphcli.models import zoo
-
-    shape = zoo.parse_input_shape(input_shape)
-    model = zoo.load_model(spec, input_shape=shape, classes=classes, trust_code=trust_code)
-    dims = tuple(model.inputs[0].shape[1:])
-    if any(d is None for d in dims):
-        if shape is None:
-            raise ModelError(
-                f"Model `{model.name}` has a dynamic input shape {dims}: FLOPs and latency "
-                f"need a static one. Received: input_shape={dims}",
-                hint="pass --input-shape H,W,C (or model.input_shape in the config).",
-            )
-        model = with_input_shape(model, shape)
-    return model
+    return load_static(spec, input_shape=input_shape, classes=classes, trust_code=trust_code)
 
 
 def with_input_shape(model, shape: Sequence[int]):
     """The same model (same weights) re-created on a static input of `shape`."""
-    import keras
+    from morphcli.models import zoo
 
-    if len(model.inputs) != 1:
-        raise ModelError("--input-shape works for single-input models only. "
-                         f"Received: inputs={len(model.inputs)}")
-    try:
-        clone = keras.models.clone_model(model, input_tensors=keras.Input(shape=tuple(shape)))
-    except ValueError as err:
-        raise ModelError(f"Model `{model.name}` does not accept input shape {tuple(shape)}: "
-                         f"{' '.join(str(err).split())}") from None
-    clone.set_weights(model.get_weights())
-    return clone
+    return zoo.with_input_shape(model, shape)
 
 
 def analyze(model, *, hardware: str | None = "cpu", structure: str | None = None,

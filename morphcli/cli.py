@@ -195,7 +195,9 @@ def shrink(model, config_path, outdir, epochs, strength, kind, round_to, resume,
       morph shrink seed.keras -c my.yaml -o runs/x --strength 3 --epochs 20
       morph shrink -c my.yaml -o runs/x --resume        # after an interruption
     """
-    from morphcli.steps import shrink as shrinking
+    from morphcli.files import prepare_outdir
+    from morphcli.steps.context import make_context
+    from morphcli.steps.shrink import shrink as shrink_step
 
     overrides = {k: v for k, v in {
         "model.seed": model, "shrink.epochs": epochs, "regularizer.kind": kind,
@@ -203,32 +205,30 @@ def shrink(model, config_path, outdir, epochs, strength, kind, round_to, resume,
         "regularizer.strength": _number_or_auto(strength) if strength else None,
     }.items() if v is not None}
     conf = _resolve(config_path, overrides, {k: "the command line" for k in overrides})
-    from morphcli.files import prepare_outdir
-
-    resume, overwrite, chief = _distribution(conf, resume, overwrite)
+    strategy, resume, overwrite, chief = _distribution(conf, resume, overwrite)
     outdir = prepare_outdir(outdir, resume=resume, overwrite=overwrite)
     out, err = _consoles()
-    setup = shrinking.prepare(conf)
-    err.print(f"shrinking {setup.model.name}: {setup.metric} target "
-              f"{setup.target:,.4g} (seed {setup.costs.total(setup.metric):,.4g})",
+    ctx = make_context(conf, strategy=strategy)
+    err.print(f"shrinking {ctx.seed.model.name}: {ctx.metric} target "
+              f"{ctx.target:,.4g} (seed {ctx.seed.costs.total(ctx.metric):,.4g})",
               markup=False, highlight=False)
-    result = shrinking.shrink(conf, outdir, setup=setup, callbacks=[
-        _progress(err, "shrink", conf.shrink.epochs)])
+    result = shrink_step(ctx, outdir, callbacks=[_progress(err, "shrink", conf.shrink.epochs)])
     if not chief:
         return _worker_done(err)
-    _show_shrink(out, err, setup, result, as_json)
+    _show_shrink(out, err, ctx, result, as_json)
 
 
-def _distribution(conf, resume: bool, overwrite: bool) -> tuple[bool, bool, bool]:
-    """Creates the config's tf.distribute strategy before TensorFlow runs anything
-    (logical devices must be set first). Returns (resume, overwrite, is_chief):
-    workers other than the chief never refuse or delete the chief's folder."""
+def _distribution(conf, resume: bool, overwrite: bool):
+    """Creates the command's one tf.distribute strategy before TensorFlow runs
+    anything (logical devices must be set first). Returns (strategy, resume,
+    overwrite, is_chief): workers other than the chief never refuse or delete the
+    chief's folder."""
     from morphcli.training import distribute
 
     _quiet_tensorflow()
     strategy = distribute.make_strategy(conf.distribute)
     chief = distribute.is_chief(strategy)
-    return (resume or not chief, overwrite and chief, chief)
+    return strategy, resume or not chief, overwrite and chief, chief
 
 
 def _worker_done(err) -> None:
@@ -248,18 +248,15 @@ def _progress(console, title: str, epochs: int):
     return epoch_progress(console, title, epochs)
 
 
-def _show_shrink(out, err, setup, result, as_json: bool) -> None:
+def _show_shrink(out, err, ctx, result, as_json: bool) -> None:
     from morphcli import report as rep
-    from morphcli.api import analyze
 
     if as_json:
         click.echo(json.dumps({"seed": result.seed_costs, "shrunk": result.shrunk_costs,
                                "lambda": result.strength, "val_shrunk": result.shrunk_val,
                                "outdir": str(result.outdir)}, indent=2))
         return
-    before = rep.build_report(setup.graph, setup.costs)
-    after = analyze(result.shrunk_model, hardware=setup.costs.hardware, name="shrunk")
-    out.print(rep.compare_table(before, after))
+    out.print(rep.compare_table(ctx.seed.report(), result.shrunk.report(name="shrunk")))
     for gid, why in result.kept_whole.items():
         err.print(f"note: group {gid} kept whole: {why}", markup=False)
     for gid in result.floor_groups:
@@ -308,11 +305,10 @@ def expand(model, target, config_path, out_path, hardware, round_to, mode, struc
       morph expand seed.keras --structure runs/x/structure.json --target flops=0.5 -o y.keras
     """
     from morphcli import config as cfg
-    from morphcli import files
-    from morphcli.core.graph import build_graph
+    from morphcli.core import structure
     from morphcli.errors import MorphError
-    from morphcli.steps import expand as expanding
-    from morphcli.steps.shrink import hardware_of
+    from morphcli.steps.context import Priced, hardware_of
+    from morphcli.steps.expand import expand as expand_step
 
     out, err = _consoles()
     conf = _resolve(config_path, {k: v for k, v in {
@@ -325,28 +321,20 @@ def expand(model, target, config_path, out_path, hardware, round_to, mode, struc
     else:
         raise MorphError("No target given.", hint="pass --target flops=25M (or params=, "
                                                   "latency=) or -c CONFIG.")
-    seed = _load(model, input_shape, classes, trust_code)
-    base = None
-    if structure_path:
-        from morphcli.core import structure
-
-        base = structure.load(structure_path).widths_for(build_graph(seed))
-    expanded, result = expanding.expand_model(
-        seed, metric, quantity, hardware=hardware_of(conf), round_to=conf.expand.round_to,
-        mode=conf.expand.mode, base_widths=base)
-    info = result.to_dict(build_graph(seed))
-    files.save_model(expanded, out_path)
-    files.write_json(_beside(out_path, "expand.json"), info)
+    seed = Priced.of(_load(model, input_shape, classes, trust_code), hardware_of(conf))
+    base = structure.load(structure_path).widths_for(seed.graph) if structure_path else None
+    result = expand_step(seed, metric, quantity, round_to=conf.expand.round_to,
+                         mode=conf.expand.mode, base_widths=base, model_path=out_path,
+                         record_path=_beside(out_path, "expand.json"))
     if as_json:
-        click.echo(json.dumps(info, indent=2))
+        click.echo(json.dumps(result.record, indent=2))
         return
     from morphcli import report as rep
-    from morphcli.api import analyze
 
-    out.print(rep.compare_table(analyze(seed, hardware=hardware_of(conf)),
-                                analyze(expanded, hardware=hardware_of(conf), name="expanded")))
-    err.print(f"width multiplier {result.multiplier:.4f}: {metric} {result.achieved:,.6g} for "
-              f"target {result.target:,.6g} ({result.error:+.2%}); wrote {out_path}",
+    out.print(rep.compare_table(seed.report(), result.expanded.report(name="expanded")))
+    expansion = result.expansion
+    err.print(f"width multiplier {expansion.multiplier:.4f}: {metric} {expansion.achieved:,.6g} "
+              f"for target {expansion.target:,.6g} ({expansion.error:+.2%}); wrote {out_path}",
               markup=False, highlight=False)
 
 
@@ -379,39 +367,28 @@ def retrain(model, config_path, outdir, epochs, keep_weights, resume, overwrite,
       morph retrain shrunk.keras -c my.yaml -o ft --keep-weights --epochs 3
     """
     from morphcli.files import prepare_outdir
-    from morphcli.steps import retrain as retraining
+    from morphcli.steps.context import make_context
+    from morphcli.steps.retrain import retrain as retrain_step
 
     overrides = {k: v for k, v in {"retrain.epochs": epochs}.items() if v is not None}
     conf = _resolve(config_path, overrides, {k: "the command line" for k in overrides})
-    resume, overwrite, chief = _distribution(conf, resume, overwrite)
+    strategy, resume, overwrite, chief = _distribution(conf, resume, overwrite)
     outdir = prepare_outdir(outdir, resume=resume, overwrite=overwrite)
     out, err = _consoles()
-    seed = _load(model, input_shape, classes, trust_code)
-    result = retraining.retrain(conf, seed, outdir, keep_weights=keep_weights,
-                                callbacks=[_progress(err, "retrain", conf.retrain.epochs)])
+    ctx = make_context(conf, strategy=strategy, budget=False,
+                       model=_load(model, input_shape, classes, trust_code))
+    result = retrain_step(ctx, ctx.seed, outdir, keep_weights=keep_weights,
+                          callbacks=[_progress(err, "retrain", conf.retrain.epochs)])
     if not chief:
         return _worker_done(err)
     metrics = {k: v for k, v in result.metrics.items() if k != "history"}
     if as_json:
         click.echo(json.dumps(metrics, indent=2))
         return
-    _metrics_table(out, {"retrained": metrics})
+    from morphcli.report import results_table
+
+    out.print(results_table({"retrained": metrics}))
     err.print(f"wrote {outdir}/final.keras and {outdir}/metrics.json", markup=False)
-
-
-def _metrics_table(out, rows: dict) -> None:
-    from rich.table import Table
-
-    from morphcli.report import human, seconds
-
-    table = Table(title="results")
-    for col in ("model", "FLOPs", "params", "latency", "val accuracy"):
-        table.add_column(col, justify="left" if col == "model" else "right")
-    for name, m in rows.items():
-        acc = m.get("val_accuracy")
-        table.add_row(name, human(m["flops"]), human(m["params"]), seconds(m["latency_s"]),
-                      "—" if acc is None else f"{acc:.2%}")
-    out.print(table)
 
 
 @cli.command()
@@ -440,24 +417,27 @@ def run(config_path, rundir, rounds, baseline, resume, overwrite, sets, as_json)
     """
     from morphcli import config as cfg
     from morphcli.files import prepare_outdir
-    from morphcli.steps import run as running
+    from morphcli.report import results_table
+    from morphcli.steps.context import make_context
+    from morphcli.steps.run import run as run_steps
 
     overrides = dict(cfg.parse_override(p) for p in sets)
     overrides.update({k: v for k, v in {"run.rounds": rounds, "run.baseline": baseline}.items()
                       if v is not None})
     conf = _resolve(config_path or cfg.demo_config_path(), overrides,
                     {k: "the command line" for k in overrides})
-    resume, overwrite, chief = _distribution(conf, resume, overwrite)
+    strategy, resume, overwrite, chief = _distribution(conf, resume, overwrite)
     rundir = prepare_outdir(rundir or conf.output_dir, resume=resume, overwrite=overwrite)
     out, err = _consoles()
-    result = running.run(conf, rundir, progress=lambda title, epochs: _progress(err, title, epochs),
-                         log=lambda line: err.print(line, markup=False, highlight=False))
+    result = run_steps(make_context(conf, strategy=strategy), rundir,
+                       progress=lambda title, epochs: _progress(err, title, epochs),
+                       log=lambda line: err.print(line, markup=False, highlight=False))
     if not chief:
         return _worker_done(err)
     if as_json:
         click.echo(json.dumps(result.report["models"], indent=2))
         return
-    _metrics_table(out, result.report["models"])
+    out.print(results_table(result.report["models"]))
     err.print(f"wrote {rundir}/report.md, report.json and widths.png", markup=False)
 
 

@@ -264,3 +264,39 @@ def plot_widths(path: str | Path, reports: Sequence[Report]) -> None:
         fig.savefig(tmp, dpi=110)
     plt.close(fig)
 
+
+
+# ---------------------------------------------------------------------------
+# Results of trained models (`morph retrain`, `morph run`): cost and accuracy.
+
+_RESULT_COLUMNS = ("model", "FLOPs", "params", "latency", "val accuracy")
+
+
+def _result_cells(row: Mapping) -> list[str]:
+    acc = row.get("val_accuracy")
+    return [human(row["flops"]), human(row["params"]), seconds(row["latency_s"]),
+            "—" if acc is None else f"{acc:.2%}"]
+
+
+def results_table(rows: Mapping[str, Mapping]):
+    """A rich table of trained models: name -> totals plus `val_accuracy`."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title="results")
+    for col in _RESULT_COLUMNS:
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for name, row in rows.items():
+        table.add_row(escape(name), *_result_cells(row))
+    return table
+
+
+def results_markdown(data: Mapping) -> str:
+    """The comparison table of a run's report.json data: cost and accuracy of each model."""
+    metric, target = data["target"]["metric"], data["target"]["value"]
+    target_text = seconds(target) if metric == "latency" else human(target)
+    lines = [f"# morph run: {metric} target {target_text}", "",
+             "| " + " | ".join(_RESULT_COLUMNS) + " |", "| --- | ---: | ---: | ---: | ---: |"]
+    for name, row in data["models"].items():
+        lines.append(f"| {name} | " + " | ".join(_result_cells(row)) + " |")
+    return "\n".join(lines) + "\n"

@@ -16,7 +16,8 @@ from morphcli.api import analyze
 from morphcli.cli import cli
 from morphcli.config import load_config
 from morphcli.core.surgery import zero_dead_channels
-from morphcli.steps.shrink import prepare, shrink
+from morphcli.steps.context import make_context
+from morphcli.steps.shrink import shrink
 
 pytestmark = pytest.mark.slow
 
@@ -27,8 +28,8 @@ def shrunk(tmp_path_factory):
     outdir = tmp_path_factory.mktemp("shrink")
     conf = load_config(None, {"model.seed": "zoo:cnn", "shrink.epochs": 12,
                               "regularizer.strength": 2.0, "seed": 0})
-    setup = prepare(conf)
-    result = shrink(conf, outdir, setup=setup)
+    setup = make_context(conf)
+    result = shrink(setup, outdir)
     structure = json.loads((outdir / "structure.json").read_text())
     return setup, result, structure, outdir
 
@@ -48,7 +49,7 @@ def test_dead_channels_are_those_whose_gamma_fell(shrunk):
         if not group["prunable"]:
             continue
         norms = [layer for layer in group["layers"] if layer.endswith("_bn")]
-        gamma = np.max([np.abs(setup.model.get_layer(n).gamma.numpy()) for n in norms], axis=0)
+        gamma = np.max([np.abs(setup.seed.model.get_layer(n).gamma.numpy()) for n in norms], axis=0)
         alive = np.flatnonzero(gamma > threshold)
         if alive.size == 0:  # every channel fell: the strongest one is kept
             alive = np.array([np.argmax(gamma)])
@@ -63,8 +64,8 @@ def test_shrunk_model_has_the_structure_and_the_surviving_weights(shrunk):
     model = keras.saving.load_model(outdir / "shrunk.keras")
     for layer in structure["layers"]:
         assert model.get_layer(layer["name"]).output.shape[-1] == layer["channels_out"]
-    masked = keras.models.clone_model(setup.model)
-    masked.set_weights(setup.model.get_weights())
+    masked = keras.models.clone_model(setup.seed.model)
+    masked.set_weights(setup.seed.model.get_weights())
     zero_dead_channels(masked, result.masks)
     x, _ = next(iter(setup.dataset.val))
     np.testing.assert_allclose(model(x, training=False), masked(x, training=False), atol=1e-5)
@@ -72,7 +73,7 @@ def test_shrunk_model_has_the_structure_and_the_surviving_weights(shrunk):
 
 def test_report_of_the_structure_prices_the_shrunk_model(shrunk):
     setup, result, _, outdir = shrunk
-    from_structure = analyze(setup.model, structure=str(outdir / "structure.json")).totals
+    from_structure = analyze(setup.seed.model, structure=str(outdir / "structure.json")).totals
     rebuilt = analyze(keras.saving.load_model(outdir / "shrunk.keras")).totals
     assert from_structure == rebuilt
     assert rebuilt["flops"] == result.shrunk_costs["flops"]

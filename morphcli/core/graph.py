@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from morphcli.core import rules
+from morphcli.core import keras_adapter, rules
 from morphcli.core.rules import Kind
 from morphcli.errors import ModelError
 
@@ -149,24 +149,6 @@ class ChannelGraph:
         return sorted({r for g in self.groups.values() for r in g.frozen})
 
 
-def is_nested_model(layer) -> bool:
-    """True for functional and Sequential models used as a layer."""
-    return hasattr(layer, "_nodes_by_depth") or type(layer).__name__ == "Sequential"
-
-
-def _functional(model):
-    """The functional graph behind a model (a built Sequential keeps one inside)."""
-    if hasattr(model, "_nodes_by_depth"):
-        return model
-    inner = getattr(model, "_functional", None)
-    if inner is None:
-        raise ModelError(
-            f"Model `{model.name}` has no functional graph to analyse: it was never built.",
-            hint="build it (call it on data or pass --input-shape) and save it again.",
-        )
-    return inner
-
-
 def _static(shape, where: str) -> tuple[int, ...]:
     dims = tuple(shape[1:])
     if any(d is None for d in dims):
@@ -238,28 +220,26 @@ class _Builder:
 
     # -- walking ----------------------------------------------------------------
     def walk(self, model, spaces: dict[int, Space], prefix: str) -> None:
-        fn = _functional(model)
-        for depth in sorted(fn._nodes_by_depth, reverse=True):
-            for knode in fn._nodes_by_depth[depth]:
-                if knode.is_input or knode.operation is None:
-                    continue
-                ins = [spaces[id(t)] for t in knode.input_tensors]
-                op = knode.operation
-                if is_nested_model(op):
-                    self.submodels.setdefault(id(op), ins)
-                    inner = _functional(op)
-                    inner_spaces = {id(t): s for t, s in zip(inner.inputs, ins, strict=True)}
-                    self.walk(inner, inner_spaces, f"{prefix}{op.name}/")
-                    outs = [inner_spaces[id(t)] for t in inner.outputs]
-                else:
-                    outs = self.apply(op, knode, ins, prefix)
-                for tensor, space in zip(knode.output_tensors, outs, strict=True):
-                    spaces[id(tensor)] = space
+        for knode in keras_adapter.nodes_in_order(model):
+            if knode.is_input or knode.operation is None:
+                continue
+            ins = [spaces[id(t)] for t in knode.input_tensors]
+            op = knode.operation
+            if keras_adapter.is_nested_model(op):
+                self.submodels.setdefault(id(op), ins)
+                inner = keras_adapter.functional_of(op)
+                inner_spaces = {id(t): s for t, s in zip(inner.inputs, ins, strict=True)}
+                self.walk(inner, inner_spaces, f"{prefix}{op.name}/")
+                outs = [inner_spaces[id(t)] for t in inner.outputs]
+            else:
+                outs = self.apply(op, knode, ins, prefix)
+            for tensor, space in zip(knode.output_tensors, outs, strict=True):
+                spaces[id(tensor)] = space
 
     def apply(self, layer, knode, ins: list[Space], prefix: str) -> list[Space]:
         name = prefix + layer.name
-        if len(layer._inbound_nodes) > 1:  # a shared layer: one entry per call
-            name += f"#{layer._inbound_nodes.index(knode)}"
+        if keras_adapter.call_count(layer) > 1:  # a shared layer: one entry per call
+            name += f"#{keras_adapter.call_index(layer, knode)}"
         rule = rules.get(layer)
         node = LayerNode(
             name=name, layer=layer, rule=rule,
@@ -336,17 +316,13 @@ class _Builder:
         return [tied[0]]
 
     def _concat(self, node: LayerNode) -> list[Space] | None:
-        rank = len(node.out_shapes[0])
-        if node.config.get("axis", -1) % (rank + 1) != rank:  # not the channel axis
-            return self._tie(node)
+        # Along another axis the rule table makes it a TIE (rules._concat_axis).
         if any(s.repeat != 1 for s in node.inputs):
             return None
         return [Space(tuple(g for s in node.inputs for g in s.groups))]
 
     def _flatten(self, node: LayerNode) -> list[Space] | None:
-        space, shape = node.inputs[0], node.in_shapes[0]
-        if node.config.get("data_format") == "channels_first" and len(shape) > 1:
-            return None
+        space, shape = node.inputs[0], node.in_shapes[0]  # channels last (rules._flatten_layout)
         return [Space(space.groups, space.repeat * math.prod(shape[:-1]))]
 
     def _reshape(self, node: LayerNode) -> list[Space] | None:
@@ -403,7 +379,7 @@ def build_graph(model) -> ChannelGraph:
         ModelError: If the model is not functional or its shapes are dynamic.
     """
     builder = _Builder()
-    fn = _functional(model)
+    fn = keras_adapter.functional_of(model)
     spaces: dict[int, Space] = {}
     for tensor in fn.inputs:
         shape = _static(tensor.shape, "input")

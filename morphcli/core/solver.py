@@ -210,15 +210,28 @@ def _problem(costs, resource, target, base_widths, round_to, mode, min_channels)
     return _Problem(costs, resource, float(target), ids, base, int(round_to), int(min_channels))
 
 
-def _check_reachable(p: _Problem) -> None:
-    smallest = p.cost_at(0.0)
-    if p.target < smallest:
-        frozen = p.cost(np.zeros_like(p.base))
+def check_reachable(costs, resource: str, target: float, min_channels: int = 1,
+                    received: str | None = None, smallest: float | None = None) -> None:
+    """Refuses a target below the cheapest structure the model allows (every
+    prunable group at `min_channels`), before anything is trained or solved.
+
+    Raises:
+        MorphError: The target is below that structure's cost.
+    """
+    groups = costs.graph.prunable_groups()
+    if smallest is None:
+        smallest = costs.total(resource, {g.id: min(min_channels, g.width) for g in groups})
+    if target < smallest:
+        frozen = costs.total(resource, {g.id: 0 for g in groups})
         raise MorphError(
-            f"Impossible target for {p.resource}: the smallest structure (every prunable "
-            f"group at {p.min_channels} channel(s)) costs {smallest:,.6g} (frozen layers "
-            f"alone cost {frozen:,.6g}). Received: target={p.target:,.6g}",
+            f"Impossible target for {resource}: the smallest structure (every prunable "
+            f"group at {min_channels} channel(s)) costs {smallest:,.6g} (frozen layers "
+            f"alone cost {frozen:,.6g}). Received: {received or f'target={target:,.6g}'}",
             hint="raise the target; the model's input, output and boundaries never shrink.")
+
+
+def _check_reachable(p: _Problem) -> None:
+    check_reachable(p.costs, p.resource, p.target, p.min_channels, smallest=p.cost_at(0.0))
     largest = p.cost_at(MAX_MULTIPLIER)
     if p.target > largest:
         raise MorphError(

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from morphcli.core import keras_adapter
 from morphcli.core.graph import ChannelGraph, LayerNode, Space, build_graph
 from morphcli.core.rules import IN
 from morphcli.errors import ModelError
@@ -74,26 +75,12 @@ def _clone(model, graph: ChannelGraph, widths: Mapping[int, int]):
             width_in = int(graph.width(node.inputs[0], widths))
             width_out = int(graph.width(node.outputs[0], widths))
             config = node.rule.resize(config, width_in, width_out)
-        return _from_config(layer, config)
+        return keras_adapter.from_config_trusted(layer, config)
 
     try:
         return keras.models.clone_model(model, clone_function=clone_layer)
     except (ValueError, TypeError) as err:
         raise ModelError(f"Could not rebuild model `{model.name}` with new widths: {err}") from err
-
-
-def _from_config(layer, config: dict):
-    """Re-creates a layer; a Lambda's function is re-created from the model in memory,
-    whose code was trusted when it was loaded, hence the unsafe-mode scope."""
-    from keras.src.saving.serialization_lib import SafeModeScope
-
-    try:
-        return layer.__class__.from_config(config)
-    except ValueError as err:
-        if "safe_mode" not in str(err):
-            raise
-    with SafeModeScope(False):
-        return layer.__class__.from_config(config)
 
 
 def _weight_specs(node: LayerNode) -> list[dict[int, str]]:
@@ -115,6 +102,12 @@ def _first_calls(graph: ChannelGraph):
 
 
 def apply_structure(model, alive: Mapping[int, np.ndarray], graph: ChannelGraph | None = None):
+    """Rebuilds `model` without its dead channels, keeping the surviving weights
+    (`rebuild` without the new model's graph; see there)."""
+    return rebuild(model, alive, graph)[0]
+
+
+def rebuild(model, alive: Mapping[int, np.ndarray], graph: ChannelGraph | None = None):
     """Rebuilds `model` without its dead channels, keeping the surviving weights.
 
     Args:
@@ -123,8 +116,9 @@ def apply_structure(model, alive: Mapping[int, np.ndarray], graph: ChannelGraph 
         graph: `build_graph(model)`, if already computed.
 
     Returns:
-        A new functional model whose predictions equal those of the seed with
-        the dead channels' outputs zeroed (see `zero_dead_channels`).
+        `(new_model, new_graph)`: a new functional model whose predictions equal
+        those of the seed with the dead channels' outputs zeroed (see
+        `zero_dead_channels`), and its channel graph.
 
     Raises:
         ModelError: If a mask has the wrong size, empties a group or prunes a
@@ -144,7 +138,7 @@ def apply_structure(model, alive: Mapping[int, np.ndarray], graph: ChannelGraph 
             if value.shape != tuple(new.shape):
                 raise AssertionError(f"{node.name}: sliced {value.shape} into {new.shape}")
             new.assign(value)
-    return new_model
+    return new_model, new_graph
 
 
 def resize(model, widths: Mapping[int, int], graph: ChannelGraph | None = None):

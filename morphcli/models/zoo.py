@@ -1,4 +1,4 @@
-"""Seed models: model files, built-in small networks and `keras.applications`.
+"""Seed models by spec: model files, built-in small networks and `keras.applications`.
 
 `load_model(spec)` is the one way in. A spec is one of:
 
@@ -13,28 +13,27 @@ Files are opened read-only; subclassed models, TensorFlow SavedModels and
 files with Python code (Lambda layers) without `trust_code` are refused with a
 `ModelError` that says what to do instead.
 
-Built-in seeds name every layer after its role, so names are stable across
-builds: a conv unit ``stage2_block1_conv1`` is followed by
-``stage2_block1_conv1_bn`` and ``stage2_block1_conv1_relu``; residual adds
-end in ``_add``; the classifier is ``predictions`` (Dense with softmax).
+Where each kind comes from: `files` (model files), `seeds` (built-in),
+`applications`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import operator
 import os
 import re
-import zipfile
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 from morphcli.errors import ModelError, MorphError
+from morphcli.models.applications import _find_application, application_names, build_application
+from morphcli.models.files import ensure_functional, load_file
+from morphcli.models.seeds import DEFAULT_CLASSES, _find_seed, build_seed, builtin_names
 
 PREFIXES = ("zoo", "applications")
-DEFAULT_CLASSES = 10
+__all__ = ["DEFAULT_CLASSES", "PREFIXES", "application_names", "build_application", "build_seed",
+           "builtin_names", "describe_spec", "ensure_functional", "has_static_shape", "load_file",
+           "load_model", "load_static", "parse_input_shape", "with_input_shape"]
 _SHAPE_EXAMPLE = "32,32,3"
 
 
@@ -174,428 +173,42 @@ def _names_hint(prefix: str) -> str:
     return f"{prefix}: names are {', '.join(names)}."
 
 
-def _unknown(kind: str, name: str, choices: dict[str, str]) -> ModelError:
-    """The error for a name not in `choices` (normalised key -> display name)."""
-    close = difflib.get_close_matches(_normalise(name), list(choices), n=3, cutoff=0.6)
-    listed = list(dict.fromkeys(choices[key] for key in close)) or sorted(set(choices.values()))
-    label = "Did you mean" if close else "Expected one of"
-    return ModelError(f"Unknown {kind}. {label}: {', '.join(listed)}. Received: name={name!r}")
+def load_static(spec: str, *, input_shape: str | Sequence[int] | None = None,
+                classes: int | None = None, trust_code: bool = False):
+    """Loads a seed model (file, `zoo:NAME`, `applications:NAME`) with static shapes.
 
-
-def _normalise(name: str) -> str:
-    """Lower case without separators: ``MobileNet_V2`` and ``mobilenetv2`` match."""
-    return re.sub(r"[\s_\-]", "", name.lower())
-
-
-# --------------------------------------------------------------------------- files
-
-def _is_hdf5(path: Path) -> bool:
-    import h5py
-
-    return h5py.is_hdf5(path)
-
-
-# Suffix -> (what the file must be, check). A check that fails means the file
-# is something else, or was cut short (a .keras zip loses its index at the end).
-_FORMATS: dict[str, tuple[str, Callable[[Path], bool]]] = {
-    ".keras": ("a .keras zip archive", zipfile.is_zipfile),
-    ".h5": ("an HDF5 file", _is_hdf5),
-    ".hdf5": ("an HDF5 file", _is_hdf5),
-}
-_SAVEDMODEL_HINT = (
-    "re-save the model as .keras from the code that built it (model.save('seed.keras')); "
-    "keras.layers.TFSMLayer can load a SavedModel for inference only, so it cannot be reshaped.")
-
-
-def load_file(path: str | os.PathLike, *, trust_code: bool = False):
-    """Loads a Keras model file read-only, translating Keras's errors.
-
-    Args:
-        path: A `.keras` file, or a legacy `.h5`/`.hdf5` file.
-        trust_code: Turn off Keras's safe mode (allows Lambda layers).
-
-    Returns:
-        The model as Keras loads it (uncompiled; not yet checked by
-        `ensure_functional`).
+    A model whose input has dynamic dimensions is re-created on a static input
+    of `input_shape`, keeping its weights.
 
     Raises:
-        ModelError: The file is missing, a directory or SavedModel, has an
-            unsupported suffix, is not the format its suffix claims, or Keras
-            cannot load it.
+        MorphError: Missing or corrupt file, unknown name, bad shape, subclassed
+            model, unsafe code without `trust_code`.
     """
-    path = Path(path)
-    _check_file(path)
-    import keras
-
-    try:
-        return keras.saving.load_model(path, safe_mode=not trust_code, compile=False)
-    except Exception as err:  # Keras raises many types for bad files; all are user errors.
-        raise _load_error(path, err) from None
-
-
-def _check_file(path: Path) -> None:
-    """Refuses paths that cannot be a model file, before Keras sees them."""
-    if not path.exists():
-        raise ModelError(f"Model file not found. Received: path={str(path)!r}",
-                         hint="pass a .keras file, zoo:NAME or applications:NAME.")
-    if path.is_dir() or path.name == "saved_model.pb":
-        folder = path if path.is_dir() else path.parent
-        if (folder / "saved_model.pb").exists():
-            raise ModelError("TensorFlow SavedModel folders cannot be loaded as a functional "
-                             f"Keras model in Keras 3. Received: path={str(path)!r}",
-                             hint=_SAVEDMODEL_HINT)
-        raise ModelError(f"Expected a model file, got a folder. Received: path={str(path)!r}")
-    if path.suffix not in _FORMATS:
-        raise ModelError("Unsupported model file type: expected a .keras file (or a legacy "
-                         f".h5 file). Received: path={str(path)!r}",
-                         hint="save the model with model.save('seed.keras').")
-    what, is_format = _FORMATS[path.suffix]
-    if not is_format(path):
-        raise ModelError(f"The model file is not {what}: it is truncated, corrupt or another "
-                         f"format. Received: path={str(path)!r}")
-
-
-def _load_error(path: Path, err: Exception) -> ModelError:
-    """A one-line ModelError for an exception raised by `keras.saving.load_model`."""
-    text = " ".join(str(err).split())
-    shown = str(path)
-    if "safe_mode" in text:
-        return ModelError(
-            "The model file contains Python code (a Lambda layer), which is not loaded by "
-            f"default because it could run anything. Received: path={shown!r}",
-            hint="if you trust the file, pass --trust-code (trust_code: true under model: "
-                 "in a config).")
-    missing = re.search(r"Could not (?:locate (?:class|function)|deserialize) '([^']+)'", text)
-    if missing:
-        return ModelError(
-            f"The model file uses a custom object `{missing.group(1)}` that is not "
-            f"registered in this Python process. Received: path={shown!r}",
-            hint="rebuild the model from standard Keras layers, or call morphcli from Python "
-                 "after importing the module that defines it with "
-                 "@keras.saving.register_keras_serializable() (plus trust_code=True if "
-                 "it runs custom code).")
-    if path.name.endswith(".weights.h5") or "No model config found" in text:
-        return ModelError("The file holds weights only, not an architecture. "
-                          f"Received: path={shown!r}",
-                          hint="save the whole model with model.save('seed.keras').")
-    if isinstance(err, (zipfile.BadZipFile, KeyError)) or "zip" in text.lower():
-        return ModelError("The .keras archive is corrupt or incomplete "
-                          f"({_shorten(text)}). Received: path={shown!r}")
-    return ModelError(f"Keras could not load the model file: {_shorten(text)}. "
-                      f"Received: path={shown!r}")
-
-
-def _shorten(text: str, limit: int = 200) -> str:
-    return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
-
-
-def ensure_functional(model, *, input_shape: tuple[int, ...] | None = None):
-    """Checks that `model` is a functional or Sequential model with known inputs.
-
-    Args:
-        model: A `keras.Model`.
-        input_shape: Shape (without batch) to build an unbuilt Sequential on.
-
-    Returns:
-        `model` itself, built if it was an unbuilt Sequential.
-
-    Raises:
-        ModelError: A subclassed model (its graph is Python code morphcli
-            cannot rewire), or a Sequential model without a known input shape.
-    """
-    import keras
-    from keras.src.models.functional import Functional
-
-    if isinstance(model, keras.Sequential):
-        return _built_sequential(model, input_shape)
-    if not isinstance(model, Functional):
-        raise ModelError(
-            "Subclassed Keras models cannot be reshaped: their graph is Python code, not a "
-            f"graph of layers. Received: model class={type(model).__name__}",
-            hint="rebuild it with the functional API (keras.Input + layer calls) "
-                 "and save it as .keras.")
+    shape = parse_input_shape(input_shape)
+    model = load_model(spec, input_shape=shape, classes=classes, trust_code=trust_code)
+    dims = tuple(model.inputs[0].shape[1:])
+    if any(d is None for d in dims):
+        if shape is None:
+            raise ModelError(
+                f"Model `{model.name}` has a dynamic input shape {dims}: FLOPs and latency "
+                f"need a static one. Received: input_shape={dims}",
+                hint="pass --input-shape H,W,C (or model.input_shape in the config).",
+            )
+        model = with_input_shape(model, shape)
     return model
 
 
-def _built_sequential(model, input_shape: tuple[int, ...] | None):
-    try:
-        if model.inputs:
-            return model
-    except (AttributeError, ValueError):  # unbuilt: "has no defined inputs yet"
-        pass
-    if input_shape is None:
-        raise ModelError(f"Sequential model `{model.name}` has no input shape yet. "
-                         "Received: input_shape=None",
-                         hint="pass --input-shape H,W,C, or add keras.Input(shape) as its "
-                              "first layer.")
-    try:
-        model.build((None, *input_shape))
-    except ValueError as err:
-        raise ModelError(f"Sequential model `{model.name}` cannot be built on this input: "
-                         f"{_shorten(' '.join(str(err).split()))}. "
-                         f"Received: input_shape={input_shape}") from None
-    return model
-
-
-# --------------------------------------------------------------------------- applications
-
-
-def application_names() -> list[str]:
-    """Class names of all `keras.applications` architectures, sorted."""
+def with_input_shape(model, shape: Sequence[int]):
+    """The same model (same weights) re-created on a static input of `shape`."""
     import keras
 
-    return sorted(name for name in dir(keras.applications)
-                  if name[:1].isupper() and callable(getattr(keras.applications, name)))
-
-
-def _find_application(name: str) -> str:
-    choices = {_normalise(n): n for n in application_names()}
-    if _normalise(name) not in choices:
-        raise _unknown("keras.applications architecture", name, choices)
-    return choices[_normalise(name)]
-
-
-def build_application(name: str, *, input_shape: tuple[int, ...] | None = None,
-                      classes: int | None = None):
-    """Builds a `keras.applications` model with random weights and its top.
-
-    Args:
-        name: Class name, case-insensitive (``ResNet50``, ``mobilenet_v2``).
-        input_shape: Input shape without batch (default: the architecture's).
-        classes: Output classes (default: 1000).
-
-    Returns:
-        The functional model (`weights=None`, `include_top=True`). Its input
-        may be dynamic (MobileNetV3: ``(None, None, 3)``); see
-        `has_static_shape`.
-
-    Raises:
-        ModelError: Unknown name (close matches listed) or a shape/classes
-            the architecture refuses.
-    """
-    import keras
-
-    cls = _find_application(name)
-    options: dict[str, Any] = {"weights": None, "include_top": True}
-    if input_shape is not None:
-        options["input_shape"] = tuple(input_shape)
-    if classes is not None:
-        options["classes"] = classes
+    if len(model.inputs) != 1:
+        raise ModelError("--input-shape works for single-input models only. "
+                         f"Received: inputs={len(model.inputs)}")
     try:
-        return getattr(keras.applications, cls)(**options)
+        clone = keras.models.clone_model(model, input_tensors=keras.Input(shape=tuple(shape)))
     except ValueError as err:
-        raise ModelError(f"keras.applications.{cls} cannot be built: "
-                         f"{_shorten(' '.join(str(err).split()))}. "
-                         f"Received: input_shape={input_shape}, classes={classes}") from None
-
-
-# --------------------------------------------------------------------------- built-in seeds
-
-
-@dataclasses.dataclass(frozen=True)
-class Seed:
-    """A built-in seed network.
-
-    Attributes:
-        name: The name after ``zoo:``.
-        build: ``build(inputs, classes) -> outputs`` on a Keras tensor.
-        input_shape: Default input shape (without batch).
-        description: A few words for help texts and reports.
-        aliases: Other names accepted after ``zoo:``.
-    """
-
-    name: str
-    build: Callable[[Any, int], Any]
-    input_shape: tuple[int, ...]
-    description: str
-    aliases: tuple[str, ...] = ()
-
-
-_SEEDS: dict[str, Seed] = {}
-
-
-def _seed(name: str, input_shape: tuple[int, ...], description: str,
-          aliases: tuple[str, ...] = ()):
-    """Registers the decorated builder as ``zoo:NAME``."""
-
-    def register(build):
-        _SEEDS[name] = Seed(name, build, input_shape, description, aliases)
-        return build
-
-    return register
-
-
-def builtin_names() -> list[str]:
-    """Names of the built-in seeds (without aliases), sorted."""
-    return sorted(_SEEDS)
-
-
-def _find_seed(name: str) -> Seed:
-    choices = {_normalise(alias): seed.name for seed in _SEEDS.values()
-               for alias in (seed.name, *seed.aliases)}
-    if _normalise(name) not in choices:
-        raise _unknown("built-in seed (zoo:NAME)", name, choices)
-    return _SEEDS[choices[_normalise(name)]]
-
-
-def build_seed(name: str, *, input_shape: tuple[int, ...] | None = None,
-               classes: int | None = None):
-    """Builds a built-in seed with fresh random weights.
-
-    Args:
-        name: A name from `builtin_names()` or an alias (``plain_cnn``).
-        input_shape: Input shape without batch (default: the seed's).
-        classes: Output classes (default: 10).
-
-    Returns:
-        A functional `keras.Model` named after the seed, with an input layer
-        named ``input`` and a softmax Dense layer named ``predictions``.
-
-    Raises:
-        ModelError: Unknown name, or an input the network cannot take
-            (wrong rank, too small for its pooling).
-    """
-    import keras
-
-    seed = _find_seed(name)
-    shape = tuple(input_shape) if input_shape is not None else seed.input_shape
-    classes = DEFAULT_CLASSES if classes is None else classes
-    try:
-        inputs = keras.Input(shape=shape, name="input")
-        return keras.Model(inputs, seed.build(inputs, classes), name=seed.name)
-    except ValueError as err:
-        raise ModelError(f"zoo:{seed.name} cannot be built for this input: "
-                         f"{_shorten(' '.join(str(err).split()))}. "
-                         f"Received: input_shape={shape}",
-                         hint=f"its default is {','.join(map(str, seed.input_shape))}.") from None
-
-
-def _conv(filters: int, kernel: int, name: str, strides: int = 1):
-    """Conv2D without bias (batch norm follows), 'same' padding, He init."""
-    from keras import layers
-
-    return layers.Conv2D(filters, kernel, strides=strides, padding="same", use_bias=False,
-                         kernel_initializer="he_normal", name=name)
-
-
-def _unit(x, layer, activation: str | None = "relu"):
-    """`layer` -> BatchNormalization -> ReLU/ReLU6, named ``{layer}_bn``, ``{layer}_relu``."""
-    from keras import layers
-
-    # Momentum 0.9, not Keras's 0.99: the moving statistics must settle within the
-    # few hundred steps of a small-data shrink, or validation accuracy sits at chance.
-    x = layers.BatchNormalization(scale=True, momentum=0.9, name=f"{layer.name}_bn")(layer(x))
-    if activation is None:
-        return x
-    max_value = {"relu": None, "relu6": 6.0}[activation]
-    return layers.ReLU(max_value=max_value, name=f"{layer.name}_{activation}")(x)
-
-
-def _gap_head(x, classes: int):
-    from keras import layers
-
-    x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    return layers.Dense(classes, activation="softmax", name="predictions")(x)
-
-
-def _flatten_head(x, hidden: Sequence[int], classes: int):
-    """Flatten, then Dense(no bias)-BN-ReLU units ``fc1``, ``fc2``..., then predictions."""
-    from keras import layers
-
-    x = layers.Flatten(name="flatten")(x)
-    for i, units in enumerate(hidden, start=1):
-        x = _unit(x, layers.Dense(units, use_bias=False, name=f"fc{i}"))
-    return layers.Dense(classes, activation="softmax", name="predictions")(x)
-
-
-@_seed("cnn", (8, 8, 1), "plain CNN with batch norm", aliases=("plain_cnn",))
-def _cnn(x, classes: int):
-    """conv1(32)-conv2(64)-maxpool-conv3(128), each conv-BN-ReLU, then GAP and Dense."""
-    from keras import layers
-
-    x = _unit(x, _conv(32, 3, "conv1"))
-    x = _unit(x, _conv(64, 3, "conv2"))
-    x = layers.MaxPooling2D(2, name="pool")(x)
-    x = _unit(x, _conv(128, 3, "conv3"))
-    return _gap_head(x, classes)
-
-
-@_seed("cnn_flatten", (8, 8, 1), "CNN with a Flatten-Dense head")
-def _cnn_flatten(x, classes: int):
-    """conv1(16)-conv2(32)-maxpool, Flatten, fc1(64)-BN-ReLU, Dense.
-
-    The pool keeps the Flatten-Dense kernel small at 32x32 inputs.
-    """
-    from keras import layers
-
-    x = _unit(x, _conv(16, 3, "conv1"))
-    x = _unit(x, _conv(32, 3, "conv2"))
-    x = layers.MaxPooling2D(2, name="pool")(x)
-    return _flatten_head(x, (64,), classes)
-
-
-@_seed("mlp", (8, 8, 1), "multilayer perceptron with batch norm")
-def _mlp(x, classes: int):
-    """Flatten, fc1(128) and fc2(64) as Dense-BN-ReLU, Dense."""
-    return _flatten_head(x, (128, 64), classes)
-
-
-@_seed("resnet20", (32, 32, 3), "CIFAR ResNet-20 (He et al. 2016)")
-def _resnet20(x, classes: int):
-    """conv1(16), 3 stages x 3 basic blocks of 16/32/64 filters, GAP, Dense.
-
-    Stages 2 and 3 halve the resolution in their first block (32->16->8, or
-    8->4->2 on digits), where a 1x1 conv + BN projects the shortcut.
-    """
-    x = _unit(x, _conv(16, 3, "conv1"))
-    for stage, filters in enumerate((16, 32, 64), start=1):
-        for block in range(1, 4):
-            strides = 2 if stage > 1 and block == 1 else 1
-            x = _basic_block(x, filters, strides, f"stage{stage}_block{block}")
-    return _gap_head(x, classes)
-
-
-def _basic_block(x, filters: int, strides: int, name: str):
-    from keras import layers
-
-    y = _unit(x, _conv(filters, 3, f"{name}_conv1", strides))
-    y = _unit(y, _conv(filters, 3, f"{name}_conv2"), activation=None)
-    shortcut = x
-    if strides != 1 or x.shape[-1] != filters:
-        shortcut = _unit(x, _conv(filters, 1, f"{name}_shortcut", strides), activation=None)
-    y = layers.Add(name=f"{name}_add")([shortcut, y])
-    return layers.ReLU(name=f"{name}_relu")(y)
-
-
-# (expansion, filters, strides) per inverted residual block. Two stride-2
-# blocks: 32x32 -> 8x8, 8x8 -> 2x2. Blocks 3 and 5 keep width and resolution,
-# so they add their input back.
-_MOBILENET_BLOCKS = ((1, 8, 1), (6, 16, 2), (6, 16, 1), (6, 32, 2), (6, 32, 1))
-
-
-@_seed("mobilenet_v2", (32, 32, 3), "small MobileNetV2 (inverted residuals)",
-       aliases=("mobilenetv2_tiny",))
-def _mobilenet_v2(x, classes: int):
-    """stem_conv(16), five inverted residual blocks, head_conv(128), GAP, Dense."""
-    x = _unit(x, _conv(16, 3, "stem_conv"), "relu6")
-    for i, (expansion, filters, strides) in enumerate(_MOBILENET_BLOCKS, start=1):
-        x = _inverted_residual(x, expansion, filters, strides, f"block{i}")
-    x = _unit(x, _conv(128, 1, "head_conv"), "relu6")
-    return _gap_head(x, classes)
-
-
-def _inverted_residual(x, expansion: int, filters: int, strides: int, name: str):
-    """[1x1 expand-BN-ReLU6], 3x3 depthwise-BN-ReLU6, 1x1 project-BN, [+ input]."""
-    from keras import layers
-
-    y = x
-    if expansion != 1:  # as in MobileNetV2, a block without expansion has no expand conv
-        y = _unit(y, _conv(expansion * x.shape[-1], 1, f"{name}_expand"), "relu6")
-    depthwise = layers.DepthwiseConv2D(3, strides=strides, padding="same", use_bias=False,
-                                       depthwise_initializer="he_normal",
-                                       name=f"{name}_depthwise")
-    y = _unit(y, depthwise, "relu6")
-    y = _unit(y, _conv(filters, 1, f"{name}_project"), activation=None)
-    if strides == 1 and x.shape[-1] == filters:
-        y = layers.Add(name=f"{name}_add")([x, y])
-    return y
+        raise ModelError(f"Model `{model.name}` does not accept input shape {tuple(shape)}: "
+                         f"{' '.join(str(err).split())}") from None
+    clone.set_weights(model.get_weights())
+    return clone

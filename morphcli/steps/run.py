@@ -15,13 +15,20 @@ unfinished step (and inside it, at the last checkpointed epoch)::
     RUNDIR/retrain/   final.keras, metrics.json
     RUNDIR/baseline/  expanded.keras, expand.json, final.keras, metrics.json
     RUNDIR/report.md, RUNDIR/report.json, RUNDIR/widths.png
+
+One `RunContext` serves every step: the strategy is made once, the data
+loaded once, and each model's channel graph built once (a step's result hands
+its priced model to the next step; a skipped step's model is loaded once).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from morphcli.steps.context import Priced, RunContext, make_context
 
 Progress = Callable[[str, int], object]  # (title, epochs) -> Keras callback
 
@@ -35,12 +42,6 @@ class RunResult:
     skipped: list[str] = field(default_factory=list)
 
 
-def _load(path: Path):
-    import keras
-
-    return keras.saving.load_model(path, compile=False)
-
-
 def _round_dir(rundir: Path, step: str, round_: int) -> Path:
     return rundir / (step if round_ == 1 else f"{step}{round_}")
 
@@ -48,13 +49,11 @@ def _round_dir(rundir: Path, step: str, round_: int) -> Path:
 class _Runner:
     """Runs one step after the other, skipping those already done."""
 
-    def __init__(self, conf, rundir: Path, progress: Progress | None, log: Callable[[str], None]):
-        from morphcli.training import distribute
-
-        self.conf, self.rundir, self.log = conf, rundir, log
+    def __init__(self, ctx: RunContext, rundir: Path, progress: Progress | None,
+                 log: Callable[[str], None]):
+        self.ctx, self.rundir, self.log = ctx, rundir, log
         self.progress = progress
         self.skipped: list[str] = []
-        self.strategy = distribute.make_strategy(conf.distribute)
 
     def callbacks(self, title: str, epochs: int) -> list:
         return [self.progress(title, epochs)] if self.progress else []
@@ -63,57 +62,53 @@ class _Runner:
         from morphcli.training import distribute
 
         # Several workers skip a step only together: their collective ops must match.
-        if distribute.on_every_worker(self.strategy, path.exists()):
+        if distribute.on_every_worker(self.ctx.strategy, path.exists()):
             self.skipped.append(step)
             self.log(f"{step}: already done ({path}), skipped")
             return True
         return False
 
-    def shrink(self, setup, round_: int):
-        from morphcli.steps import shrink
+    def shrink(self, ctx: RunContext, round_: int) -> Priced:
+        from morphcli.steps.shrink import shrink
 
         outdir = _round_dir(self.rundir, "shrink", round_)
-        if not self.done(outdir / "shrunk.keras", f"shrink round {round_}"):
-            shrink.shrink(self.conf, outdir, setup=setup, callbacks=self.callbacks(
-                f"shrink {round_}", self.conf.shrink.epochs))
-        return _load(outdir / "shrunk.keras")
+        if self.done(outdir / "shrunk.keras", f"shrink round {round_}"):
+            return self.ctx.load(outdir / "shrunk.keras")
+        return shrink(ctx, outdir, callbacks=self.callbacks(
+            f"shrink {round_}", ctx.conf.shrink.epochs)).shrunk
 
-    def expand(self, model, outdir: Path, target: float, label: str):
-        from morphcli import files
-        from morphcli.config import Quantity
-        from morphcli.core.graph import build_graph
-        from morphcli.steps import expand
-        from morphcli.steps.shrink import hardware_of
+    def expand(self, source: Priced, outdir: Path, label: str) -> Priced:
+        from morphcli.steps.expand import expand
 
         if self.done(outdir / "expanded.keras", label):
-            return _load(outdir / "expanded.keras")
-        metric = self.conf.target.metric
-        expanded, result = expand.expand_model(
-            model, metric, Quantity(target, False), hardware=hardware_of(self.conf),
-            round_to=self.conf.expand.round_to, mode=self.conf.expand.mode)
-        files.write_json(outdir / "expand.json", result.to_dict(build_graph(model)))
-        files.save_model(expanded, outdir / "expanded.keras")
-        self.log(f"{label}: width multiplier {result.multiplier:.4f}, {metric} "
-                 f"{result.achieved:,.6g} for target {target:,.6g} ({result.error:+.2%})")
-        return expanded
+            return self.ctx.load(outdir / "expanded.keras")
+        conf, metric, target = self.ctx.conf, self.ctx.metric, self.ctx.target
+        result = expand(source, metric, target, round_to=conf.expand.round_to,
+                        mode=conf.expand.mode, strategy=self.ctx.strategy,
+                        model_path=outdir / "expanded.keras",
+                        record_path=outdir / "expand.json")
+        self.log(f"{label}: width multiplier {result.expansion.multiplier:.4f}, {metric} "
+                 f"{result.expansion.achieved:,.6g} for target {target:,.6g} "
+                 f"({result.expansion.error:+.2%})")
+        return result.expanded
 
-    def retrain(self, model, outdir: Path, dataset, label: str) -> dict:
-        import json
-
-        from morphcli.steps import retrain
+    def retrain(self, source: Priced, outdir: Path, label: str) -> tuple[dict, Priced]:
+        from morphcli.steps.retrain import retrain
 
         if self.done(outdir / "metrics.json", label):
-            return json.loads((outdir / "metrics.json").read_text())
-        return retrain.retrain(self.conf, model, outdir, dataset=dataset, callbacks=self.callbacks(
-            label, self.conf.retrain.epochs)).metrics
+            return json.loads((outdir / "metrics.json").read_text()), source
+        result = retrain(self.ctx, source, outdir, callbacks=self.callbacks(
+            label, self.ctx.conf.retrain.epochs))
+        return result.metrics, result.trained
 
 
-def run(conf, rundir: str | Path | None = None, *, progress: Progress | None = None,
+def run(ctx: RunContext, rundir: str | Path | None = None, *, progress: Progress | None = None,
         log: Callable[[str], None] = lambda message: None) -> RunResult:
     """Runs shrink → expand → retrain (and the baseline) into `rundir`.
 
     Args:
-        conf: A resolved config.
+        ctx: The command's context (`steps.context.make_context(conf)`), or a
+            config to make one from.
         rundir: The run folder (default: `conf.output_dir`).
         progress: Factory of progress callbacks `(title, epochs) -> callback`.
         log: Receives one line per finished or skipped step.
@@ -123,81 +118,48 @@ def run(conf, rundir: str | Path | None = None, *, progress: Progress | None = N
     """
     from morphcli import files
     from morphcli.config import dump_yaml
-    from morphcli.core.costs import CostModel
-    from morphcli.core.graph import build_graph
-    from morphcli.steps.shrink import Setup, hardware_of, prepare
     from morphcli.training import distribute
 
-    # First: multi-worker runtimes and logical devices are set up before TF runs anything.
-    strategy = distribute.make_strategy(conf.distribute)
-    rundir = distribute.write_dir(rundir or conf.output_dir, strategy)  # non-chief: scratch
+    if not isinstance(ctx, RunContext):
+        ctx = make_context(ctx)
+    conf = ctx.conf
+    rundir = distribute.write_dir(rundir or conf.output_dir, ctx.strategy)  # non-chief: scratch
     files.write_text(rundir / "config.yaml", dump_yaml(conf))
-    seed_setup = prepare(conf)
-    runner = _Runner(conf, rundir, progress, log)
-    setup = seed_setup
+    runner = _Runner(ctx, rundir, progress, log)
+    current = ctx
     for round_ in range(1, conf.run.rounds + 1):
-        shrunk = runner.shrink(setup, round_)
+        shrunk = runner.shrink(current, round_)
         expanded = runner.expand(shrunk, _round_dir(rundir, "expand", round_),
-                                 seed_setup.target, f"expand round {round_}")
-        graph = build_graph(expanded)
-        setup = Setup(expanded, seed_setup.dataset, graph, CostModel(graph, hardware_of(conf)),
-                      seed_setup.target, seed_setup.metric)
-    final = runner.retrain(expanded, rundir / "retrain", seed_setup.dataset, "retrain")
-    baseline = None
+                                 f"expand round {round_}")
+        current = ctx.with_seed(expanded)
+    final, final_model = runner.retrain(expanded, rundir / "retrain", "retrain")
+    baseline = uniform = None
     if conf.run.baseline:
-        uniform = runner.expand(seed_setup.model, rundir / "baseline", seed_setup.target,
-                                "baseline expand")
-        baseline = runner.retrain(uniform, rundir / "baseline", seed_setup.dataset,
-                                  "baseline retrain")
-    report = write_report(conf, rundir, seed_setup, _load(rundir / "retrain" / "final.keras"),
-                          final, baseline)
-    distribute.remove_write_dir(rundir, strategy)
+        uniform = runner.expand(ctx.seed, rundir / "baseline", "baseline expand")
+        baseline, uniform = runner.retrain(uniform, rundir / "baseline", "baseline retrain")
+    report = write_report(ctx, rundir, final_model, final, uniform, baseline)
+    distribute.remove_write_dir(rundir, ctx.strategy)
     return RunResult(rundir, final, baseline, report, runner.skipped)
 
 
-def write_report(conf, rundir: Path, seed_setup, final_model, final: dict,
-                 baseline: dict | None) -> dict:
+def write_report(ctx: RunContext, rundir: Path, final_model: Priced, final: dict,
+                 uniform: Priced | None, baseline: dict | None) -> dict:
     """report.json, report.md and widths.png comparing seed, MorphNet and baseline."""
     from morphcli import files
     from morphcli import report as rep
-    from morphcli.api import analyze
-    from morphcli.steps.shrink import hardware_of
 
-    hardware = hardware_of(conf)
-    seed = rep.build_report(seed_setup.graph, seed_setup.costs, name="seed")
-    morph = analyze(final_model, hardware=hardware, name="morphnet")
-    reports = [seed, morph]
-    if baseline is not None:
-        reports.append(analyze(_load(rundir / "baseline" / "final.keras"), hardware=hardware,
-                               name="uniform baseline"))
-    metric = seed_setup.metric
+    seed = ctx.seed.report(name="seed")
+    morph = final_model.report(name="morphnet")
+    reports = [seed, morph] + ([uniform.report(name="uniform baseline")] if uniform else [])
+    accuracies = [None, final.get("val_accuracy"), (baseline or {}).get("val_accuracy")]
     data = {
-        "target": {"metric": metric, "value": seed_setup.target},
+        "target": {"metric": ctx.metric, "value": ctx.target},
         "models": {r.name: {**r.totals, "val_accuracy": acc}
-                   for r, acc in zip(reports, [None, final.get("val_accuracy"),
-                                               (baseline or {}).get("val_accuracy")],
-                                     strict=False)},
+                   for r, acc in zip(reports, accuracies, strict=False)},
         "seed": rep.to_json(seed), "morphnet": rep.to_json(morph),
     }
     files.write_json(rundir / "report.json", data)
-    files.write_text(rundir / "report.md", summary_markdown(data) + "\n" + rep.to_markdown(
+    files.write_text(rundir / "report.md", rep.results_markdown(data) + "\n" + rep.to_markdown(
         seed, morph))
     rep.plot_widths(rundir / "widths.png", reports)
     return data
-
-
-def summary_markdown(data: dict) -> str:
-    """The comparison table: cost and accuracy of every model of the run."""
-    from morphcli.report import human, seconds
-
-    metric, target = data["target"]["metric"], data["target"]["value"]
-    target_text = seconds(target) if metric == "latency" else human(target)
-    lines = [f"# morph run: {metric} target {target_text}", "",
-             "| model | FLOPs | params | latency | val accuracy |",
-             "| --- | ---: | ---: | ---: | ---: |"]
-    for name, row in data["models"].items():
-        acc = "—" if row.get("val_accuracy") is None else f"{row['val_accuracy']:.2%}"
-        lines.append(f"| {name} | {human(row['flops'])} | {human(row['params'])} | "
-                     f"{seconds(row['latency_s'])} | {acc} |")
-    return "\n".join(lines) + "\n"
-

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from morphcli.core import keras_adapter
 from morphcli.errors import MorphError, TrainingError
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop")
@@ -94,7 +95,7 @@ def _penalized_model_class():
     import keras
     import tensorflow as tf
 
-    class Penalized(keras.Model):
+    class Penalized(keras_adapter.spec_built_model_class()):
         """The user's network as Keras trains it: `strength * penalty()` added to
         its loss (when there is a penalty), plus two fixes that let Keras 3's
         `fit` run under MultiWorkerMirroredStrategy (keras-team/keras#20585)."""
@@ -111,12 +112,6 @@ def _penalized_model_class():
 
         def call(self, x, training=False):
             return self.net(x, training=training)
-
-        def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-            # Keras builds the metrics' state from a batch it first averages over the
-            # replicas, which TF's multi-worker strategy cannot do for (x, y) pairs;
-            # build it from the data's element spec, with no batch pulled.
-            super()._maybe_symbolic_build(data_batch=self.data_spec)
 
         def train_step(self, data):
             return self._per_worker(super().train_step(data))

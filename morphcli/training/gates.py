@@ -41,9 +41,10 @@ import keras
 import numpy as np
 from keras import ops
 
-from morphcli.core.graph import ChannelGraph, LayerNode, _functional, build_graph, is_nested_model
+from morphcli.core import keras_adapter
+from morphcli.core.graph import ChannelGraph, LayerNode, build_graph
 from morphcli.core.rules import IN, OUT, Kind
-from morphcli.core.surgery import _from_config, apply_structure
+from morphcli.core.surgery import rebuild
 from morphcli.errors import ModelError
 
 # The reference's initial keep-probability (log-odds 2.5 there; ours is exactly 0.92).
@@ -187,11 +188,10 @@ def _zero_at_zero(activation) -> bool:
 def _anchors(fn, graph: ChannelGraph) -> list:
     """The layer each gate follows, one per top-level prunable source."""
     calls, consumers = {}, {}
-    for knodes in fn._nodes_by_depth.values():
-        for knode in knodes:
-            calls.setdefault(id(knode.operation), []).append(knode)
-            for tensor in knode.input_tensors:
-                consumers.setdefault(id(tensor), []).append(knode)
+    for knode in keras_adapter.nodes_in_order(fn):
+        calls.setdefault(id(knode.operation), []).append(knode)
+        for tensor in knode.input_tensors:
+            consumers.setdefault(id(tensor), []).append(knode)
     for tensor in fn.outputs:
         consumers.setdefault(id(tensor), []).append(None)
     anchors = {}
@@ -239,9 +239,9 @@ def _unique(name: str, taken: set[str]) -> str:
 def _fresh(layer):
     """A new layer (fresh weights) from a layer's config; nested models are cloned
     (re-creating a Sequential from its config would call its layers twice)."""
-    if is_nested_model(layer):
+    if keras_adapter.is_nested_model(layer):
         return keras.models.clone_model(layer, clone_function=_fresh)
-    return _from_config(layer, layer.get_config())
+    return keras_adapter.from_config_trusted(layer, layer.get_config())
 
 
 def _clone(fn, call_function):
@@ -289,7 +289,7 @@ def insert(model, graph: ChannelGraph | None = None, *, temperature: float = TEM
         docstring). Sources inside nested models get no gate.
     """
     graph = graph or build_graph(model)
-    fn = _functional(model)
+    fn = keras_adapter.functional_of(model)
     taken = {layer.name for layer in fn.layers}
     gates = {
         id(anchor): ChannelGate(temperature=temperature, threshold=threshold,
@@ -347,14 +347,14 @@ def remove(model, graph: ChannelGraph | None = None):
     def call(original, clone, *args, **kwargs):
         return args[0] if isinstance(clone, ChannelGate) else clone(*args, **kwargs)
 
-    clean = _clone(_functional(model), call)
-    _copy_weights(_functional(model), clean)
+    clean = _clone(keras_adapter.functional_of(model), call)
+    _copy_weights(keras_adapter.functional_of(model), clean)
     done = set()
     for node in graph.nodes:
         if not isinstance(node.layer, ChannelGate) or id(node.layer) in done:
             continue
         done.add(id(node.layer))
-        anchor = node.layer._inbound_nodes[0].parent_nodes[0].operation
+        anchor = keras_adapter.first_caller_input(node.layer)
         anchor_node = next(n for n in graph.nodes if n.layer is anchor)
         if not _absorbs(anchor_node):
             raise ModelError(
@@ -387,7 +387,8 @@ def rekey(values: Mapping[int, T], graph: ChannelGraph, other: ChannelGraph) -> 
     return result
 
 
-def export(model, alive: Mapping[int, np.ndarray], graph: ChannelGraph | None = None):
+def export(model, alive: Mapping[int, np.ndarray], graph: ChannelGraph | None = None, *,
+           with_graph: bool = False):
     """The exported model: gates folded away and dead channels removed.
 
     Args:
@@ -396,11 +397,15 @@ def export(model, alive: Mapping[int, np.ndarray], graph: ChannelGraph | None = 
         graph: The graph `alive` is keyed by: the gated model's (default) or
             the seed's (groups are matched by their first source layer).
 
+        with_graph: Also return the exported model's channel graph.
+
     Returns:
         A new functional model whose predictions equal the gated model's at
-        inference when the layers after each gate map 0 to 0 (module docstring).
+        inference when the layers after each gate map 0 to 0 (module docstring);
+        with `with_graph`, `(model, graph)`.
     """
     gated_graph = graph if graph is not None and graph.model is model else build_graph(model)
     clean = remove(model, gated_graph)
     clean_graph = build_graph(clean)
-    return apply_structure(clean, rekey(alive, graph or gated_graph, clean_graph), clean_graph)
+    exported = rebuild(clean, rekey(alive, graph or gated_graph, clean_graph), clean_graph)
+    return exported if with_graph else exported[0]

@@ -246,7 +246,7 @@ def _gamma_sources(reg: Regularizer, node) -> None:
     if node.rule is None or not node.rule.normalizes or node.kind != Kind.PASS:
         return
     space = node.inputs[0]
-    if not node.config.get("scale", True):
+    if getattr(node.layer, node.rule.scale, None) is None:  # BatchNormalization(scale=False)
         prunable = [g for g in space.groups if reg.graph.groups[g].prunable]
         if prunable:
             raise MorphError(
@@ -279,7 +279,7 @@ def _lasso_sources(reg: Regularizer, node) -> None:
 
 
 def _gate_sources(reg: Regularizer, node) -> None:
-    if node.type != "ChannelGate" or node.kind != Kind.PASS:
+    if node.rule is None or not node.rule.gate or node.kind != Kind.PASS:
         return
     if node.layer.threshold != reg.threshold:
         raise MorphError(

@@ -1,0 +1,105 @@
+"""The one place that touches Keras internals.
+
+Keras 3 has no public API for walking a functional model's call graph node by
+node, for telling which call of a shared layer a node is, for re-creating a
+layer with safe mode off, or for building a model's metrics from a data spec.
+Everything morphcli needs of that lives here, so a Keras upgrade that moves
+one of these names breaks one module, and `tests/test_layering.py` keeps
+every other module off `keras.src` and private attributes.
+
+Tested against Keras 3.15 (`keras.src.models.functional.Functional`,
+`Functional._nodes_by_depth`, `Layer._inbound_nodes`,
+`keras.src.saving.serialization_lib.SafeModeScope`,
+`Trainer._maybe_symbolic_build`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from morphcli.errors import ModelError
+
+
+def is_nested_model(layer) -> bool:
+    """True for functional and Sequential models used as a layer."""
+    return hasattr(layer, "_nodes_by_depth") or type(layer).__name__ == "Sequential"
+
+
+def is_functional(model) -> bool:
+    """True for a functional model (not a Sequential or subclassed one)."""
+    from keras.src.models.functional import Functional
+
+    return isinstance(model, Functional)
+
+
+def functional_of(model):
+    """The functional graph behind a model (a built Sequential keeps one inside).
+
+    Raises:
+        ModelError: The model was never built, so it has no graph.
+    """
+    if hasattr(model, "_nodes_by_depth"):
+        return model
+    inner = getattr(model, "_functional", None)
+    if inner is None:
+        raise ModelError(
+            f"Model `{model.name}` has no functional graph to analyse: it was never built.",
+            hint="build it (call it on data or pass --input-shape) and save it again.",
+        )
+    return inner
+
+
+def nodes_in_order(model) -> Iterator:
+    """The call nodes of `model`'s own graph (not of nested models), inputs first."""
+    fn = functional_of(model)
+    for depth in sorted(fn._nodes_by_depth, reverse=True):
+        yield from fn._nodes_by_depth[depth]
+
+
+def call_count(layer) -> int:
+    """How many times `layer` is called in the graphs it belongs to."""
+    return len(layer._inbound_nodes)
+
+
+def call_index(layer, node) -> int:
+    """Which call of `layer` the graph node `node` is (0 for the first)."""
+    return layer._inbound_nodes.index(node)
+
+
+def first_caller_input(layer):
+    """The layer whose output `layer` reads in its first call."""
+    return layer._inbound_nodes[0].parent_nodes[0].operation
+
+
+def from_config_trusted(layer, config: dict):
+    """Re-creates a layer from `config`. A Lambda's function is re-created from the
+    model in memory, whose code was trusted when it was loaded, hence safe mode off
+    when Keras refuses it."""
+    from keras.src.saving.serialization_lib import SafeModeScope
+
+    try:
+        return layer.__class__.from_config(config)
+    except ValueError as err:
+        if "safe_mode" not in str(err):
+            raise
+    with SafeModeScope(False):
+        return layer.__class__.from_config(config)
+
+
+def spec_built_model_class():
+    """A `keras.Model` base class that builds its compiled metrics from
+    `self.data_spec` (a dataset's element spec) instead of a pulled batch.
+
+    Keras builds the metrics' state from a batch it first averages over the
+    replicas, which TF's multi-worker strategy cannot do for (x, y) pairs
+    (keras-team/keras#20585); building from the spec pulls no batch.
+    """
+    import keras
+
+    class SpecBuilt(keras.Model):
+        data_spec = None
+
+        def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+            super()._maybe_symbolic_build(data_batch=self.data_spec)
+
+    return SpecBuilt

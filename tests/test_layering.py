@@ -1,0 +1,150 @@
+"""The architecture, enforced: which package may import which, Keras internals in
+one module only, and one `morph run` building each model's graph and the
+strategy once."""
+
+from __future__ import annotations
+
+import ast
+import collections
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "morphcli"
+
+# Each layer and what it may import from morphcli (besides itself). Arrows point
+# down only: core is pure model arithmetic; training and models sit on it; config
+# takes its choice lists from them; report renders core's numbers; steps use
+# all of those; api and the CLI are the shells on top.
+BASE_MODULES = {"errors", "files"}
+BASE = {"base"}
+ALLOWED = {
+    "base": BASE,
+    "core": BASE | {"core"},
+    "models": BASE | {"core", "models"},
+    "training": BASE | {"core", "training"},
+    "config": BASE | {"core", "models", "training", "config"},
+    "report": BASE | {"core", "report"},
+    "steps": BASE | {"core", "models", "training", "config", "report", "steps"},
+    "api": BASE | {"core", "models", "training", "config", "report", "steps", "api"},
+    "cli": None,  # the top: anything
+}
+KERAS_PRIVATE = {"_nodes_by_depth", "_inbound_nodes", "_outbound_nodes", "_functional",
+                 "_maybe_symbolic_build", "_keras_history", "_tracker", "_layers"}
+ADAPTER = "core/keras_adapter.py"
+
+
+def layer_of(rel: str) -> str:
+    parts = Path(rel).with_suffix("").parts
+    if parts[0] in {"core", "models", "training", "config", "steps"}:
+        return parts[0]
+    name = parts[0]
+    if name in BASE_MODULES:
+        return "base"
+    return {"report": "report", "api": "api", "__init__": "api"}.get(name, "cli")
+
+
+def target_layer(module: str) -> str:
+    parts = module.split(".")[1:]
+    return layer_of("/".join(parts) + ".py") if parts else "api"
+
+
+def modules():
+    for path in sorted(PACKAGE.rglob("*.py")):
+        yield path.relative_to(PACKAGE).as_posix(), ast.parse(path.read_text(), str(path))
+
+
+def morphcli_imports(tree) -> list[tuple[int, str]]:
+    """Every morphcli module a file imports, at any depth (function-level too)."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module == "morphcli":
+                found += [(node.lineno, f"morphcli.{a.name}") for a in node.names]
+            elif node.module.startswith("morphcli."):
+                found.append((node.lineno, node.module))
+        elif isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names if a.name.startswith("morphcli")]
+    return found
+
+
+def test_layers_import_only_downwards():
+    wrong = []
+    for rel, tree in modules():
+        allowed = ALLOWED[layer_of(rel)]
+        if allowed is None:
+            continue
+        for line, module in morphcli_imports(tree):
+            if target_layer(module) not in allowed:
+                wrong.append(f"{rel}:{line} ({layer_of(rel)}) imports {module}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_layering_check_catches_an_upward_import():
+    tree = ast.parse("def f():\n    from morphcli.steps.shrink import shrink\n")
+    (line, module), = morphcli_imports(tree)
+    assert (line, target_layer(module)) == (2, "steps")
+    assert target_layer(module) not in ALLOWED[layer_of("core/graph.py")]
+    assert layer_of("config/schema.py") == "config" and layer_of("cli.py") == "cli"
+
+
+def test_keras_internals_only_in_the_adapter():
+    wrong = []
+    for rel, tree in modules():
+        if rel == ADAPTER:
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("keras.src"):
+                wrong.append(f"{rel}:{node.lineno} imports {node.module}")
+            elif isinstance(node, ast.Import):
+                wrong += [f"{rel}:{node.lineno} imports {a.name}" for a in node.names
+                          if a.name.startswith("keras.src")]
+            elif isinstance(node, ast.Attribute) and node.attr in KERAS_PRIVATE:
+                wrong.append(f"{rel}:{node.lineno} reads .{node.attr}")
+            elif isinstance(node, ast.FunctionDef) and node.name in KERAS_PRIVATE:
+                wrong.append(f"{rel}:{node.lineno} overrides {node.name}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_modules_stay_readable():
+    long = {rel: n for rel, n in ((p.relative_to(PACKAGE).as_posix(),
+                                   len(p.read_text().splitlines()))
+                                  for p in PACKAGE.rglob("*.py")) if n > 540}
+    assert not long, long
+
+
+@pytest.mark.slow
+def test_one_run_builds_each_graph_once_and_one_strategy(tmp_path, monkeypatch):
+    """`morph run` with the baseline: every distinct model's channel graph is built
+    once, the strategy is made once, the data is loaded once, nothing reloaded."""
+    import keras
+    from click.testing import CliRunner
+
+    from morphcli.cli import cli
+    from morphcli.core import graph
+    from morphcli.steps import context
+    from morphcli.training import data, distribute
+
+    builds = collections.Counter()
+    strategies, datasets, loads = [], [], []
+    finish, make, load_dataset = graph._Builder.finish, distribute.make_strategy, data.load_dataset
+
+    def counted_finish(self, model):
+        builds[id(model)] += 1
+        return finish(self, model)
+
+    monkeypatch.setattr(graph._Builder, "finish", counted_finish)
+    monkeypatch.setattr(distribute, "make_strategy",
+                        lambda conf: strategies.append(conf) or make(conf))
+    monkeypatch.setattr(data, "load_dataset",
+                        lambda *a, **k: datasets.append(a) or load_dataset(*a, **k))
+    monkeypatch.setattr(keras.saving, "load_model", lambda *a, **k: loads.append(a))
+    assert context.load_data  # made through data.load_dataset, counted above
+    result = CliRunner().invoke(cli, [
+        "run", "-o", str(tmp_path / "run"), "--baseline", "--json",
+        "--set", "shrink.epochs=2", "--set", "retrain.epochs=1",
+        "--set", "regularizer.strength=3"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    # seed, shrunk, expanded, baseline expanded; the retrained clones reuse their source's.
+    assert len(builds) == 4 and set(builds.values()) == {1}, builds
+    assert len(strategies) == 1 and len(datasets) == 1 and not loads
