@@ -243,6 +243,21 @@ def shared_layer() -> keras.Model:
     return keras.Model(inputs, layers.Dense(2, name="logits")(x), name="shared_layer")
 
 
+def group_norm(scale: bool = True, center: bool = True) -> keras.Model:
+    """A group normalization read in blocks (not in PATTERNS: see test_group_norm).
+
+    input 6x6x3 -> conv1 (12, 3x3) -> gn (4 groups of 3) -> relu -> conv2 (5, 3x3)
+    -> gap -> logits (4).
+    """
+    inputs = keras.Input((6, 6, 3), name="image")
+    x = _conv(12, 3, "conv1")(inputs)
+    x = layers.GroupNormalization(groups=4, scale=scale, center=center, name="gn")(x)
+    x = layers.ReLU(name="relu")(x)
+    x = _conv(5, 3, "conv2")(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    return keras.Model(inputs, layers.Dense(4, name="logits")(x), name="group_norm")
+
+
 PATTERNS = {
     f.__name__: f
     for f in [chain, residual, concat, depthwise, separable, flatten_dense, squeeze_excite,

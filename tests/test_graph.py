@@ -7,7 +7,15 @@ import keras
 import numpy as np
 import pytest
 from keras import layers
-from patterns import PATTERNS, PROBES, group_of, probe_model, probe_node, shared_layer
+from patterns import (
+    PATTERNS,
+    PROBES,
+    group_norm,
+    group_of,
+    probe_model,
+    probe_node,
+    shared_layer,
+)
 
 from morphcli.core import rules
 from morphcli.core.graph import Space, alive_from_counts, build_graph
@@ -370,6 +378,7 @@ def _all_test_models():
     yield from (build() for build in PATTERNS.values())
     yield from (probe_model(key) for key in PROBES)
     yield gates.insert(PATTERNS["chain"]())  # ChannelGate
+    yield group_norm()
 
 
 def test_every_registered_layer_is_exercised():
@@ -419,4 +428,4 @@ def test_scale_weights_named_by_rules_exist():
             checked.add(node.type)
     assert {"BatchNormalization", "LayerNormalization", "DepthwiseConv2D", "LayerScale"} <= checked
     assert [name for name, rule in rules.registered().items() if rule.normalizes] == [
-        "BatchNormalization"]
+        "BatchNormalization", "GroupNormalization"]

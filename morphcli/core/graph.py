@@ -54,6 +54,9 @@ class Group:
         sources: Layers whose outputs create these channels (conv, dense).
         members: Every layer whose output carries these channels.
         frozen: Why the group may not be pruned (empty when prunable).
+        block: Channels are kept or removed in whole blocks of this many
+            adjacent channels (1 for most groups; a group normalization's
+            group size when one reads the group).
     """
 
     id: int
@@ -61,6 +64,7 @@ class Group:
     sources: list[str] = field(default_factory=list)
     members: list[str] = field(default_factory=list)
     frozen: list[str] = field(default_factory=list)
+    block: int = 1
 
     @property
     def prunable(self) -> bool:
@@ -69,6 +73,8 @@ class Group:
     def describe(self) -> str:
         """One line: width, prunable or frozen (and why), and the coupled layers."""
         state = "prunable" if self.prunable else "frozen: " + "; ".join(self.frozen)
+        if self.block > 1 and self.prunable:
+            state += f" in blocks of {self.block}"
         tied = f", tied from {len(self.sources)} sources" if len(self.sources) > 1 else ""
         return f"group {self.id} ({self.width} ch, {state}{tied}): " + ", ".join(self.members)
 
@@ -197,6 +203,7 @@ class _Builder:
         if ga.width != gb.width:  # shapes matched, so this is a bug in a rule
             raise AssertionError(f"tying groups of widths {ga.width} and {gb.width}")
         self.parent[rb] = ra
+        ga.block = math.lcm(ga.block, gb.block)
         for attr in ("sources", "members", "frozen"):
             getattr(ga, attr).extend(x for x in getattr(gb, attr) if x not in getattr(ga, attr))
 
@@ -257,6 +264,8 @@ class _Builder:
             else:
                 node.kind, node.note = Kind.BOUNDARY, verdict
         node.outputs = self.propagate(node)
+        if node.rule is not None and node.rule.granularity and node.kind != Kind.BOUNDARY:
+            self.set_block(node, node.rule.granularity(node))
         self.tie_calls(node)
         self.nodes.append(node)
         for space in node.outputs:
@@ -281,6 +290,18 @@ class _Builder:
             node.kind = Kind.BOUNDARY
             return self._boundary(node)
         return outs
+
+    def set_block(self, node: LayerNode, block: int) -> None:
+        """The node reads its input channels in blocks of `block` (a group norm's groups)."""
+        space = node.inputs[0]
+        if block <= 1:
+            return
+        if len(space.groups) != 1 or space.repeat != 1:
+            self.freeze(space, f"`{node.name}` normalizes groups of {block} channels that "
+                               "span several channel groups")
+            return
+        group = self.groups[self.find(space.groups[0])]
+        group.block = math.lcm(group.block, block)
 
     def tie_calls(self, node: LayerNode) -> None:
         """Calls of one shared layer share its weights, hence its channels: tie

@@ -147,6 +147,17 @@ def layer_norm_flops(node) -> list[Term]:
             Term((5 - scale) * where)]
 
 
+def group_norm_flops(node) -> list[Term]:
+    """Measured against the profiler: 6 per value, 3 per channel and 4 per group with
+    both gamma and beta; without gamma 2 fewer per channel and 1 more per group,
+    without beta 1 fewer per channel. Groups are `width / group_size`, so every
+    term is linear in the width."""
+    scale, center = int(bool(_cfg(node, "scale", True))), int(bool(_cfg(node, "center", True)))
+    per_channel = 6 * positions(_out(node)) + 3 - 2 * (1 - scale) - (1 - center)
+    per_group = 4 + (1 - scale)
+    return [Term(per_channel + per_group / group_size(node), (node.outputs[0],))]
+
+
 def activation_flops(node) -> list[Term]:
     return _per_output(node, _activation(node))
 
@@ -332,12 +343,22 @@ def grouped_depthwise_weights(node) -> list[dict[int, str]]:
 
 def resize_key(key: str) -> Resizer:
     """Sets one config key (`filters`, `units`) to the new output width."""
-    return lambda config, width_in, width_out: {**config, key: width_out}
+    return lambda config, width_in, width_out, node=None: {**config, key: width_out}
 
 
-def resize_grouped(config, width_in, width_out) -> dict:
+def resize_grouped(config, width_in, width_out, node=None) -> dict:
     return {**config, "filters": width_in, "groups": width_in}
 
 
-def resize_reshape(config, width_in, width_out) -> dict:
+def resize_reshape(config, width_in, width_out, node=None) -> dict:
     return {**config, "target_shape": (*tuple(config["target_shape"])[:-1], width_out)}
+
+
+def group_size(node) -> int:
+    """Channels per normalization group of a `GroupNormalization` in the seed."""
+    return _in(node)[-1] // (_cfg(node, "groups", 32) or 1)
+
+
+def resize_group_norm(config, width_in, width_out, node=None) -> dict:
+    """Keeps each group's size: whole groups come and go (the rule's granularity)."""
+    return {**config, "groups": width_in // group_size(node)}

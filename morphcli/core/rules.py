@@ -9,6 +9,8 @@ entry is all the rest of the tool needs to know about it:
   channels, read by `surgery.py` to slice weights;
 - `resize`: how to edit the layer's config for new channel counts
   (`filters`, `units`, a reshape's target), read by `surgery.py`;
+- `granularity`: how many adjacent channels must go together (a group
+  normalization's group size), read by the graph, masks, rounding and solver;
 - `flops` / `params`: the layer's cost as a sum of monomials in the alive
   widths of its channel spaces, read by `costs.py` for reports, targets and
   the regularizer alike.
@@ -50,6 +52,8 @@ from morphcli.core.pricing import (  # the pricers, weight specs and resizers of
     elementwise_flops,
     elu_flops,
     global_average_flops,
+    group_norm_flops,
+    group_size,
     grouped_depthwise_weights,
     join_flops,
     last_axis_weights,
@@ -60,6 +64,7 @@ from morphcli.core.pricing import (  # the pricers, weight specs and resizers of
     positions,
     prelu_flops,
     relu_flops,
+    resize_group_norm,
     resize_grouped,
     resize_key,
     resize_reshape,
@@ -98,6 +103,9 @@ class Rule:
     # Whether the layer is a channel gate the tool inserted: its keep-probabilities
     # are what `regularizer.kind: gates` reads.
     gate: bool = False
+    # How many adjacent input channels must live or die together (a group
+    # normalization's group size): the channel group is pruned in whole blocks.
+    granularity: Callable[[LayerNode], int] | None = None
     # Whether running the layer reads and writes activations (roofline latency);
     # False for views such as Flatten, Reshape, Dropout at inference.
     moves_memory: bool = True
@@ -253,6 +261,11 @@ register(
     Rule(Kind.PASS, layer_norm_flops, per_channel_params, last_axis_weights, scale="gamma",
          check=_last_axis),
 )
+register(  # statistics per group of channels: pruned in whole groups, so surgery is exact
+    "GroupNormalization",
+    Rule(Kind.PASS, group_norm_flops, per_channel_params, last_axis_weights, resize_group_norm,
+         scale="gamma", normalizes=True, granularity=group_size, check=_last_axis),
+)
 register(
     "PReLU",
     Rule(Kind.PASS, prelu_flops, per_channel_params, last_axis_weights,
@@ -266,7 +279,8 @@ register(
 register(  # keras.applications.convnext.LayerScale: gamma of size projection_dim
     "LayerScale",
     Rule(Kind.PASS, elementwise_flops(1), per_channel_params, last_axis_weights,
-         resize=lambda config, width_in, width_out: {**config, "projection_dim": width_in},
+         resize=lambda config, width_in, width_out, node=None: {**config,
+                                                                "projection_dim": width_in},
          scale="gamma", check=_per_channel_params),
 )
 

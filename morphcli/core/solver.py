@@ -34,6 +34,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -105,10 +106,19 @@ class _Problem:
     base: np.ndarray
     round_to: int
     min_channels: int
+    # Per group: widths move in steps of lcm(round_to, block) and never go below
+    # `floor` (min_channels, rounded up to whole blocks).
+    step: np.ndarray | None = None
+    floor: np.ndarray | None = None
+
+    def __post_init__(self):
+        blocks = np.array([self.costs.graph.groups[int(g)].block for g in self.ids], dtype=int)
+        self.step = np.array([math.lcm(self.round_to, b) for b in blocks], dtype=float)
+        self.floor = blocks * np.ceil(self.min_channels / blocks)
 
     def widths(self, w: float) -> np.ndarray:
-        steps = np.floor(w * self.base / self.round_to + 0.5)
-        return np.maximum(self.min_channels, steps * self.round_to)
+        steps = np.floor(w * self.base / self.step + 0.5)
+        return np.maximum(self.floor, steps * self.step)
 
     def cost(self, widths: np.ndarray) -> float:
         vec = self.costs.width_vector()
@@ -118,9 +128,9 @@ class _Problem:
     def cost_at(self, w: float) -> float:
         return self.cost(self.widths(w))
 
-    def step_up(self, width: float) -> float:
-        """The next multiple of `round_to` above `width`."""
-        return (width // self.round_to + 1) * self.round_to
+    def step_up(self, width: float, i: int) -> float:
+        """The next width of group `i` above `width` (multiple of its step)."""
+        return (width // self.step[i] + 1) * self.step[i]
 
 
 def resolve_target(costs, metric: str, quantity) -> float:
@@ -220,7 +230,8 @@ def check_reachable(costs, resource: str, target: float, min_channels: int = 1,
     """
     groups = costs.graph.prunable_groups()
     if smallest is None:
-        smallest = costs.total(resource, {g.id: min(min_channels, g.width) for g in groups})
+        smallest = costs.total(resource, {g.id: min(-(-min_channels // g.block) * g.block,
+                                                    g.width) for g in groups})
     if target < smallest:
         frozen = costs.total(resource, {g.id: 0 for g in groups})
         raise MorphError(
@@ -269,10 +280,10 @@ def _starts(p: _Problem, lo: float, count: int) -> list[tuple[float, np.ndarray]
     Fixing up each of them, not only the one at `lo`, reaches finer costs: the
     structures differ by one step in one group, all within one step of `w * base`.
     """
-    steps = np.floor(lo * p.base / p.round_to + 0.5)
-    # Group g reached its j-th last step at w = (steps_g - 0.5 - j) * round_to / base_g.
+    steps = np.floor(lo * p.base / p.step + 0.5)
+    # Group g reached its j-th last step at w = (steps_g - 0.5 - j) * step_g / base_g.
     back = steps[:, None] - 0.5 - np.arange(count)
-    changes = np.unique((back * p.round_to / p.base[:, None])[back > 0])[::-1]
+    changes = np.unique((back * p.step[:, None] / p.base[:, None])[back > 0])[::-1]
     bounds = np.append(changes[:count], 0.0)
     ws = [lo, *(0.5 * (bounds[:-1] + bounds[1:]))][:count]
     return [(w, p.widths(w)) for w in ws]
@@ -289,7 +300,7 @@ def _fix_up(p: _Problem, widths: np.ndarray, above: bool) -> np.ndarray:
         best, best_gap = None, gap
         for i in sorted(open_):
             trial = widths.copy()
-            trial[i] = p.step_up(trial[i])
+            trial[i] = p.step_up(trial[i], i)
             cost = p.cost(trial)
             if cost > p.target and not above:
                 open_.discard(i)  # costs only grow from here: it will never fit
@@ -298,7 +309,7 @@ def _fix_up(p: _Problem, widths: np.ndarray, above: bool) -> np.ndarray:
                 best, best_gap = i, abs(cost - p.target)
         if best is None:
             break
-        widths[best] = p.step_up(widths[best])
+        widths[best] = p.step_up(widths[best], best)
         gap = best_gap
         open_.discard(best)
     return widths

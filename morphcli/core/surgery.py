@@ -74,7 +74,7 @@ def _clone(model, graph: ChannelGraph, widths: Mapping[int, int]):
         if node is not None and node.rule is not None and node.rule.resize is not None:
             width_in = int(graph.width(node.inputs[0], widths))
             width_out = int(graph.width(node.outputs[0], widths))
-            config = node.rule.resize(config, width_in, width_out)
+            config = node.rule.resize(config, width_in, width_out, node)
         return keras_adapter.from_config_trusted(layer, config)
 
     try:

@@ -46,4 +46,5 @@ class Term:
 
 Pricer = Callable[["LayerNode"], list[Term]]
 WeightSpec = Callable[["LayerNode"], list[dict[int, str]]]
-Resizer = Callable[[dict, int, int], dict]  # (config, width_in, width_out) -> config
+# (config, width_in, width_out, node) -> config; `node` is the layer's seed call.
+Resizer = Callable[..., dict]

@@ -51,17 +51,22 @@ class ShrinkResult:
 
 
 def round_masks(masks: dict[int, np.ndarray], values: dict[int, np.ndarray],
-                round_to: int) -> dict[int, np.ndarray]:
-    """Rounds alive counts up to a multiple of `round_to`, reviving the strongest
-    dead channels first (never above the group's width)."""
-    if round_to <= 1:
-        return masks
+                round_to: int, blocks: dict[int, int] | None = None) -> dict[int, np.ndarray]:
+    """Rounds alive counts up to a multiple of `round_to` (and of the group's block),
+    reviving the strongest dead channels (blocks) first, never above the group's width."""
     rounded = {}
     for gid, mask in masks.items():
-        want = min(mask.size, int(math.ceil(mask.sum() / round_to) * round_to))
-        keep = np.zeros_like(mask)
-        keep[np.argsort(-np.where(mask, np.inf, values[gid]), kind="stable")[:want]] = True
-        rounded[gid] = keep
+        block = (blocks or {}).get(gid, 1)
+        step = math.lcm(round_to, block)
+        if step <= 1:
+            rounded[gid] = mask
+            continue
+        want = min(mask.size, int(math.ceil(mask.sum() / step) * step)) // block
+        alive = mask.reshape(-1, block).any(axis=1)
+        strength = values[gid].reshape(-1, block).max(axis=1)
+        keep = np.zeros_like(alive)
+        keep[np.argsort(-np.where(alive, np.inf, strength), kind="stable")[:want]] = True
+        rounded[gid] = np.repeat(keep, block)
     return rounded
 
 
@@ -131,7 +136,8 @@ def shrink(ctx: RunContext, outdir: str | Path, *, callbacks: Sequence = ()) -> 
     raw = gates.rekey(reg.alive_masks(), trained.graph, seed.graph)
     values = gates.rekey(reg.numpy_vectors(), trained.graph, seed.graph)
     floor = [g for g, m in raw.items() if not (values[g] > reg.threshold).any()]
-    masks = round_masks(raw, values, conf.shrink.round_to)
+    masks = round_masks(raw, values, conf.shrink.round_to,
+                        {g: seed.graph.groups[g].block for g in raw})
     widths = {g: int(m.sum()) for g, m in masks.items()}
     with strategy.scope():  # the next step (expand, another round) trains under it too
         if gated:

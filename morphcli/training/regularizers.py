@@ -132,11 +132,14 @@ class Regularizer:
         `min_channels` (the largest values) in every group."""
         masks = {}
         for gid, values in self.numpy_vectors().items():
-            mask = values > self.threshold
-            need = min(self.min_channels, values.size)
-            if mask.sum() < need:
-                mask[np.argsort(-values, kind="stable")[:need]] = True
-            masks[gid] = mask
+            # A group read in blocks (group norm) keeps a block when any channel lives.
+            block = self.graph.groups[gid].block
+            blocks = values.reshape(-1, block).max(axis=1)
+            keep = blocks > self.threshold
+            need = -(-min(self.min_channels, values.size) // block)
+            if keep.sum() < need:
+                keep[np.argsort(-blocks, kind="stable")[:need]] = True
+            masks[gid] = np.repeat(keep, block)
         return masks
 
     def alive_widths(self) -> dict[int, int]:
