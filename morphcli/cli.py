@@ -97,6 +97,21 @@ def cli():
       morph run configs/demo.yaml                    # shrink, expand, retrain, report
       morph report zoo:cnn --compare runs/demo/retrain/final.keras
     """
+    _library_warnings()
+
+
+def _library_warnings() -> None:
+    """The library's warnings (`logging.getLogger("morphcli")`) as one stderr line each."""
+    import logging
+
+    class Echo(logging.Handler):  # writes to the stderr of the moment (tests swap it)
+        def emit(self, record):
+            click.echo(f"warning: {record.getMessage()}", err=True)
+
+    logger = logging.getLogger("morphcli")
+    if not any(isinstance(h, Echo) or type(h).__name__ == "Echo" for h in logger.handlers):
+        logger.addHandler(Echo())
+        logger.propagate = False
 
 
 @cli.command()

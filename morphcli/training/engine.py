@@ -21,6 +21,7 @@ from typing import Any
 
 from morphcli.core import keras_adapter
 from morphcli.errors import MorphError, TrainingError
+from morphcli.training import checkpoints
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop")
 SCHEDULES = ("constant", "cosine", "step")
@@ -151,7 +152,7 @@ class _State:
 
 
 def _callbacks(state: _State, checkpoint_dir: Path, log_dir: Path | None,
-               extra: Sequence) -> list:
+               extra: Sequence, history: dict) -> list:
     import keras
 
     class NanGuard(keras.callbacks.Callback):
@@ -164,17 +165,22 @@ def _callbacks(state: _State, checkpoint_dir: Path, log_dir: Path | None,
                 state.bad = (state.epoch, batch, float(loss))
                 self.model.stop_training = True
 
-    class Backup(keras.callbacks.BackupAndRestore):
-        # Never checkpoint weights of an epoch that hit a NaN; keep the last good one.
+    class Checkpoint(keras.callbacks.Callback):
+        """Commits every finished epoch (`checkpoints.save`), with the whole history;
+        never an epoch that hit a NaN: the last good one stays."""
+
         def on_epoch_end(self, epoch, logs=None):
-            if state.bad is None:
-                super().on_epoch_end(epoch, logs)
+            if state.bad is not None:
+                return
+            for key, value in (logs or {}).items():
+                history.setdefault(key, []).append(float(value))
+            checkpoints.save(checkpoint_dir, self.model, epoch + 1, history)
 
         def on_train_end(self, logs=None):
             if state.bad is None:
-                super().on_train_end(logs)
+                checkpoints.remove(checkpoint_dir)
 
-    callbacks = [NanGuard(), *extra, Backup(str(checkpoint_dir), double_checkpoint=True)]
+    callbacks = [NanGuard(), *extra, Checkpoint()]
     if log_dir is not None:
         callbacks.append(keras.callbacks.TensorBoard(str(log_dir), write_graph=False,
                                                      profile_batch=0))
@@ -218,7 +224,8 @@ def fit(model, dataset, spec: TrainSpec, *, workdir: str | Path, penalty: Callab
     strategy = strategy or tf.distribute.get_strategy()
     workdir = Path(workdir)
     checkpoint_dir = workdir / "checkpoints"
-    resumed = _checkpoint_epoch(checkpoint_dir)
+    saved = checkpoints.intact(checkpoint_dir)  # the newest commit whose weights are intact
+    resumed = int(saved["epoch"]) if saved else 0
     distribute.check_same_epoch(strategy, resumed, checkpoint_dir)  # workers resume together
     train_data, steps = dataset.train, spec.steps_per_epoch or _steps(dataset.train)
     if getattr(dataset, "train_epochs", None) is not None and not spec.steps_per_epoch:
@@ -234,22 +241,24 @@ def fit(model, dataset, spec: TrainSpec, *, workdir: str | Path, penalty: Callab
         trainee.compile(optimizer=make_optimizer(spec, steps, lr_scale),
                         loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         trainee(keras.ops.zeros((1, *model.inputs[0].shape[1:])))  # built, for restoring
+        history = checkpoints.restore(checkpoint_dir, trainee, saved) if saved else {}
     state = _State()
     start = time.perf_counter()
     resume = ("restart every worker with the same command and --resume: they continue "
               "from their last finished epoch.")
     with (distribute.peer_errors(strategy, resume),
           distribute.global_batch_norm(model, strategy, sync_batch_norm)):
-        history = trainee.fit(
+        trainee.fit(
             train_data, validation_data=val_data, epochs=spec.epochs,
+            initial_epoch=min(resumed, spec.epochs),
             steps_per_epoch=steps, verbose=0, shuffle=False,  # tf.data shuffles
             callbacks=_callbacks(state, checkpoint_dir,
-                                 workdir / "logs" if tensorboard else None, callbacks),
+                                 workdir / "logs" if tensorboard else None, callbacks, history),
         )
     seconds = time.perf_counter() - start
     if state.bad is not None:
         epoch, batch, loss = state.bad
-        done = _checkpoint_epoch(checkpoint_dir)
+        done = checkpoints.epoch_of(checkpoint_dir)
         kept = (f"the checkpoint of epoch {done} is kept in {checkpoint_dir}" if done else
                 "no epoch had finished, so there is no checkpoint to resume from")
         raise TrainingError(
@@ -258,8 +267,7 @@ def fit(model, dataset, spec: TrainSpec, *, workdir: str | Path, penalty: Callab
             hint="lower the learning rate or the regularizer strength, then rerun"
                  + (" with --resume." if done else "."),
         )
-    return FitResult({k: [float(v) for v in vs] for k, vs in history.history.items()},
-                     evaluate(model, dataset.val), seconds, resumed)
+    return FitResult(history, evaluate(model, dataset.val), seconds, resumed)
 
 
 def evaluate(model, val) -> dict[str, float]:
@@ -286,16 +294,6 @@ def _steps(ds) -> int:
         raise MorphError("The training data has no known length.",
                          hint="set steps_per_epoch in the config.")
     return n
-
-
-def _checkpoint_epoch(checkpoint_dir: Path) -> int:
-    import json
-
-    meta = checkpoint_dir / "training_metadata.json"
-    try:
-        return int(json.loads(meta.read_text())["epoch"])
-    except (OSError, ValueError, KeyError):
-        return 0
 
 
 def set_seed(seed: int) -> None:
