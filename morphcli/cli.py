@@ -8,9 +8,9 @@ keeps its traceback (exit 1).
 
 from __future__ import annotations
 
-import json
 import os
 import sys
+from pathlib import Path
 
 import click
 
@@ -55,6 +55,12 @@ class MorphGroup(click.Group):
             return super().invoke(ctx)
         except MorphError as err:
             click.echo(f"Error: {err}", err=True)
+            ctx.exit(EXIT_USER_ERROR)
+        except OSError as err:  # read-only or full disk, permissions: the machine, not a bug
+            where = f": {err.filename}" if err.filename else ""
+            click.echo(f"Error: {err.strerror or err}{where}. Nothing was left half-written "
+                       "(every output is written atomically). Hint: free space, fix the "
+                       "permissions or choose another output path.", err=True)
             ctx.exit(EXIT_USER_ERROR)
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
@@ -151,6 +157,8 @@ def report(model, input_shape, classes, trust_code, hardware, other, structure_p
     from morphcli import api
     from morphcli import report as rep
 
+    check_outputs({"MODEL": model, "--compare": other, "--structure": structure_path},
+                  {"--markdown": markdown, "--plot": plot})
     out, err = _consoles()
     seed = _load(model, input_shape, classes, trust_code)
     before = api.analyze(seed, hardware=hardware, structure=structure_path)
@@ -164,7 +172,7 @@ def report(model, input_shape, classes, trust_code, hardware, other, structure_p
     if plot:
         rep.plot_widths(plot, [before] + ([after] if after else []))
     if as_json:
-        click.echo(json.dumps(rep.to_json(before, after), indent=2))
+        click.echo(_dumps(rep.to_json(before, after)))
         return
     out.print(rep.layer_table(before, None if all_layers else 25))
     if groups:
@@ -210,7 +218,6 @@ def shrink(model, config_path, outdir, epochs, strength, kind, round_to, resume,
       morph shrink seed.keras -c my.yaml -o runs/x --strength 3 --epochs 20
       morph shrink -c my.yaml -o runs/x --resume        # after an interruption
     """
-    from morphcli.files import prepare_outdir
     from morphcli.steps.context import make_context
     from morphcli.steps.shrink import shrink as shrink_step
 
@@ -221,9 +228,10 @@ def shrink(model, config_path, outdir, epochs, strength, kind, round_to, resume,
     }.items() if v is not None}
     conf = _resolve(config_path, overrides, {k: "the command line" for k in overrides})
     strategy, resume, overwrite, chief = _distribution(conf, resume, overwrite)
-    outdir = prepare_outdir(outdir, resume=resume, overwrite=overwrite)
+    _check_folder(conf, outdir, resume, overwrite, config_path)
     out, err = _consoles()
-    ctx = make_context(conf, strategy=strategy)
+    ctx = make_context(conf, strategy=strategy)  # inputs first: nothing is deleted before
+    outdir = _take_folder(outdir, resume, overwrite, chief)
     err.print(f"shrinking {ctx.seed.model.name}: {ctx.metric} target "
               f"{ctx.target:,.4g} (seed {ctx.seed.costs.total(ctx.metric):,.4g})",
               markup=False, highlight=False)
@@ -231,6 +239,45 @@ def shrink(model, config_path, outdir, epochs, strength, kind, round_to, resume,
     if not chief:
         return _worker_done(err)
     _show_shrink(out, err, ctx, result, as_json)
+
+
+def _data_file(conf) -> str | None:
+    kind, _, rest = conf.data.source.partition(":")
+    return rest if kind == "npz" else None
+
+
+def _check_folder(conf, outdir, resume: bool, overwrite: bool, config_path,
+                  model: str | None = None) -> None:
+    """Refuses, before anything is loaded, an output folder that is not free or that
+    holds an input (the model, the config, the data)."""
+    from morphcli.files import check_outdir
+
+    check_outputs({"MODEL": model or conf.model.seed, "--config": config_path,
+                   "data.source": _data_file(conf)}, {}, {"-o": outdir})
+    check_outdir(outdir, resume=resume, overwrite=overwrite)
+
+
+def _take_folder(outdir, resume: bool, overwrite: bool, chief: bool):
+    """Prepares the output folder (after the inputs are loaded) and locks it."""
+    from morphcli.files import lock_folder, prepare_outdir, unlock
+
+    outdir = prepare_outdir(outdir, resume=resume, overwrite=overwrite)
+    if chief:  # workers of a multi-worker run share the chief's folder
+        handle = lock_folder(outdir)
+        click.get_current_context().call_on_close(lambda: unlock(handle))
+    return outdir
+
+
+def _dumps(data) -> str:
+    from morphcli.files import dumps
+
+    return dumps(data)
+
+
+def check_outputs(inputs: dict, outputs: dict, folders: dict | None = None) -> None:
+    from morphcli import files
+
+    files.check_outputs(inputs, outputs, folders)
 
 
 def _distribution(conf, resume: bool, overwrite: bool):
@@ -267,9 +314,9 @@ def _show_shrink(out, err, ctx, result, as_json: bool) -> None:
     from morphcli import report as rep
 
     if as_json:
-        click.echo(json.dumps({"seed": result.seed_costs, "shrunk": result.shrunk_costs,
-                               "lambda": result.strength, "val_shrunk": result.shrunk_val,
-                               "outdir": str(result.outdir)}, indent=2))
+        click.echo(_dumps({"seed": result.seed_costs, "shrunk": result.shrunk_costs,
+                           "lambda": result.strength, "val_shrunk": result.shrunk_val,
+                           "outdir": str(result.outdir)}))
         return
     out.print(rep.compare_table(ctx.seed.report(), result.shrunk.report(name="shrunk")))
     for gid, why in result.kept_whole.items():
@@ -292,7 +339,7 @@ def _show_shrink(out, err, ctx, result, as_json: bool) -> None:
 @click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False),
               help="Take target, hardware and expand settings from a config instead.")
 @click.option("-o", "--output", "out_path", required=True, type=click.Path(dir_okay=False),
-              help="Where to write the expanded .keras model (expand.json goes beside it).")
+              help="Where to write the expanded .keras model (OUT.expand.json goes beside it).")
 @click.option("--hardware", help="Device for latency targets (see `morph report --help`).")
 @click.option("--round-to", type=int, help="Keep widths multiples of N (e.g. 8).")
 @click.option("--mode", type=click.Choice(["below", "nearest"]),
@@ -300,7 +347,7 @@ def _show_shrink(out, err, ctx, result, as_json: bool) -> None:
 @click.option("--structure", "structure_path", type=click.Path(dir_okay=False),
               help="Scale the widths of a structure.json learned on MODEL (the seed) instead "
                    "of MODEL's own widths.")
-@click.option("--json", "as_json", is_flag=True, help="Print expand.json on stdout.")
+@click.option("--json", "as_json", is_flag=True, help="Print the expansion record on stdout.")
 @_model_options
 def expand(model, target, config_path, out_path, hardware, round_to, mode, structure_path,
            as_json, input_shape, classes, trust_code):
@@ -336,13 +383,16 @@ def expand(model, target, config_path, out_path, hardware, round_to, mode, struc
     else:
         raise MorphError("No target given.", hint="pass --target flops=25M (or params=, "
                                                   "latency=) or -c CONFIG.")
+    record_path = _beside(out_path)
+    check_outputs({"MODEL": model, "--structure": structure_path, "--config": config_path},
+                  {"-o": out_path, "its record": record_path})
     seed = Priced.of(_load(model, input_shape, classes, trust_code), hardware_of(conf))
     base = structure.load(structure_path).widths_for(seed.graph) if structure_path else None
     result = expand_step(seed, metric, quantity, round_to=conf.expand.round_to,
                          mode=conf.expand.mode, base_widths=base, model_path=out_path,
-                         record_path=_beside(out_path, "expand.json"))
+                         record_path=record_path)
     if as_json:
-        click.echo(json.dumps(result.record, indent=2))
+        click.echo(_dumps(result.record))
         return
     from morphcli import report as rep
 
@@ -353,10 +403,12 @@ def expand(model, target, config_path, out_path, hardware, round_to, mode, struc
               markup=False, highlight=False)
 
 
-def _beside(path: str, name: str) -> str:
-    from pathlib import Path
-
-    return str(Path(path).with_name(name))
+def _beside(path: str) -> str:
+    """The expansion record of an expanded model: OUT.keras -> OUT.expand.json, so
+    several expands into one folder keep their own records."""
+    path = Path(path)
+    return str(path.with_name(f"{path.stem if path.suffix == '.keras' else path.name}"
+                              ".expand.json"))
 
 
 @cli.command()
@@ -381,24 +433,24 @@ def retrain(model, config_path, outdir, epochs, keep_weights, resume, overwrite,
       morph retrain runs/x/expanded.keras -c configs/demo.yaml -o runs/x/retrain
       morph retrain shrunk.keras -c my.yaml -o ft --keep-weights --epochs 3
     """
-    from morphcli.files import prepare_outdir
     from morphcli.steps.context import make_context
     from morphcli.steps.retrain import retrain as retrain_step
 
     overrides = {k: v for k, v in {"retrain.epochs": epochs}.items() if v is not None}
     conf = _resolve(config_path, overrides, {k: "the command line" for k in overrides})
     strategy, resume, overwrite, chief = _distribution(conf, resume, overwrite)
-    outdir = prepare_outdir(outdir, resume=resume, overwrite=overwrite)
+    _check_folder(conf, outdir, resume, overwrite, config_path, model=model)
     out, err = _consoles()
     ctx = make_context(conf, strategy=strategy, budget=False,
                        model=_load(model, input_shape, classes, trust_code))
+    outdir = _take_folder(outdir, resume, overwrite, chief)
     result = retrain_step(ctx, ctx.seed, outdir, keep_weights=keep_weights,
                           callbacks=[_progress(err, "retrain", conf.retrain.epochs)])
     if not chief:
         return _worker_done(err)
     metrics = {k: v for k, v in result.metrics.items() if k != "history"}
     if as_json:
-        click.echo(json.dumps(metrics, indent=2))
+        click.echo(_dumps(metrics))
         return
     from morphcli.report import results_table
 
@@ -431,7 +483,6 @@ def run(config_path, rundir, rounds, baseline, resume, overwrite, sets, as_json)
       morph run configs/demo.yaml --resume           # after an interruption
     """
     from morphcli import config as cfg
-    from morphcli.files import prepare_outdir
     from morphcli.report import results_table
     from morphcli.steps.context import make_context
     from morphcli.steps.run import run as run_steps
@@ -439,18 +490,24 @@ def run(config_path, rundir, rounds, baseline, resume, overwrite, sets, as_json)
     overrides = dict(cfg.parse_override(p) for p in sets)
     overrides.update({k: v for k, v in {"run.rounds": rounds, "run.baseline": baseline}.items()
                       if v is not None})
+    recorded = None
+    if config_path is None and resume and rundir and (Path(rundir) / "config.yaml").is_file():
+        config_path = recorded = str(Path(rundir) / "config.yaml")  # the run's own config
     conf = _resolve(config_path or cfg.demo_config_path(), overrides,
                     {k: "the command line" for k in overrides})
     strategy, resume, overwrite, chief = _distribution(conf, resume, overwrite)
-    rundir = prepare_outdir(rundir or conf.output_dir, resume=resume, overwrite=overwrite)
+    rundir = rundir or conf.output_dir
+    _check_folder(conf, rundir, resume, overwrite, None if recorded else config_path)
     out, err = _consoles()
-    result = run_steps(make_context(conf, strategy=strategy), rundir,
+    ctx = make_context(conf, strategy=strategy)
+    rundir = _take_folder(rundir, resume, overwrite, chief)
+    result = run_steps(ctx, rundir,
                        progress=lambda title, epochs: _progress(err, title, epochs),
                        log=lambda line: err.print(line, markup=False, highlight=False))
     if not chief:
         return _worker_done(err)
     if as_json:
-        click.echo(json.dumps(result.report["models"], indent=2))
+        click.echo(_dumps(result.report["models"]))
         return
     out.print(results_table(result.report["models"]))
     err.print(f"wrote {rundir}/report.md, report.json and widths.png", markup=False)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +31,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or path.suffix,
                                dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; outputs follow the umask
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -49,8 +52,26 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def write_json(path: str | os.PathLike, data: Any) -> None:
-    """Writes `data` as indented JSON to `path` atomically."""
-    write_text(path, json.dumps(data, indent=2, default=_jsonable) + "\n")
+    """Writes `data` as indented JSON to `path` atomically. NaN and infinities, which
+    JSON has no words for, are written as null."""
+    write_text(path, dumps(data) + "\n")
+
+
+def dumps(data: Any) -> str:
+    """`data` as valid, indented JSON (non-finite numbers as null)."""
+    return json.dumps(_finite(data), indent=2, default=_jsonable, allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    if hasattr(value, "tolist") and not isinstance(value, str):
+        return _finite(value.tolist())
+    return value
 
 
 def save_model(model, path: str | os.PathLike) -> None:
@@ -59,33 +80,163 @@ def save_model(model, path: str | os.PathLike) -> None:
         model.save(tmp)
 
 
+# What morph writes into an output folder; `--overwrite` removes these and nothing else.
+MARKER, LOCK = ".morph-run", ".morph-lock"
+WRITTEN = {MARKER, "config.yaml", "checkpoints", "logs", "structure.json", "shrunk.keras",
+           "summary.json", "expanded.keras", "expand.json", "final.keras", "metrics.json",
+           "report.md", "report.json", "widths.png", "expand", "retrain", "baseline"}
+_WRITTEN_PATTERN = r"(shrink|expand)\d*|workertemp_\d+"  # later rounds, worker scratch
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _same(a: Path, b: Path) -> bool:
+    a, b = Path(a).resolve(), Path(b).resolve()
+    if a == b:
+        return True
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)  # hard links too
+    except OSError:
+        return False
+
+
+def check_outputs(inputs: dict[str, Any], outputs: dict[str, Any],
+                  folders: dict[str, Any] | None = None) -> None:
+    """Refuses a command whose output would overwrite one of its inputs.
+
+    Args:
+        inputs: Label -> path of every file the command reads (None: not given;
+            specs such as ``zoo:cnn`` are not files and are skipped).
+        outputs: Label -> path of every file it writes.
+        folders: Label -> output folder whose contents it writes or deletes; no
+            input may lie inside one.
+
+    Raises:
+        MorphError: An output resolves to an input, or an input lies in an output folder.
+    """
+    from morphcli.errors import MorphError
+
+    files_in = {k: Path(v) for k, v in inputs.items() if v and Path(str(v)).is_file()}
+    for out_label, out in outputs.items():
+        for in_label, path in files_in.items():
+            if out is not None and _same(Path(out), path):
+                raise MorphError(
+                    f"The output {out_label} is the input {in_label} ({path}): writing it "
+                    f"would destroy the input. Received: {out_label}={out}",
+                    hint="choose another output path.")
+    for out_label, folder in (folders or {}).items():
+        root = Path(folder).resolve()
+        for in_label, path in files_in.items():
+            if root == path.resolve().parent or root in path.resolve().parents:
+                raise MorphError(
+                    f"The output folder {folder} holds the input {in_label} ({path}): a run "
+                    f"writes and, with --overwrite, deletes files there. Received: "
+                    f"{out_label}={folder}",
+                    hint="choose an output folder that holds none of the inputs (to resume "
+                         "a run, omit its config: `morph run --resume -o DIR` reads "
+                         "DIR/config.yaml).")
+
+
 def prepare_outdir(path: str | os.PathLike, *, resume: bool, overwrite: bool) -> Path:
-    """Creates an output folder, refusing to reuse a non-empty one unless told to.
+    """Creates (or reuses) an output folder and marks it as morph's.
+
+    Call it after the inputs are loaded. `--overwrite` removes only what morph
+    writes (`WRITTEN`), and only from a folder morph made (its marker file).
 
     Args:
         path: The folder.
         resume: Keep its contents (steps and checkpoints found there continue).
-        overwrite: Delete its contents first.
+        overwrite: Remove morph's previous outputs first.
 
     Raises:
-        MorphError: The folder holds files and neither flag was given.
+        MorphError: The folder is a file; it holds files and neither flag was
+            given; both flags were given; --overwrite on a folder morph did not make.
     """
     import shutil
 
+    path = Path(path)
+    entries = check_outdir(path, resume=resume, overwrite=overwrite)
+    if entries and not resume:
+        for entry in entries:
+            if entry.name in WRITTEN or re.fullmatch(_WRITTEN_PATTERN, entry.name):
+                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+    path.mkdir(parents=True, exist_ok=True)
+    if not (path / MARKER).exists():
+        write_text(path / MARKER, "a folder of morphcli outputs; --overwrite removes only "
+                                  "what morph wrote\n")
+    return path
+
+
+def check_outdir(path: str | os.PathLike, *, resume: bool, overwrite: bool) -> list[Path]:
+    """What `prepare_outdir` checks, changing nothing (call it before loading inputs).
+
+    Returns:
+        The folder's entries (empty for a new folder).
+    """
     from morphcli.errors import MorphError
 
     path = Path(path)
+    if resume and overwrite:
+        raise MorphError("--resume and --overwrite contradict each other: one continues the "
+                         f"run in {path}, the other deletes it. Received: --resume --overwrite",
+                         hint="pass one of them.")
     if path.exists() and not path.is_dir():
         raise MorphError(f"Output folder {path} is a file. Received: -o {path}")
-    if path.exists() and any(path.iterdir()) and not resume:
+    entries = list(path.iterdir()) if path.exists() else []
+    if entries and not resume:
         if not overwrite:
             raise MorphError(
                 f"Output folder {path} already holds a run. Received: -o {path}",
                 hint="pass --resume to continue it, --overwrite to start again, or choose "
                      "another folder.")
-        shutil.rmtree(path)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+        names = {e.name for e in entries}
+        if MARKER not in names and "config.yaml" not in names:
+            raise MorphError(
+                f"--overwrite refused: {path} is not a folder morph made (no {MARKER} or "
+                f"config.yaml in it), so its files are not morph's to delete. Received: -o {path}",
+                hint="choose a new or empty folder.")
+    return entries
+
+
+def lock_folder(path: str | os.PathLike):
+    """Takes the folder's lock, so two commands never write one folder at once.
+
+    Returns:
+        The open lock file: the lock is held until it is closed (`unlock`) or the
+        process ends.
+
+    Raises:
+        MorphError: Another process holds it.
+    """
+    import fcntl
+
+    from morphcli.errors import MorphError
+
+    lock = Path(path) / LOCK
+    handle = open(lock, "a+")  # noqa: SIM115  (kept open: closing it releases the lock)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        owner = handle.read().strip() or "unknown"
+        handle.close()
+        raise MorphError(f"Output folder {path} is already in use by PID {owner} (another "
+                         f"morph command). Received: -o {path}",
+                         hint="wait for it to finish, or choose another folder.") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
+def unlock(handle) -> None:
+    """Releases a lock taken by `lock_folder`."""
+    handle.close()
 
 
 def _jsonable(value: Any) -> Any:

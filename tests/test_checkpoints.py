@@ -78,7 +78,13 @@ def test_resumed_fit_ends_like_the_uninterrupted_one_with_its_whole_history(
     assert result.history == whole.history
     for a, b in zip(model.get_weights(), weights, strict=True):
         np.testing.assert_array_equal(a, b)
-    assert not (tmp_path / "checkpoints").exists()  # removed when training ended
+    # Kept until the step's last write: fitting again only restores the last epoch.
+    again, model = _fit(tmp_path, digits)
+    assert (again.resumed_from_epoch, again.history) == (3, whole.history)
+    for a, b in zip(model.get_weights(), weights, strict=True):
+        np.testing.assert_array_equal(a, b)
+    engine.finish(tmp_path)
+    assert not (tmp_path / "checkpoints").exists()
 
 
 def test_a_truncated_newest_checkpoint_falls_back_to_the_previous_one(

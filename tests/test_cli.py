@@ -95,7 +95,7 @@ def test_report_structure_prices_without_rebuilding(tmp_path):
                                     '"alive_indices": [5]}]', '"none"'])
 def test_damaged_structure_file(tmp_path, groups):
     path = tmp_path / "structure.json"
-    path.write_text(f'{{"format": "morphcli.core.structure", "version": 1, "groups": {groups}}}')
+    path.write_text(f'{{"format": "morphcli.structure", "version": 1, "groups": {groups}}}')
     assert "damaged" in user_error("report", "zoo:cnn", "--structure", str(path))
 
 

@@ -163,17 +163,17 @@ def test_into_scope_keeps_a_model_made_in_the_scope():
 def test_multi_worker_needs_a_cluster(monkeypatch):
     from morphcli.config import load_config
     from morphcli.errors import MorphError
-    from morphcli.training import distribute
+    from morphcli.training import strategies
 
     monkeypatch.delenv("TF_CONFIG", raising=False)
     conf = load_config(None, {"distribute.strategy": "multi_worker"}).distribute
     with pytest.raises(MorphError, match="multi_worker needs the cluster's addresses. "
                                          "Received: TF_CONFIG=None"):
-        distribute._cluster_resolver(conf)
+        strategies._cluster_resolver(conf)
     conf = load_config(None, {"distribute.strategy": "multi_worker",
                               "distribute.cluster": "10.0.0.1:2222, 10.0.0.2:2222",
                               "distribute.task_index": 1}).distribute
-    resolver = distribute._cluster_resolver(conf)
+    resolver = strategies._cluster_resolver(conf)
     assert resolver.cluster_spec().as_dict() == {"worker": ["10.0.0.1:2222", "10.0.0.2:2222"]}
     assert (resolver.task_type, resolver.task_id) == ("worker", 1)
 
@@ -385,8 +385,9 @@ def multi_worker_run(tmp_path_factory):
 
 def test_multi_worker_shrink_only_the_chief_writes(multi_worker_run, one_and_two_replicas):
     _, out, _ = multi_worker_run
-    assert sorted(p.name for p in out.iterdir()) == [
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
         "config.yaml", "logs", "shrunk.keras", "structure.json", "summary.json"]  # no workertemp_1
+    assert (out / ".morph-run").exists() and (out / ".morph-lock").exists()  # morph's, locked
     # 2 workers x 1 CPU = 2 replicas on the same global batches: the first epochs match
     # the single-device run (same float argument as the mirrored test).
     one = _losses(one_and_two_replicas["one"])[:WORKER_EPOCHS]

@@ -14,7 +14,7 @@ Example:
 >>> print(dump_yaml(config, comments=True))
 """
 
-from morphcli.config.dump import describe_schema, dump_yaml, to_dict
+from morphcli.config.dump import describe_schema, differences, dump_yaml, record, to_dict
 from morphcli.config.loader import (
     COMMAND_LINE,
     default_config,
@@ -46,6 +46,6 @@ __all__ = [
     "COMMAND_LINE", "METRICS", "Config", "DataConfig", "DistributeConfig", "ExpandConfig",
     "HardwareSpec", "ModelConfig", "Quantity", "RegularizerConfig", "RetrainConfig", "RunConfig",
     "ShrinkConfig", "TargetConfig", "TrainConfig", "config_keys", "default_config",
-    "demo_config_path", "describe_schema", "dump_yaml", "format_quantity", "load_config",
-    "parse_override", "parse_quantity", "parse_target", "to_dict",
+    "demo_config_path", "describe_schema", "differences", "dump_yaml", "format_quantity", "load_config",
+    "parse_override", "parse_quantity", "parse_target", "record", "to_dict",
 ]

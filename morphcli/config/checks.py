@@ -26,10 +26,12 @@ def show(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def integer(low: int) -> Check:
+def integer(low: int, high: int | None = None) -> Check:
     def check(value, done):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise Invalid(f"an integer >= {low}")
+        if (isinstance(value, bool) or not isinstance(value, int) or value < low
+                or (high is not None and value > high)):
+            raise Invalid(f"an integer >= {low}" if high is None
+                          else f"an integer from {low} to {high:,}")
         return value
     return check
 

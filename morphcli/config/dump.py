@@ -84,3 +84,51 @@ def describe_schema() -> str:
     header = ("# morph config schema: key: default  # meaning\n"
               "# Precedence: these defaults < config file(s) < command-line flags.\n")
     return header + dump_yaml(default_config(), comments=True)
+
+
+# Keys that may differ between an interrupted run and its resumption: where it is
+# written, and which worker of a cluster this process is.
+_RESUMABLE = {"output_dir", "distribute.task_index"}
+
+
+def _flat(values: Mapping, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def differences(config: Config, other: Config) -> list[str]:
+    """The dotted keys whose values differ, as ``key: other -> config``."""
+    a, b = _flat(to_dict(config)), _flat(to_dict(other))
+    return [f"{k}: {b.get(k)!r} -> {a.get(k)!r}" for k in sorted(set(a) | set(b))
+            if k not in _RESUMABLE and a.get(k) != b.get(k)]
+
+
+def record(config: Config, path) -> None:
+    """Writes the resolved config to `path` (a run or step folder), refusing to resume
+    a folder whose recorded config differs (its outputs would mix two configs).
+
+    Raises:
+        MorphError: The folder holds a different config.
+    """
+    from pathlib import Path
+
+    from morphcli import files
+    from morphcli.config.loader import load_config
+    from morphcli.errors import MorphError
+
+    path = Path(path)
+    if path.is_file():
+        changed = differences(config, load_config(path))
+        if changed:
+            raise MorphError(
+                f"{path.parent} holds a run made with another config; resuming it would mix "
+                f"the two. Changed: {'; '.join(changed[:6])}"
+                f"{f' (and {len(changed) - 6} more)' if len(changed) > 6 else ''}.",
+                hint="resume with the recorded config (omit -c and --set), or start "
+                     "again with --overwrite or another -o folder.")
+    files.write_text(path, dump_yaml(config))

@@ -25,6 +25,7 @@ from morphcli.core.quantities import TARGET_METRICS, Quantity, quantity
 from morphcli.errors import ConfigError
 
 COMMAND_LINE = "the command line"
+MAX_CONFIG_BYTES = 1 << 20
 
 
 class _Loader(yaml.SafeLoader):
@@ -62,7 +63,12 @@ def _read_yaml(path: str | Path) -> tuple[dict, dict[int, dict[str, int]]]:
     """Reads one config file; returns the mapping and its key line numbers."""
     name = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with open(path, "rb") as f:  # bounded: /dev/zero or a huge file is not a config
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"Config file is larger than {MAX_CONFIG_BYTES // 1024} KiB: not a "
+                              f"config. Received: path={name!r}")
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(f"Config file not found. Received: path={name!r}",
                           hint="see configs/demo.yaml for an example") from None

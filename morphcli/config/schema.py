@@ -15,6 +15,7 @@ from morphcli.config import checks as c
 from morphcli.config.checks import Check
 from morphcli.core.quantities import TARGET_METRICS, Quantity, format_quantity
 from morphcli.core.solver import MODES as EXPAND_MODES
+from morphcli.models.zoo import MAX_CLASSES
 from morphcli.models.zoo import PREFIXES as MODEL_PREFIXES
 from morphcli.training.data import SCHEMES as DATA_PREFIXES
 from morphcli.training.distribute import COMMUNICATIONS, STRATEGIES
@@ -45,7 +46,7 @@ class ModelConfig:
     input_shape: tuple[int, ...] | None = _opt(
         None, c.optional(c.dims((1, 2, 3), "a shape [H, W, C] of positive integers")),
         "[H, W, C] or 'H,W,C'; needed when the model's input shape is dynamic")
-    classes: int | None = _opt(None, c.optional(c.integer(1)),
+    classes: int | None = _opt(None, c.optional(c.integer(1, MAX_CLASSES)),
                                "output classes, for zoo: and applications: seeds")
     trust_code: bool = _opt(False, c.boolean,
                             "allow Lambda/custom code when loading a .keras file (unsafe)")

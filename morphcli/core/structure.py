@@ -7,7 +7,7 @@ the same architecture loaded from another file.
 
 Format (version 1)::
 
-    {"format": "morphcli.core.structure", "version": 1,
+    {"format": "morphcli.structure", "version": 1,
      "model": "resnet20", "resource": "flops",
      "groups": [{"id": 3, "layers": ["conv1", "bn1", ...], "width": 16,
                  "alive": 9, "alive_indices": [0, 2, ...], "prunable": true}],
@@ -29,7 +29,7 @@ import numpy as np
 from morphcli.core.graph import ChannelGraph
 from morphcli.errors import MorphError
 
-FORMAT, VERSION = "morphcli.core.structure", 1
+FORMAT, VERSION = "morphcli.structure", 1
 
 
 @dataclass
@@ -47,6 +47,13 @@ class Structure:
         """
         masks = {}
         by_key = {_key(g): g for g in graph.groups.values()}
+        missing = sorted(set(by_key) - set(self.alive))
+        if missing:
+            raise MorphError(
+                f"The structure does not fit this model: it lists no group `{missing[0]}`"
+                f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}; a "
+                "structure file names every group of its model.",
+                hint="use the model the structure was learned from, and an untouched file.")
         for key, mask in self.alive.items():
             group = by_key.get(key)
             if group is None or group.width != mask.size:
@@ -56,6 +63,11 @@ class Structure:
                     f"{mask.size} channels in the structure file but {found} in the model.",
                     hint="use the model the structure was learned from.",
                 )
+            if not mask.all() and not group.prunable:
+                raise MorphError(
+                    f"The structure removes channels of group `{key}`, which is frozen "
+                    f"({'; '.join(group.frozen)}). Received: alive={int(mask.sum())} of "
+                    f"{group.width}", hint="a frozen group keeps all its channels.")
             if not mask.all():
                 masks[group.id] = mask
         return masks
@@ -92,6 +104,32 @@ def to_dict(graph: ChannelGraph, alive: Mapping[int, np.ndarray], **meta: Any) -
     return {"format": FORMAT, "version": VERSION, **meta, "groups": groups, "layers": layers}
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _mask(group: Mapping) -> np.ndarray:
+    """A group's alive mask, every field checked (a hand-edited file is input too)."""
+    width, indices = group["width"], group["alive_indices"]
+    key = group["key"]
+    if not _is_int(width) or width < 1:
+        raise ValueError(f"group `{key}` has width {width!r}")
+    if not isinstance(indices, list) or not all(_is_int(i) for i in indices):
+        raise ValueError(f"group `{key}` has alive_indices that are not a list of integers")
+    if not indices:
+        raise ValueError(f"group `{key}` keeps no channel")
+    if len(set(indices)) != len(indices):
+        raise ValueError(f"group `{key}` lists a channel twice in alive_indices")
+    if min(indices) < 0 or max(indices) >= width:
+        raise ValueError(f"group `{key}` has an alive index outside 0..{width - 1}")
+    if "alive" in group and group["alive"] != len(indices):
+        raise ValueError(f"group `{key}` says alive={group['alive']!r} but lists "
+                         f"{len(indices)} alive_indices")
+    mask = np.zeros(width, dtype=bool)
+    mask[indices] = True
+    return mask
+
+
 def load(path: str | Path) -> Structure:
     """Reads a structure file.
 
@@ -113,12 +151,15 @@ def load(path: str | Path) -> Structure:
     alive = {}
     try:
         for group in data["groups"]:
-            mask = np.zeros(int(group["width"]), dtype=bool)
-            mask[np.asarray(group["alive_indices"], dtype=int)] = True
-            alive[str(group["key"])] = mask
-    except (KeyError, TypeError, ValueError, IndexError) as err:
+            key = str(group["key"])
+            if key in alive:
+                raise ValueError(f"group `{key}` is listed twice")
+            alive[key] = _mask(group)
+    except (KeyError, TypeError, ValueError) as err:
+        detail = f"missing {err}" if isinstance(err, KeyError) else str(err)
         raise MorphError(
-            f"Structure file {path} is damaged: each group needs `key`, `width` and "
-            f"`alive_indices` within the width. Received: {type(err).__name__}: {err}") from None
+            f"Structure file {path} is damaged: {detail}. Expected each group with a `key`, a "
+            "`width` and `alive_indices`: distinct integers from 0 to width - 1, at least "
+            "one, as many as `alive`.") from None
     meta = {k: v for k, v in data.items() if k not in ("groups", "layers")}
     return Structure(alive, meta)

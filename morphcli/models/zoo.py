@@ -19,6 +19,7 @@ Where each kind comes from: `files` (model files), `seeds` (built-in),
 
 from __future__ import annotations
 
+import math
 import operator
 import os
 import re
@@ -31,6 +32,9 @@ from morphcli.models.files import ensure_functional, load_file
 from morphcli.models.seeds import DEFAULT_CLASSES, _find_seed, build_seed, builtin_names
 
 PREFIXES = ("zoo", "applications")
+# Bounds on what a built-in seed is built with: beyond them the build exhausts memory.
+MAX_CLASSES = 100_000
+MAX_INPUT_VALUES = 1 << 26  # 64 Mi values per example (e.g. 4096 x 4096 x 4)
 __all__ = ["DEFAULT_CLASSES", "PREFIXES", "application_names", "build_application", "build_seed",
            "builtin_names", "describe_spec", "ensure_functional", "has_static_shape", "load_file",
            "load_model", "load_static", "parse_input_shape", "with_input_shape"]
@@ -73,6 +77,10 @@ def parse_input_shape(text: str | Sequence[int] | None) -> tuple[int, ...] | Non
         raise MorphError(
             "Invalid --input-shape: expected comma-separated positive integers such as "
             f"{_SHAPE_EXAMPLE}. Received: input_shape={text!r}")
+    if math.prod(dims) > MAX_INPUT_VALUES:
+        raise MorphError(
+            f"Input shape {tuple(dims)} has {math.prod(dims):,} values per example, more than "
+            f"the {MAX_INPUT_VALUES:,} this tool builds. Received: input_shape={text!r}")
     return tuple(dims)
 
 
@@ -129,8 +137,9 @@ def load_model(spec: str | os.PathLike, *, input_shape: tuple[int, ...] | None =
     """
     prefix, name = _split_spec(spec)
     if classes is not None and (isinstance(classes, bool) or not isinstance(classes, int)
-                                or classes < 1):
-        raise ModelError(f"`classes` must be a positive integer. Received: classes={classes!r}")
+                                or not 1 <= classes <= MAX_CLASSES):
+        raise ModelError(f"`classes` must be an integer from 1 to {MAX_CLASSES:,} (a classifier "
+                         f"head that wide would not fit in memory). Received: classes={classes!r}")
     if prefix == "zoo":
         return build_seed(name, input_shape=input_shape, classes=classes)
     if prefix == "applications":

@@ -74,6 +74,7 @@ def retrain(ctx: RunContext, source: Priced, outdir: str | Path, *, callbacks: S
         "epochs_resumed_from": fit.resumed_from_epoch, "history": fit.history,
     }
     files.save_model(trainee, outdir / "final.keras")
-    files.write_json(outdir / "metrics.json", metrics)
+    files.write_json(outdir / "metrics.json", metrics)  # the step's last write
+    engine.finish(outdir)
     distribute.remove_write_dir(outdir, strategy)
     return RetrainResult(trained, metrics)

@@ -11,6 +11,9 @@ unfinished step (and inside it, at the last checkpointed epoch)::
 
     RUNDIR/config.yaml
     RUNDIR/shrink/    structure.json, shrunk.keras, summary.json  (shrink2/... for more rounds)
+
+A step is done when its last file exists (summary.json, expand.json,
+metrics.json), written after all the others.
     RUNDIR/expand/    expanded.keras, expand.json
     RUNDIR/retrain/   final.keras, metrics.json
     RUNDIR/baseline/  expanded.keras, expand.json, final.keras, metrics.json
@@ -72,7 +75,8 @@ class _Runner:
         from morphcli.steps.shrink import shrink
 
         outdir = _round_dir(self.rundir, "shrink", round_)
-        if self.done(outdir / "shrunk.keras", f"shrink round {round_}"):
+        # summary.json is the step's last write: only then is the step done.
+        if self.done(outdir / "summary.json", f"shrink round {round_}"):
             return self.ctx.load(outdir / "shrunk.keras")
         return shrink(ctx, outdir, callbacks=self.callbacks(
             f"shrink {round_}", ctx.conf.shrink.epochs)).shrunk
@@ -80,7 +84,7 @@ class _Runner:
     def expand(self, source: Priced, outdir: Path, label: str) -> Priced:
         from morphcli.steps.expand import expand
 
-        if self.done(outdir / "expanded.keras", label):
+        if self.done(outdir / "expand.json", label):  # written after expanded.keras
             return self.ctx.load(outdir / "expanded.keras")
         conf, metric, target = self.ctx.conf, self.ctx.metric, self.ctx.target
         result = expand(source, metric, target, round_to=conf.expand.round_to,
@@ -116,15 +120,14 @@ def run(ctx: RunContext, rundir: str | Path | None = None, *, progress: Progress
     Returns:
         A `RunResult` with the final and baseline metrics and the report data.
     """
-    from morphcli import files
-    from morphcli.config import dump_yaml
+    from morphcli.config import record
     from morphcli.training import distribute
 
     if not isinstance(ctx, RunContext):
         ctx = make_context(ctx)
     conf = ctx.conf
     rundir = distribute.write_dir(rundir or conf.output_dir, ctx.strategy)  # non-chief: scratch
-    files.write_text(rundir / "config.yaml", dump_yaml(conf))
+    record(conf, rundir / "config.yaml")  # a resumed run must have the same config
     runner = _Runner(ctx, rundir, progress, log)
     current = ctx
     for round_ in range(1, conf.run.rounds + 1):

@@ -103,7 +103,7 @@ def shrink(ctx: RunContext, outdir: str | Path, *, callbacks: Sequence = ()) -> 
         MorphError: Bad input, NaN loss (`TrainingError`).
     """
     from morphcli import files
-    from morphcli.config import dump_yaml
+    from morphcli.config import record
     from morphcli.core import structure, surgery
     from morphcli.training import distribute, engine, gates, regularizers
 
@@ -125,7 +125,7 @@ def shrink(ctx: RunContext, outdir: str | Path, *, callbacks: Sequence = ()) -> 
                                         threshold, reg_conf.min_channels)
     strength = AUTO_STRENGTH if reg_conf.strength == "auto" else float(reg_conf.strength)
     lam = strength / regularizers.strength_scale(reg)
-    files.write_text(outdir / "config.yaml", dump_yaml(conf))
+    record(conf, outdir / "config.yaml")
 
     seed_cost = seed.costs.total(ctx.metric)
     fit = engine.fit(trained.model, ctx.dataset, engine.TrainSpec.of(conf.shrink),
@@ -157,7 +157,8 @@ def shrink(ctx: RunContext, outdir: str | Path, *, callbacks: Sequence = ()) -> 
     result = ShrinkResult(masks, before, after, lam, fit.val, shrunk_val, fit.seconds,
                           gates.rekey(reg.kept_whole, trained.graph, seed.graph), floor, outdir,
                           shrunk)
-    files.write_json(outdir / "summary.json", summary_dict(result, fit))
+    files.write_json(outdir / "summary.json", summary_dict(result, fit))  # the step's last
+    engine.finish(outdir)
     distribute.remove_write_dir(outdir, strategy)
     return result
 

@@ -25,6 +25,7 @@ import dataclasses
 import io
 import math
 import sys
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -240,8 +241,11 @@ def _load_npz(path: str, spec: str, options: _Options) -> Dataset:
     try:
         with np.load(path) as archive:
             arrays = {key: archive[key] for key in archive.files}
-    except (OSError, ValueError) as err:
-        raise DataError(f"Could not read the npz file: {err}. Received: path={path!r}") from err
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:
+        reason = "it is empty or cut short" if isinstance(err, EOFError | zipfile.BadZipFile) \
+            else " ".join(str(err).split())[:160]
+        raise DataError(f"Could not read the npz file: {reason}. Received: path={path!r}",
+                        hint="write it with numpy.savez(path, x_train=..., y_train=...)") from None
     for key in ("x_train", "y_train"):
         _require_key(arrays, key, path)
     if ("x_val" in arrays) != ("y_val" in arrays):
@@ -357,6 +361,9 @@ def _from_arrays(spec: str, x_train: np.ndarray, y_train: np.ndarray,
 
 def _as_examples(x: np.ndarray, key: str) -> np.ndarray:
     """Give single-channel images `(N, H, W)` a channel axis; keep uint8 as is."""
+    if x.dtype.kind not in "biuf":
+        raise DataError(f"`{key}` must hold numbers. Received: {key} of dtype {x.dtype}")
+    _check_finite(x, key)
     if x.ndim < 2:
         raise DataError(f"`{key}` must hold one example per row. Received: {key}.shape={x.shape}")
     if x.ndim == 3:
@@ -366,13 +373,38 @@ def _as_examples(x: np.ndarray, key: str) -> np.ndarray:
 
 def _as_labels(y: np.ndarray, key: str) -> np.ndarray:
     """Class indices from integer labels, `(N, 1)` columns or one-hot rows."""
+    expected = f"`{key}` must hold class indices 0..K-1 or one-hot rows"
+    if y.dtype.kind not in "biuf":
+        raise DataError(f"{expected}, as numbers. Received: {key} of dtype {y.dtype} with "
+                        f"values like {_sample(y.ravel())}",
+                        hint="map class names to 0..K-1 before saving the arrays.")
+    if y.ndim == 0 or len(y) == 0:
+        raise DataError(f"{expected}; it holds no labels. Received: {key}.shape={y.shape}")
     if y.ndim == 2 and y.shape[1] > 1:
         y = y.argmax(axis=1)
     y = y.reshape(len(y), -1)
-    if y.shape[1] != 1 or (y.size and (y.min() < 0 or not np.all(y == np.round(y)))):
-        raise DataError(f"`{key}` must hold class indices 0..K-1 or one-hot rows. "
-                        f"Received: {key}.shape={y.shape}")
+    if y.shape[1] != 1:
+        raise DataError(f"{expected}. Received: {key}.shape={y.shape}")
+    bad = y[~np.isfinite(y) | (y < 0) | (y != np.round(y))] if y.dtype.kind == "f" else y[y < 0]
+    if bad.size:
+        raise DataError(f"{expected}. Received: {bad.size} bad labels in {key}, e.g. "
+                        f"{_sample(bad)}")
     return y[:, 0].astype(np.int32)
+
+
+def _sample(values: np.ndarray, count: int = 3) -> str:
+    return "[" + ", ".join(repr(v.item() if hasattr(v, "item") else v)
+                           for v in values[:count]) + (", ...]" if len(values) > count else "]")
+
+
+def _check_finite(x: np.ndarray, key: str) -> None:
+    """Non-finite inputs train to NaN losses (and invalid JSON): refused up front."""
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        count = int(x.size - np.isfinite(x).sum())
+        raise DataError(f"`{key}` holds {count:,} values that are NaN or infinite: training on "
+                        f"them gives a NaN loss. Received: {key} with values like "
+                        f"{_sample(x[~np.isfinite(x)])}",
+                        hint="clean or impute the data before saving it.")
 
 
 def _check_lengths(x: np.ndarray, y: np.ndarray, part: str, spec: str) -> None:

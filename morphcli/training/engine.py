@@ -176,10 +176,6 @@ def _callbacks(state: _State, checkpoint_dir: Path, log_dir: Path | None,
                 history.setdefault(key, []).append(float(value))
             checkpoints.save(checkpoint_dir, self.model, epoch + 1, history)
 
-        def on_train_end(self, logs=None):
-            if state.bad is None:
-                checkpoints.remove(checkpoint_dir)
-
     callbacks = [NanGuard(), *extra, Checkpoint()]
     if log_dir is not None:
         callbacks.append(keras.callbacks.TensorBoard(str(log_dir), write_graph=False,
@@ -303,3 +299,9 @@ def set_seed(seed: int) -> None:
 
     keras.utils.set_random_seed(int(seed))
     tf.config.experimental.enable_op_determinism()
+
+
+def finish(workdir: str | Path) -> None:
+    """Removes the checkpoints of a finished step: call it after the step's last write
+    (until then a killed step resumes from its last epoch instead of training again)."""
+    checkpoints.remove(Path(workdir) / "checkpoints")
