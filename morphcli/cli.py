@@ -14,6 +14,11 @@ from pathlib import Path
 
 import click
 
+from morphcli.outputs import check_folder as _check_folder
+from morphcli.outputs import check_outputs
+from morphcli.outputs import dumps as _dumps
+from morphcli.outputs import take_folder as _take_folder
+
 # Quiet TensorFlow's C++ start-up chatter before anything imports it.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -239,45 +244,6 @@ def shrink(model, config_path, outdir, epochs, strength, kind, round_to, resume,
     if not chief:
         return _worker_done(err)
     _show_shrink(out, err, ctx, result, as_json)
-
-
-def _data_file(conf) -> str | None:
-    kind, _, rest = conf.data.source.partition(":")
-    return rest if kind == "npz" else None
-
-
-def _check_folder(conf, outdir, resume: bool, overwrite: bool, config_path,
-                  model: str | None = None) -> None:
-    """Refuses, before anything is loaded, an output folder that is not free or that
-    holds an input (the model, the config, the data)."""
-    from morphcli.files import check_outdir
-
-    check_outputs({"MODEL": model or conf.model.seed, "--config": config_path,
-                   "data.source": _data_file(conf)}, {}, {"-o": outdir})
-    check_outdir(outdir, resume=resume, overwrite=overwrite)
-
-
-def _take_folder(outdir, resume: bool, overwrite: bool, chief: bool):
-    """Prepares the output folder (after the inputs are loaded) and locks it."""
-    from morphcli.files import lock_folder, prepare_outdir, unlock
-
-    outdir = prepare_outdir(outdir, resume=resume, overwrite=overwrite)
-    if chief:  # workers of a multi-worker run share the chief's folder
-        handle = lock_folder(outdir)
-        click.get_current_context().call_on_close(lambda: unlock(handle))
-    return outdir
-
-
-def _dumps(data) -> str:
-    from morphcli.files import dumps
-
-    return dumps(data)
-
-
-def check_outputs(inputs: dict, outputs: dict, folders: dict | None = None) -> None:
-    from morphcli import files
-
-    files.check_outputs(inputs, outputs, folders)
 
 
 def _distribution(conf, resume: bool, overwrite: bool):

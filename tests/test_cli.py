@@ -111,7 +111,7 @@ def test_expand_json_lands_on_target(tmp_path):
                             "--json").stdout)
     assert info["relative_error"] <= 0 and abs(info["relative_error"]) < 0.01
     assert keras.saving.load_model(out).count_params() == info["achieved"]
-    assert (tmp_path / "expand.json").exists()
+    assert json.loads((tmp_path / "wide.expand.json").read_text()) == info
 
 
 def test_config_show_resolves_defaults(tmp_path):

@@ -138,8 +138,9 @@ def load_model(spec: str | os.PathLike, *, input_shape: tuple[int, ...] | None =
     prefix, name = _split_spec(spec)
     if classes is not None and (isinstance(classes, bool) or not isinstance(classes, int)
                                 or not 1 <= classes <= MAX_CLASSES):
-        raise ModelError(f"`classes` must be an integer from 1 to {MAX_CLASSES:,} (a classifier "
-                         f"head that wide would not fit in memory). Received: classes={classes!r}")
+        raise ModelError(f"`classes` must be a positive integer, at most {MAX_CLASSES:,} (a "
+                         "wider classifier head would not fit in memory). "
+                         f"Received: classes={classes!r}")
     if prefix == "zoo":
         return build_seed(name, input_shape=input_shape, classes=classes)
     if prefix == "applications":
