@@ -175,6 +175,8 @@ class _Builder:
         self.nodes: list[LayerNode] = []
         self.submodels: dict[int, list[Space]] = {}
         self.first_call: dict[int, LayerNode] = {}
+        # Each layer's calls in the walked graph (keras_adapter.graph_calls).
+        self.calls: dict[int, list] = {}
 
     # -- groups (union-find) --------------------------------------------------
     def new_group(self, width: int, member: str, source: bool = False,
@@ -245,8 +247,9 @@ class _Builder:
 
     def apply(self, layer, knode, ins: list[Space], prefix: str) -> list[Space]:
         name = prefix + layer.name
-        if keras_adapter.call_count(layer) > 1:  # a shared layer: one entry per call
-            name += f"#{keras_adapter.call_index(layer, knode)}"
+        calls = self.calls.get(id(layer), [knode])
+        if len(calls) > 1:  # a shared layer: one entry per call in this graph
+            name += f"#{calls.index(knode)}"
         rule = rules.get(layer)
         node = LayerNode(
             name=name, layer=layer, rule=rule,
@@ -401,6 +404,7 @@ def build_graph(model) -> ChannelGraph:
     """
     builder = _Builder()
     fn = keras_adapter.functional_of(model)
+    builder.calls = keras_adapter.graph_calls(fn)
     spaces: dict[int, Space] = {}
     for tensor in fn.inputs:
         shape = _static(tensor.shape, "input")

@@ -56,14 +56,31 @@ def nodes_in_order(model) -> Iterator:
         yield from fn._nodes_by_depth[depth]
 
 
-def call_count(layer) -> int:
-    """How many times `layer` is called in the graphs it belongs to."""
-    return len(layer._inbound_nodes)
+def graph_calls(model) -> dict[int, list]:
+    """The call nodes of every layer in `model`'s graph (nested models included),
+    by id of the layer, in the order of the layer's own calls.
 
+    A layer's `_inbound_nodes` also lists calls outside this graph: a Sequential
+    loaded from a file has been built several times, so its layers carry one
+    dangling node per build. Only the calls that are part of the graph count.
+    """
+    calls: dict[int, list] = {}
 
-def call_index(layer, node) -> int:
-    """Which call of `layer` the graph node `node` is (0 for the first)."""
-    return layer._inbound_nodes.index(node)
+    def visit(fn):
+        for node in nodes_in_order(fn):
+            op = node.operation
+            if node.is_input or op is None:
+                continue
+            calls.setdefault(id(op), []).append(node)
+            if is_nested_model(op):
+                visit(functional_of(op))
+
+    visit(model)
+    for nodes in calls.values():
+        layer_nodes = getattr(nodes[0].operation, "_inbound_nodes", [])
+        order = {id(n): i for i, n in enumerate(layer_nodes)}
+        nodes.sort(key=lambda n: order.get(id(n), len(order)))
+    return calls
 
 
 def first_caller_input(layer):
