@@ -14,6 +14,7 @@ from pathlib import Path
 from morphcli.core.costs import CostModel
 from morphcli.core.graph import ChannelGraph
 from morphcli.core.rules import Kind
+from morphcli.models.applications import INPUT_NOTE
 
 TOTAL_KEYS = ("flops", "macs", "params", "kernel_params", "latency_s")
 
@@ -28,6 +29,9 @@ class Report:
     totals: dict[str, float]
     layers: list[dict] = field(default_factory=list)
     groups: list[dict] = field(default_factory=list)
+    # Said in the header: e.g. that the input shape is a default, or which
+    # layers are priced by the profiler.
+    notes: list[str] = field(default_factory=list)
 
     def layer(self, name: str) -> dict | None:
         return next((row for row in self.layers if row["name"] == name), None)
@@ -67,8 +71,9 @@ def build_report(graph: ChannelGraph, costs: CostModel, widths: Mapping[int, int
         "latency_s": float(per["latency"].sum()),
     }
     input_shape = tuple(int(d) for d in graph.model.inputs[0].shape[1:])
+    notes = [f"input {note}" for note in [getattr(graph.model, INPUT_NOTE, None)] if note]
     return Report(name or graph.model.name, input_shape, costs.hardware.name, totals, layers,
-                  groups)
+                  groups, notes)
 
 
 def to_json(report: Report, other: Report | None = None) -> dict:
@@ -123,6 +128,7 @@ def layer_table(report: Report, limit: int | None = None):
         keep = {r["name"] for r in sorted(rows, key=lambda r: -r["flops"])[:limit]}
         rows = [r for r in rows if r["name"] in keep]
     title = f"{escape(report.name)}  input {report.input_shape}  latency on {report.hardware}"
+    title += "".join(f"\n{escape(note)}" for note in report.notes)
     table = Table(title=title, show_footer=True)
     table.add_column("layer", footer="total")
     table.add_column("type")
@@ -209,6 +215,7 @@ def to_markdown(report: Report, other: Report | None = None) -> str:
     """A Markdown report: totals, then per-layer rows (side by side with `other`)."""
     lines = [f"# morph report: {report.name}", "",
              f"Input {report.input_shape}; latency is a roofline estimate on {report.hardware}.", ""]
+    lines += [f"{note[0].upper()}{note[1:]}." for note in report.notes] + [""] * bool(report.notes)
     if other is None:
         lines += ["| resource | value |", "| --- | ---: |"]
         lines += [f"| {k} | {_fmt(k, report.totals[k])} |" for k in TOTAL_KEYS]

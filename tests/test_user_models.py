@@ -87,3 +87,17 @@ def test_sequential_file_shrink_expand_retrain(tmp_path):
     metrics = json.loads((tmp_path / "retrain" / "metrics.json").read_text())
     assert metrics["flops"] <= 0.5 * json.loads(
         morph("report", str(path), "--json").stdout)["totals"]["flops"]
+
+
+# --- 7. keras.applications with a dynamic input ------------------------------------------
+
+
+def test_dynamic_application_is_reported_at_224():
+    data = json.loads(morph("report", "applications:MobileNetV3Small", "--json").stdout)
+    assert data["input_shape"] == [224, 224, 3]
+    assert data["notes"] == ["input 224×224 by default: the architecture's input is dynamic"]
+    explicit = json.loads(morph("report", "applications:MobileNetV3Small", "--input-shape",
+                                "224,224,3", "--json").stdout)
+    assert data["totals"] == explicit["totals"] and explicit["notes"] == []
+    table = morph("report", "applications:MobileNetV3Small", "--no-groups").stdout
+    assert "224×224 by default" in table
