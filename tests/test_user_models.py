@@ -101,3 +101,62 @@ def test_dynamic_application_is_reported_at_224():
     assert data["totals"] == explicit["totals"] and explicit["notes"] == []
     table = morph("report", "applications:MobileNetV3Small", "--no-groups").stdout
     assert "224×224 by default" in table
+
+
+# --- 3. 1-D signals from npz ------------------------------------------------------------
+
+
+def fcn_1d(channels: int = 3) -> keras.Model:
+    """The gallery's time-series FCN (examples/timeseries/timeseries_classification_from_scratch)."""
+    x = inputs = keras.Input((32, channels))
+    for _ in range(2):
+        x = layers.ReLU()(layers.BatchNormalization()(layers.Conv1D(16, 3, padding="same")(x)))
+    x = layers.GlobalAveragePooling1D()(x)
+    return keras.Model(inputs, layers.Dense(2, activation="softmax")(x), name="fcn")
+
+
+def test_npz_is_shaped_by_the_model_input_rank(tmp_path):
+    from morphcli.training.data import load_dataset
+
+    rng = np.random.default_rng(0)
+    signals = tmp_path / "signals.npz"
+    np.savez(signals, x_train=rng.random((40, 32, 3)), y_train=rng.integers(0, 2, 40))
+    mono = tmp_path / "mono.npz"
+    np.savez(mono, x_train=rng.random((40, 32)), y_train=rng.integers(0, 2, 40))
+    # (N, length, channels) feeds a Conv1D as it is; without a rank it reads as images.
+    assert load_dataset(f"npz:{signals}", input_rank=2).input_shape == (32, 3)
+    assert load_dataset(f"npz:{signals}").input_shape == (32, 3, 1)
+    # (N, length) gets its channel axis for a Conv1D, none for a Dense model.
+    assert load_dataset(f"npz:{mono}", input_rank=2).input_shape == (32, 1)
+    assert load_dataset(f"npz:{mono}", input_rank=1).input_shape == (32,)
+    x, _ = next(iter(load_dataset(f"npz:{mono}", input_rank=2, batch_size=4).train))
+    assert tuple(x.shape) == (4, 32, 1)
+
+
+def test_npz_with_no_reading_for_the_model_is_a_clear_error(tmp_path):
+    from morphcli.errors import DataError
+    from morphcli.training.data import load_dataset
+
+    path = tmp_path / "images.npz"
+    np.savez(path, x_train=np.zeros((10, 8, 8, 1)), y_train=np.zeros(10))
+    try:
+        load_dataset(f"npz:{path}", input_rank=2)
+    except DataError as err:
+        assert str(err) == (
+            "`x_train` cannot feed the model: it takes examples of 2 axes, so the array must "
+            "be (N, length, channels), or have one axis less (a channel axis of 1 is added). "
+            "Received: x_train.shape=(10, 8, 8, 1)")
+    else:
+        raise AssertionError("no error")
+
+
+def test_conv1d_file_shrinks_on_mono_signals(tmp_path):
+    path = tmp_path / "fcn.keras"
+    fcn_1d(channels=1).save(path)
+    rng = np.random.default_rng(0)
+    npz = tmp_path / "mono.npz"
+    np.savez(npz, x_train=rng.random((64, 32)).astype("float32"),
+             y_train=rng.integers(0, 2, 64))
+    config = _config(tmp_path, f"data:\n  source: npz:{npz}\nshrink:\n  epochs: 1\n")
+    morph("shrink", str(path), "-c", config, "-o", str(tmp_path / "out"))
+    assert (tmp_path / "out" / "shrunk.keras").is_file()
