@@ -160,3 +160,46 @@ def test_conv1d_file_shrinks_on_mono_signals(tmp_path):
     config = _config(tmp_path, f"data:\n  source: npz:{npz}\nshrink:\n  epochs: 1\n")
     morph("shrink", str(path), "-c", config, "-o", str(tmp_path / "out"))
     assert (tmp_path / "out" / "shrunk.keras").is_file()
+
+
+# --- 6. Inception-ResNet's residual trunks ------------------------------------------------
+
+
+def internal_frozen_share(graph) -> float:
+    """Share of channels frozen for another reason than being the model's input/output."""
+    internal = [g for g in graph.groups.values()
+                if not {"model input", "model output"} & set(g.frozen)]
+    return sum(g.width for g in internal if g.frozen) / sum(g.width for g in internal)
+
+
+def test_concatenated_trunk_ties_to_one_conv_in_parts():
+    from patterns import inception_residual, randomize
+
+    seed = randomize(inception_residual(), seed=3)
+    graph = build_graph(seed)
+    up = graph.node("up1").outputs[0]
+    a, b = (graph.node(f"conv_{n}").outputs[0].groups[0] for n in "ab")
+    # up1's 9 channels are two groups: the 4 of conv_a and the 5 of conv_b.
+    assert up.groups == (a, b) == graph.node("up2").outputs[0].groups
+    assert graph.groups[a].width == 4 and graph.groups[b].width == 5
+    assert graph.groups[a].prunable and graph.groups[b].prunable
+    assert graph.groups[a].sources == ["conv_a", "up1", "up2"]
+    assert len({g.key for g in graph.groups.values()}) == len(graph.groups)
+    assert internal_frozen_share(graph) == 0
+    alive = alive_from_counts(graph, {a: 2, b: 3})
+    rebuilt = apply_structure(seed, alive, graph)
+    assert rebuilt.get_layer("up1").kernel.shape == (1, 1, 3, 5)
+    masked = keras.models.clone_model(seed)
+    masked.set_weights(seed.get_weights())
+    zero_dead_channels(masked, alive, build_graph(masked))
+    x = np.random.default_rng(0).random((2, 6, 6, 3)).astype("float32")
+    np.testing.assert_allclose(rebuilt(x).numpy(), masked(x).numpy(), atol=1e-5)
+
+
+def test_inception_resnet_v2_trunks_are_prunable():
+    graph = build_graph(keras.applications.InceptionResNetV2(weights=None,
+                                                             input_shape=(75, 75, 3)))
+    # Was 24.3%: the 320-, 1088- and 2080-wide trunks froze at every CustomScaleLayer.
+    assert internal_frozen_share(graph) == 0
+    trunk = graph.node("block35_1_conv").outputs[0]
+    assert [graph.groups[g].width for g in trunk.groups] == [96, 64, 96, 64]
