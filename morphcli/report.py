@@ -59,6 +59,7 @@ def build_report(graph: ChannelGraph, costs: CostModel, widths: Mapping[int, int
             "params": int(round(per["params"][i])), "latency_s": float(per["latency"][i]),
             "share": float(per["flops"][i] / total_flops),
             "sets_width": node.kind == Kind.SOURCE,
+            "priced_by": "profiler" if node.rule is None else "rule",
         })
     groups = [{
         "id": g.id, "width": int((widths or {}).get(g.id, g.width)), "seed_width": g.width,
@@ -72,6 +73,9 @@ def build_report(graph: ChannelGraph, costs: CostModel, widths: Mapping[int, int
     }
     input_shape = tuple(int(d) for d in graph.model.inputs[0].shape[1:])
     notes = [f"input {note}" for note in [getattr(graph.model, INPUT_NOTE, None)] if note]
+    profiled = [n.name for n in graph.nodes if n.rule is None and n.profiled_flops is not None]
+    if profiled:
+        notes.append(f"priced by the profiler, frozen: no channel rule: {', '.join(profiled)}")
     return Report(name or graph.model.name, input_shape, costs.hardware.name, totals, layers,
                   groups, notes)
 

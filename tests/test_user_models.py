@@ -203,3 +203,49 @@ def test_inception_resnet_v2_trunks_are_prunable():
     assert internal_frozen_share(graph) == 0
     trunk = graph.node("block35_1_conv").outputs[0]
     assert [graph.groups[g].width for g in trunk.groups] == [96, 64, 96, 64]
+
+
+# --- 2. layers without a rule are priced by the profiler ----------------------------------
+
+
+def timeseries_transformer(blocks: int = 2) -> keras.Model:
+    """The gallery's time-series transformer (examples/timeseries/
+    timeseries_classification_transformer), small: MultiHeadAttention, LayerNormalization
+    and a Conv1D feed-forward per block."""
+    x = inputs = keras.Input((24, 3))
+    for _ in range(blocks):
+        y = layers.LayerNormalization(epsilon=1e-6)(x)
+        y = layers.MultiHeadAttention(key_dim=8, num_heads=2, dropout=0.1)(y, y)
+        x = layers.Add()([layers.Dropout(0.1)(y), x])
+        y = layers.LayerNormalization(epsilon=1e-6)(x)
+        y = layers.Conv1D(4, 1, activation="relu")(y)
+        x = layers.Add()([layers.Conv1D(3, 1)(layers.Dropout(0.1)(y)), x])
+    x = layers.GlobalAveragePooling1D(data_format="channels_last")(x)
+    x = layers.Dense(16, activation="relu")(x)
+    return keras.Model(inputs, layers.Dense(2, activation="softmax")(x), name="transformer")
+
+
+def test_layers_without_rule_are_priced_by_the_profiler(tmp_path):
+    from tf_profiler import profiler_flops
+
+    model = timeseries_transformer()
+    path = tmp_path / "transformer.keras"
+    model.save(path)
+    data = json.loads(morph("report", str(path), "--json").stdout)
+    # Every layer counted: the whole model's profiler count, MultiHeadAttention included.
+    assert data["totals"]["flops"] == profiler_flops(model)
+    attention = [r for r in data["layers"] if r["type"] == "MultiHeadAttention"]
+    assert len(attention) == 2 and all(r["priced_by"] == "profiler" for r in attention)
+    assert all(r["flops"] > 10_000 for r in attention)
+    assert data["notes"] == ["priced by the profiler, frozen: no channel rule: "
+                             "multi_head_attention, multi_head_attention_1"]
+    # The attention is counted, and frozen: the smallest structure (the Conv1D and Dense
+    # groups at one channel) costs 98.2% of the seed, so half is impossible, 99% is not.
+    error = morph("expand", str(path), "--target", "flops=0.5", "-o",
+                  str(tmp_path / "half.keras"), code=2).output
+    assert "Impossible target for flops" in error
+    info = json.loads(morph("expand", str(path), "--target", "flops=0.99", "-o",
+                            str(tmp_path / "e.keras"), "--json").stdout)
+    assert -0.01 < info["relative_error"] <= 0  # 2 small groups, steps of ~0.14% of the cost
+    table = morph("report", str(path), "--no-groups").stdout
+    assert "priced by the profiler, frozen: no channel rule" in table

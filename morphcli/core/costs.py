@@ -164,6 +164,8 @@ class CostModel:
                                  "bytes": []}
         for i, node in enumerate(graph.nodes):
             flops = node.rule.flops(node) if node.rule and node.rule.flops else []
+            if node.profiled_flops:  # no rule: the profiler's count for the call, fixed
+                flops = [Term(node.profiled_flops)]
             params = self._params_terms(node)
             rows["flops"] += [self._row(t, i) for t in flops]
             macs = node.rule.macs(node) if node.rule and node.rule.macs else []

@@ -107,6 +107,8 @@ class LayerNode:
     inputs: list[Space] = field(default_factory=list)
     outputs: list[Space] = field(default_factory=list)
     note: str | None = None
+    # FLOPs of a layer without a rule, as TensorFlow's profiler counts its call alone.
+    profiled_flops: int | None = None
 
     @property
     def type(self) -> str:
@@ -317,7 +319,8 @@ class _Builder:
             inputs=ins,
         )
         if rule is None:
-            node.note = f"unsupported layer type {type(layer).__name__}"
+            node.note = f"no channel rule for {type(layer).__name__}"
+            node.profiled_flops = keras_adapter.profiled_flops(layer, knode)
         elif rule.check and (verdict := rule.check(node)):
             if isinstance(verdict, rules.Rule):
                 node.rule, node.kind = verdict, verdict.kind

@@ -120,3 +120,44 @@ def spec_built_model_class():
             super()._maybe_symbolic_build(data_batch=self.data_spec)
 
     return SpecBuilt
+
+
+def profiled_flops(layer, node) -> int:
+    """FLOPs TensorFlow's profiler counts for one call of a layer at batch 1.
+
+    Prices layers without a channel rule (`MultiHeadAttention`, custom layers):
+    the call is traced alone in a `tf.function` on batch-1 `TensorSpec`s of its
+    inputs (`node.arguments`, Keras's record of the call, fills the traced
+    tensors in where the symbolic ones were) and the graph is profiled with
+    `ProfileOptionBuilder.float_operation()`, the counter the rule table follows.
+    Tracing adds no node to the model's graph. Returns 0 when the call cannot be
+    traced alone (a layer that needs its training-time state).
+    """
+    import tensorflow as tf
+
+    inputs = list(node.arguments.keras_tensors)
+    specs = [tf.TensorSpec((1, *t.shape[1:]), t.dtype or tf.float32) for t in inputs]
+
+    def call(*tensors):
+        args, kwargs = node.arguments.fill_in({id(k): v for k, v in zip(inputs, tensors,
+                                                                          strict=True)})
+        kwargs = {**kwargs, "training": False} if "training" in _call_args(layer) else kwargs
+        return layer(*args, **kwargs)
+
+    try:
+        graph = tf.function(call, autograph=False).get_concrete_function(*specs).graph
+    except Exception:  # noqa: BLE001 (an untraceable layer is priced 0 and said so)
+        return 0
+    builder = tf.compat.v1.profiler.ProfileOptionBuilder
+    options = builder(builder.float_operation()).with_empty_output().build()
+    return int(tf.compat.v1.profiler.profile(graph=graph, cmd="op",
+                                             options=options).total_float_ops)
+
+
+def _call_args(layer) -> set[str]:
+    import inspect
+
+    try:
+        return set(inspect.signature(layer.call).parameters)
+    except (TypeError, ValueError):
+        return set()
