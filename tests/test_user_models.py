@@ -7,6 +7,7 @@ import json
 
 import keras
 import numpy as np
+import pytest
 from click.testing import CliRunner
 from keras import layers
 
@@ -78,7 +79,12 @@ def test_sequential_file_shrink_expand_retrain(tmp_path):
     mnist_convnet().save(path)
     config = _config(tmp_path, "regularizer:\n  kind: group_lasso\nshrink:\n  epochs: 2\n"
                                "retrain:\n  epochs: 1\n")
-    morph("shrink", str(path), "-c", config, "-o", str(tmp_path / "shrink"))
+    result = morph("shrink", str(path), "-c", config, "-o", str(tmp_path / "shrink"))
+    summary = json.loads((tmp_path / "shrink" / "summary.json").read_text())
+    # The shrunk model computes what the trained seed computes with its dead kernels zeroed.
+    assert summary["surgery"]["max_abs_delta"] < 1e-5
+    assert summary["surgery"]["approximate_groups"] == {}
+    assert "surgery exact" in result.stderr
     shrunk = tmp_path / "shrink" / "shrunk.keras"
     info = json.loads(morph("expand", str(shrunk), "--target", "flops=0.5", "-o",
                             str(tmp_path / "e.keras"), "--json").stdout)
@@ -294,3 +300,41 @@ def test_constant_of_dead_channels_is_folded_into_the_reader():
         model = scale_free_net(kernel, padding, bias)
         assert _delta(model, fold=False) > 0.05
         assert _delta(model, fold=True) < 1e-5, (kernel, padding, bias)
+
+
+def test_padded_reader_is_approximate_and_said_so():
+    from morphcli.core.surgery import check
+
+    model = scale_free_net(3, "same", True)
+    # The fold is exact where the 3x3 kernel lies inside the input; at the borders the
+    # constant meets zero padding (0.087 unfolded, 0.079 folded on this net): approximate,
+    # and `check` says so with the number.
+    after = _delta(model, fold=True)
+    graph = build_graph(model)
+    gid = graph.node("c1").outputs[0].groups[0]
+    alive = alive_from_counts(graph, {gid: 3})
+    result = check(model, alive, apply_structure(model, alive, graph), graph)
+    assert result["max_abs_delta"] == pytest.approx(after, rel=1e-5)
+    assert list(result["approximate"]) == [gid]
+    assert "`reader`, whose zero padding" in result["approximate"][gid]
+
+
+# --- 8. approximate groups are said, with their size ---------------------------------------
+
+
+def test_layer_norm_groups_are_reported_approximate():
+    from morphcli.core.surgery import check
+
+    keras.utils.set_random_seed(0)
+    x = inputs = keras.Input((6, 6, 3))
+    x = layers.Conv2D(8, 3, padding="same", name="conv")(x)
+    x = layers.LayerNormalization(epsilon=1e-6, name="ln")(x)  # ConvNeXt's channel norm
+    x = layers.Dense(6, activation="gelu", name="pw")(x)
+    model = keras.Model(inputs, layers.Dense(3)(layers.GlobalAveragePooling2D()(x)))
+    graph = build_graph(model)
+    gid = graph.node("conv").outputs[0].groups[0]
+    alive = alive_from_counts(graph, {gid: 5})
+    result = check(model, alive, apply_structure(model, alive, graph), graph)
+    assert result["approximate"] == {gid: "`ln` normalizes over the channel axis: removing "
+                                          "channels changes the survivors"}
+    assert result["max_abs_delta"] > 1e-3

@@ -15,7 +15,7 @@ bias (or, for a conv without bias, the moving mean of the batch norm it feeds),
 so the narrower model computes what the seed computes. The fold is exact where
 every output of the reading layer sees the whole kernel (1x1 and `valid` convs,
 dense layers); at the borders of a zero-padded conv the constant is partly
-outside the input and the fold is approximate.
+outside the input and the fold is approximate (`deviation` measures by how much).
 
 All three stand on `keras.models.clone_model`: each layer is re-created from
 its config, edited by its rule's `resize` hook (see `morphcli.core.rules`), and
@@ -305,3 +305,58 @@ def zero_dead_channels(model, alive: Mapping[int, np.ndarray],
                 value[tuple(index)] = 0
             weight.assign(value)
 
+
+def check(model, alive: Mapping[int, np.ndarray], rebuilt, graph: ChannelGraph | None = None,
+          batch: int = 2) -> dict:
+    """How exactly `rebuilt` (from `rebuild(model, alive)`) computes what `model`
+    computes with its dead channels' producers zeroed, on a random batch.
+
+    Args:
+        model: The seed (weights restored after the check).
+        alive: The masks `rebuilt` was made with.
+        rebuilt: The narrower model.
+        graph: `build_graph(model)`, if already computed.
+        batch: Random examples (uniform in [0, 1]) to compare on.
+
+    Returns:
+        `{"max_abs_delta": float, "approximate": {group id: reason}}`: the largest
+        output difference, and the groups whose removal changes the survivors
+        (read by a normalization over the channel axis) or whose dead channels'
+        constant meets the zero padding of a conv (folded exactly only inside).
+    """
+    import keras
+
+    graph = graph or build_graph(model)
+    approximate: dict[int, str] = {}
+    for node in graph.nodes:
+        if node.type == "LayerNormalization" and node.inputs:
+            for gid in node.inputs[0].groups:
+                if gid in alive and not np.all(alive[gid]):
+                    approximate.setdefault(gid, f"`{node.name}` normalizes over the channel "
+                                                "axis: removing channels changes the survivors")
+    readers = _readers(graph, alive)
+    for (node, _), full in zip(readers, _carried(model, graph, alive, readers), strict=True):
+        kernel = node.config.get("kernel_size", (1,))
+        padded = node.config.get("padding") in ("same", "causal")
+        if full is None or not padded or np.prod(kernel) == 1:
+            continue
+        dead = np.flatnonzero(full)
+        offset = 0
+        for gid in node.inputs[0].groups:
+            width = graph.groups[gid].width
+            if np.any((dead >= offset) & (dead < offset + width)):
+                approximate.setdefault(gid, f"dead channels carry a constant into `{node.name}`, "
+                                            "whose zero padding the fold cannot follow")
+            offset += width
+    saved = [(w, w.numpy()) for n in _first_calls(graph) for w in n.layer.weights]
+    rng = np.random.default_rng(1)
+    x = [rng.random((batch, *t.shape[1:])).astype("float32") for t in model.inputs]
+    x = x[0] if len(x) == 1 else x
+    try:
+        zero_dead_channels(model, alive, graph, readers=False)
+        masked = np.asarray(keras.ops.convert_to_numpy(model(x, training=False)))
+    finally:
+        for weight, value in saved:
+            weight.assign(value)
+    delta = np.abs(np.asarray(keras.ops.convert_to_numpy(rebuilt(x, training=False))) - masked)
+    return {"max_abs_delta": float(delta.max()), "approximate": approximate}
