@@ -179,7 +179,9 @@ def _readers(graph: ChannelGraph, alive) -> list[tuple[LayerNode, np.ndarray]]:
 
 def _carried(model, graph: ChannelGraph, alive, readers) -> list[np.ndarray | None]:
     """What each reader's input carries on its dead channels (full-width vector, zero
-    elsewhere) when the dead channels' producers are zeroed; None if not constant."""
+    elsewhere) when the dead channels' producers are zeroed: the constant, or NaN
+    where a dead channel varies (a zero-padded depthwise conv turns a constant into
+    a border pattern); None when every dead channel is exactly zero."""
     import keras
 
     saved = [(w, w.numpy()) for node in _first_calls(graph) for w in node.layer.weights]
@@ -201,7 +203,8 @@ def _carried(model, graph: ChannelGraph, alive, readers) -> list[np.ndarray | No
         flat = np.asarray(value).reshape(-1, np.shape(value)[-1])[:, dead]
         const = flat.mean(axis=0)
         steady = np.abs(flat - const).max(axis=0) <= CONSTANT_TOLERANCE * (1 + np.abs(const))
-        if not steady.all() or not np.any(const):
+        const = np.where(steady, const, np.nan)
+        if not np.any(np.nan_to_num(const, nan=1.0)):
             carried.append(None)
             continue
         full = np.zeros(np.shape(value)[-1], dtype="float32")
@@ -215,17 +218,35 @@ def _fold_constants(model, graph, alive, new_model, new_graph) -> None:
     if not readers:
         return
     for (node, _), full in zip(readers, _carried(model, graph, alive, readers), strict=True):
-        if full is None:
+        full = None if full is None else np.nan_to_num(full, nan=0.0)  # varying: not foldable
+        if full is None or not np.any(full):
             continue
-        # The reader's response to the constant alone, at every output position.
+        # The reader's response to the constant alone, before its fused activation.
         shape = (1, *node.in_shapes[0])
-        response = np.asarray(node.layer(np.broadcast_to(full, shape).astype("float32"),
-                                         training=False)) - np.asarray(
-            node.layer(np.zeros(shape, "float32"), training=False))
+        linear = _without_activation(node.layer, shape)
+        if linear is None:
+            continue
+        response = np.asarray(linear(np.broadcast_to(full, shape).astype("float32"))) - (
+            np.asarray(linear(np.zeros(shape, "float32"))))
         center = tuple(d // 2 for d in response.shape[1:-1])
         shift = response[(0, *center)]
         kept = graph.indices(node.outputs[0], alive)
         _add_to_output(new_model, new_graph.node(node.name), shift[kept])
+
+
+def _without_activation(layer, shape):
+    """A copy of `layer` with the same weights and a linear activation (the fold adds
+    to the pre-activation, where the bias sits), or None if it cannot be made."""
+    config = layer.get_config()
+    if config.get("activation") in (None, "linear"):
+        return layer
+    try:
+        copy = type(layer).from_config({**config, "activation": "linear"})
+        copy.build(shape)
+        copy.set_weights(layer.get_weights())
+    except (ValueError, TypeError):
+        return None
+    return copy
 
 
 def _add_to_output(new_model, node: LayerNode, shift: np.ndarray) -> None:
@@ -336,15 +357,24 @@ def check(model, alive: Mapping[int, np.ndarray], rebuilt, graph: ChannelGraph |
                                                 "axis: removing channels changes the survivors")
     readers = _readers(graph, alive)
     for (node, _), full in zip(readers, _carried(model, graph, alive, readers), strict=True):
-        kernel = node.config.get("kernel_size", (1,))
-        padded = node.config.get("padding") in ("same", "causal")
-        if full is None or not padded or np.prod(kernel) == 1:
+        if full is None:
             continue
-        dead = np.flatnonzero(full)
+        kernel = node.config.get("kernel_size", (1,))
+        padded = node.config.get("padding") in ("same", "causal") and np.prod(kernel) > 1
+        varying = np.flatnonzero(np.isnan(full))
+        constant = np.flatnonzero(np.nan_to_num(full, nan=0.0)) if padded else []
         offset = 0
         for gid in node.inputs[0].groups:
             width = graph.groups[gid].width
-            if np.any((dead >= offset) & (dead < offset + width)):
+
+            def hits(index, lo=offset, hi=offset + width):
+                return np.any((np.asarray(index) >= lo) & (np.asarray(index) < hi))
+
+            if hits(varying):
+                approximate.setdefault(gid, f"dead channels reach `{node.name}` varying (a "
+                                            "zero-padded layer on their constant), which no "
+                                            "bias can fold")
+            elif hits(constant):
                 approximate.setdefault(gid, f"dead channels carry a constant into `{node.name}`, "
                                             "whose zero padding the fold cannot follow")
             offset += width
