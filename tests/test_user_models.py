@@ -50,7 +50,7 @@ def test_sequential_file_layers_are_named_once(tmp_path):
     mnist_convnet().save(path)
     loaded = keras.models.load_model(path)
     # Loading builds the Sequential several times: each layer has dangling calls.
-    assert len(loaded.get_layer("conv2d")._inbound_nodes) > 1
+    assert len(loaded.layers[0]._inbound_nodes) > 1
     names = [n.name for n in build_graph(loaded).nodes]
     assert names == [layer.name for layer in loaded.layers]
     assert not any("#" in name for name in names)
