@@ -290,6 +290,14 @@ def _show_shrink(out, err, ctx, result, as_json: bool) -> None:
     for gid in result.floor_groups:
         err.print(f"note: every channel of group {gid} fell below the threshold; kept the "
                   "strongest (regularizer.min_channels)", markup=False)
+    if result.surgery:
+        delta, approximate = result.surgery["max_abs_delta"], result.surgery["approximate"]
+        state = "approximate" if approximate else "exact"
+        err.print(f"surgery {state}: the shrunk model differs from the seed with its dead "
+                  f"channels zeroed by at most {delta:.2g} on a random batch", markup=False)
+        for gid, why in approximate.items():
+            err.print(f"note: group {gid} is approximate: {why} (retraining absorbs it)",
+                      markup=False)
     acc = result.shrunk_val.get("accuracy")
     if acc is not None:
         err.print(f"shrunk model validation accuracy {acc:.2%} (before retraining)",

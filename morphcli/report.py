@@ -15,6 +15,10 @@ from morphcli.core.costs import CostModel
 from morphcli.core.graph import ChannelGraph
 from morphcli.core.rules import Kind
 
+# Set by morphcli.models.applications (INPUT_NOTE) on a model built at its default
+# size because its input was dynamic; spelled out here, models/ sits below report.py.
+INPUT_NOTE = "morph_input_note"
+
 TOTAL_KEYS = ("flops", "macs", "params", "kernel_params", "latency_s")
 
 
@@ -28,6 +32,9 @@ class Report:
     totals: dict[str, float]
     layers: list[dict] = field(default_factory=list)
     groups: list[dict] = field(default_factory=list)
+    # Said in the header: e.g. that the input shape is a default, or which
+    # layers are priced by the profiler.
+    notes: list[str] = field(default_factory=list)
 
     def layer(self, name: str) -> dict | None:
         return next((row for row in self.layers if row["name"] == name), None)
@@ -55,6 +62,7 @@ def build_report(graph: ChannelGraph, costs: CostModel, widths: Mapping[int, int
             "params": int(round(per["params"][i])), "latency_s": float(per["latency"][i]),
             "share": float(per["flops"][i] / total_flops),
             "sets_width": node.kind == Kind.SOURCE,
+            "priced_by": "profiler" if node.rule is None else "rule",
         })
     groups = [{
         "id": g.id, "width": int((widths or {}).get(g.id, g.width)), "seed_width": g.width,
@@ -67,8 +75,12 @@ def build_report(graph: ChannelGraph, costs: CostModel, widths: Mapping[int, int
         "latency_s": float(per["latency"].sum()),
     }
     input_shape = tuple(int(d) for d in graph.model.inputs[0].shape[1:])
+    notes = [f"input {note}" for note in [getattr(graph.model, INPUT_NOTE, None)] if note]
+    profiled = [n.name for n in graph.nodes if n.rule is None and n.profiled_flops is not None]
+    if profiled:
+        notes.append(f"priced by the profiler, frozen: no channel rule: {', '.join(profiled)}")
     return Report(name or graph.model.name, input_shape, costs.hardware.name, totals, layers,
-                  groups)
+                  groups, notes)
 
 
 def to_json(report: Report, other: Report | None = None) -> dict:
@@ -123,6 +135,7 @@ def layer_table(report: Report, limit: int | None = None):
         keep = {r["name"] for r in sorted(rows, key=lambda r: -r["flops"])[:limit]}
         rows = [r for r in rows if r["name"] in keep]
     title = f"{escape(report.name)}  input {report.input_shape}  latency on {report.hardware}"
+    title += "".join(f"\n{escape(note)}" for note in report.notes)
     table = Table(title=title, show_footer=True)
     table.add_column("layer", footer="total")
     table.add_column("type")
@@ -209,6 +222,7 @@ def to_markdown(report: Report, other: Report | None = None) -> str:
     """A Markdown report: totals, then per-layer rows (side by side with `other`)."""
     lines = [f"# morph report: {report.name}", "",
              f"Input {report.input_shape}; latency is a roofline estimate on {report.hardware}.", ""]
+    lines += [f"{note[0].upper()}{note[1:]}." for note in report.notes] + [""] * bool(report.notes)
     if other is None:
         lines += ["| resource | value |", "| --- | ---: |"]
         lines += [f"| {k} | {_fmt(k, report.totals[k])} |" for k in TOTAL_KEYS]

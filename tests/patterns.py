@@ -435,3 +435,25 @@ def probe_node(graph, key: str):
     if "probe" in names:
         return graph.node("probe")
     return next(n for n in graph.nodes if n.type == PROBES[key].cls)
+
+
+def inception_residual() -> keras.Model:
+    """Inception-ResNet's tie (not in PATTERNS: see test_user_models): a trunk that
+    is a concatenation, tied by `x + scale * up` to one conv's output.
+
+    trunk = cat(conv_a (4) -> bn_a -> relu_a, conv_b (5) -> bn_b -> relu_b); two blocks
+    of [branch (3, 1x1) -> up (9, 1x1)] -> scale_i (x + 0.2 * up) -> relu_i; gap -> logits.
+    """
+    inputs = keras.Input((6, 6, 3), name="image")
+    parts = []
+    for name, width in (("a", 4), ("b", 5)):
+        y = _conv(width, 3, f"conv_{name}")(inputs)
+        parts.append(layers.ReLU(name=f"relu_{name}")(layers.BatchNormalization(
+            name=f"bn_{name}")(y)))
+    x = layers.Concatenate(name="trunk")(parts)
+    for i in (1, 2):
+        y = _conv(3, 1, f"branch{i}", activation="relu")(x)
+        y = _conv(9, 1, f"up{i}")(y)
+        x = layers.ReLU(name=f"relu{i}")(CustomScaleLayer(0.2, name=f"scale{i}")([x, y]))
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    return keras.Model(inputs, layers.Dense(4, name="logits")(x), name="inception_residual")

@@ -240,8 +240,8 @@ def test_expand_a_structure_learned_on_the_seed(tmp_path):
     widths = {g["layers"][0]: (g["width_before"], g["width_after"]) for g in info["groups"]}
     w = info["multiplier"]
     assert widths["conv3"][0] == 32  # the structure's width is the base, not the seed's
-    for before, after in widths.values():
-        assert abs(after - w * before) <= 1.5
+    for before, after in widths.values():  # within the solver's window (10%, >= 2)
+        assert abs(after - w * before) <= max(2, 0.1 * w * before + 1) + 0.5
     assert -0.01 < info["relative_error"] <= 0
 
 

@@ -66,7 +66,9 @@ def test_shrunk_model_has_the_structure_and_the_surviving_weights(shrunk):
         assert model.get_layer(layer["name"]).output.shape[-1] == layer["channels_out"]
     masked = keras.models.clone_model(setup.seed.model)
     masked.set_weights(setup.seed.model.get_weights())
-    zero_dead_channels(masked, result.masks)
+    # As training leaves it: dead kernels and gammas zero, betas still send constants,
+    # which the shrunk model folds into the layers reading them.
+    zero_dead_channels(masked, result.masks, readers=False)
     x, _ = next(iter(setup.dataset.val))
     np.testing.assert_allclose(model(x, training=False), masked(x, training=False), atol=1e-5)
 

@@ -154,14 +154,14 @@ def test_group_widths_match_layer_shapes(name):
 def test_boundary_reasons_name_the_layer_and_its_type():
     graph = build_graph(PATTERNS["boundary"]())
     assert graph.node("double").kind == Kind.BOUNDARY
-    assert graph.node("double").note == "unsupported layer type Lambda"
-    assert graph.node("swap").note == "unsupported layer type Permute"
-    assert graph.groups[1].frozen == ["touches `double` (unsupported layer type Lambda)"]
-    assert graph.groups[3].frozen == ["touches `swap` (unsupported layer type Permute)"]
+    assert graph.node("double").note == "no channel rule for Lambda"
+    assert graph.node("swap").note == "no channel rule for Permute"
+    assert graph.groups[1].frozen == ["touches `double` (no channel rule for Lambda)"]
+    assert graph.groups[3].frozen == ["touches `swap` (no channel rule for Permute)"]
     assert graph.frozen_reasons() == [
         "model input", "model output",
-        "touches `double` (unsupported layer type Lambda)",
-        "touches `swap` (unsupported layer type Permute)",
+        "touches `double` (no channel rule for Lambda)",
+        "touches `swap` (no channel rule for Permute)",
     ]
 
 
@@ -269,7 +269,7 @@ BOUNDARY_CASES = {
         lambda x: layers.Concatenate(name="probe")(
             [layers.Flatten(name="f1")(x), layers.Flatten(name="f2")(x)]),
         "Concatenate does not keep channels apart here"),
-    "custom_layer": (lambda x: _Scale(name="probe")(x), "unsupported layer type _Scale"),
+    "custom_layer": (lambda x: _Scale(name="probe")(x), "no channel rule for _Scale"),
 }
 
 

@@ -67,7 +67,7 @@ def masked_and_rebuilt(model, alive):
     """Predictions of the seed with dead channels zeroed and of the rebuilt model."""
     masked = weight_copy(model)
     zero_dead_channels(masked, alive, build_graph(masked))
-    rebuilt = apply_structure(model, alive, build_graph(model))
+    rebuilt = apply_structure(model, alive, build_graph(model), fold_constants=False)
     x = sample_input(model)
     return masked(x, training=False).numpy(), rebuilt(x, training=False).numpy(), rebuilt
 
@@ -78,7 +78,7 @@ def _pruned(name: str):
     seed = randomize(PATTERNS[name](), seed=3)
     graph = build_graph(seed)
     alive = random_alive(graph, seed=7)
-    return seed, graph, alive, apply_structure(seed, alive, graph)
+    return seed, graph, alive, apply_structure(seed, alive, graph, fold_constants=False)
 
 
 def widths_of(alive) -> dict[int, int]:
@@ -172,7 +172,7 @@ def test_rebuilt_model_round_trips_through_keras_file(name, tmp_path):
 def test_apply_structure_slices_weights_by_hand():
     seed, graph, _, _ = _pruned("chain")
     alive = {1: np.array([1, 0, 1, 1, 0], bool), 2: np.array([0, 1, 1, 0, 1, 1, 0], bool)}
-    rebuilt = apply_structure(seed, alive, graph)
+    rebuilt = apply_structure(seed, alive, graph, fold_constants=False)
     keep1, keep2 = [0, 2, 3], [1, 2, 4, 5]
 
     def weights(model, name):

@@ -335,10 +335,14 @@ def test_application_names():
     assert {"ResNet50", "MobileNetV2", "MobileNetV3Small", "ConvNeXtTiny", "VGG16"} <= set(names)
 
 
-def test_dynamic_input_is_left_to_the_caller():
+def test_dynamic_application_input_defaults_to_224():
     model = zoo.load_model("applications:MobileNetV3Small")
-    assert tuple(model.inputs[0].shape) == (None, None, None, 3)
-    assert not zoo.has_static_shape(model)
+    assert tuple(model.inputs[0].shape) == (None, 224, 224, 3)
+    assert "224×224 by default" in model.morph_input_note
+    # An explicit shape is taken as it is, without a note.
+    model = zoo.load_model("applications:MobileNetV3Small", input_shape=(96, 96, 3))
+    assert tuple(model.inputs[0].shape) == (None, 96, 96, 3)
+    assert not hasattr(model, "morph_input_note")
 
 
 def test_unknown_application_lists_close_matches():

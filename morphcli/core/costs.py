@@ -164,6 +164,8 @@ class CostModel:
                                  "bytes": []}
         for i, node in enumerate(graph.nodes):
             flops = node.rule.flops(node) if node.rule and node.rule.flops else []
+            if node.profiled_flops:  # no rule: the profiler's count for the call, fixed
+                flops = [Term(node.profiled_flops)]
             params = self._params_terms(node)
             rows["flops"] += [self._row(t, i) for t in flops]
             macs = node.rule.macs(node) if node.rule and node.rule.macs else []
@@ -244,6 +246,25 @@ class CostModel:
     def total(self, resource: str, widths=None) -> float:
         """Network cost for one resource at the given widths (default: the seed)."""
         return float(self.per_layer(resource, widths).sum())
+
+    def totals(self, resource: str, widths: np.ndarray) -> np.ndarray:
+        """Network cost of many structures at once, one per row of `widths`
+        (a `(count, n_groups)` array of per-group widths)."""
+        check_resource(resource)
+        sw = np.asarray(widths, dtype=float) @ self._matrix.T
+        sw = np.concatenate([sw, np.ones((len(sw), 1))], axis=1)
+
+        def per_node(kind: str) -> np.ndarray:
+            t = self._terms[kind]
+            out = np.zeros((len(self.graph.nodes), len(sw)))
+            np.add.at(out, t.node, (t.coef * sw[:, t.a] * sw[:, t.b]).T)
+            return out
+
+        if resource == "latency":
+            return np.maximum(per_node("flops") / self.hardware.peak,
+                              per_node("bytes") / self.hardware.bandwidth).sum(axis=0)
+        t = self._terms[resource]
+        return (sw[:, t.a] * sw[:, t.b]) @ t.coef
 
     def space_matrix(self) -> np.ndarray:
         return self._matrix

@@ -65,10 +65,19 @@ class Group:
     members: list[str] = field(default_factory=list)
     frozen: list[str] = field(default_factory=list)
     block: int = 1
+    # Which slice of a wider group this one was split from, e.g. "[0:96]" (see
+    # `_Builder.align`), so that every group has its own `key`.
+    part: str = ""
 
     @property
     def prunable(self) -> bool:
         return not self.frozen
+
+    @property
+    def key(self) -> str:
+        """A name for the group that stays the same for the same architecture
+        (its first source layer, or first member, and the part)."""
+        return (self.sources or self.members)[0] + self.part
 
     def describe(self) -> str:
         """One line: width, prunable or frozen (and why), and the coupled layers."""
@@ -98,6 +107,8 @@ class LayerNode:
     inputs: list[Space] = field(default_factory=list)
     outputs: list[Space] = field(default_factory=list)
     note: str | None = None
+    # FLOPs of a layer without a rule, as TensorFlow's profiler counts its call alone.
+    profiled_flops: int | None = None
 
     @property
     def type(self) -> str:
@@ -172,9 +183,13 @@ class _Builder:
     def __init__(self):
         self.groups: dict[int, Group] = {}
         self.parent: dict[int, int] = {}
+        # A group split into parts (`align`): root id -> the parts' ids, in order.
+        self.split: dict[int, tuple[int, ...]] = {}
         self.nodes: list[LayerNode] = []
         self.submodels: dict[int, list[Space]] = {}
         self.first_call: dict[int, LayerNode] = {}
+        # Each layer's calls in the walked graph (keras_adapter.graph_calls).
+        self.calls: dict[int, list] = {}
 
     # -- groups (union-find) --------------------------------------------------
     def new_group(self, width: int, member: str, source: bool = False,
@@ -188,6 +203,16 @@ class _Builder:
         self.groups[gid] = group
         self.parent[gid] = gid
         return Space((gid,))
+
+    def leaves(self, gid: int) -> tuple[int, ...]:
+        """The current groups (union-find roots, split into parts) behind `gid`."""
+        root = self.find(gid)
+        if root not in self.split:
+            return (root,)
+        return tuple(leaf for part in self.split[root] for leaf in self.leaves(part))
+
+    def expand(self, space: Space) -> Space:
+        return Space(tuple(leaf for g in space.groups for leaf in self.leaves(g)), space.repeat)
 
     def find(self, gid: int) -> int:
         while self.parent[gid] != gid:
@@ -208,19 +233,55 @@ class _Builder:
             getattr(ga, attr).extend(x for x in getattr(gb, attr) if x not in getattr(ga, attr))
 
     def freeze(self, space: Space, reason: str) -> None:
-        for gid in space.groups:
-            group = self.groups[self.find(gid)]
+        for gid in self.expand(space).groups:
+            group = self.groups[gid]
             if reason not in group.frozen:
                 group.frozen.append(reason)
 
     def add_member(self, space: Space, name: str) -> None:
-        for gid in space.groups:
-            members = self.groups[self.find(gid)].members
+        for gid in self.expand(space).groups:
+            members = self.groups[gid].members
             if name not in members:
                 members.append(name)
 
     def seg_widths(self, space: Space) -> tuple:
-        return tuple(self.groups[self.find(g)].width for g in space.groups), space.repeat
+        return tuple(self.groups[g].width for g in self.expand(space).groups), space.repeat
+
+    def align(self, spaces: list[Space]) -> bool:
+        """Splits groups so that spaces of the same width have their groups at the
+        same offsets: a concatenation tied to one conv's output (Inception-ResNet's
+        `x + scale * conv(concat(...))`) splits the conv's group into one part per
+        concatenated input. Returns False when the spaces cannot be aligned."""
+        if len({s.repeat for s in spaces}) != 1 or len({self.width(s) for s in spaces}) != 1:
+            return False
+        cuts = set()
+        for space in spaces:
+            cuts.update(np.cumsum(self.seg_widths(space)[0])[:-1].tolist())
+        for space in spaces:
+            offset = 0
+            for gid in self.expand(space).groups:
+                group = self.groups[gid]
+                inner = sorted(c - offset for c in cuts if offset < c < offset + group.width)
+                if inner and not self._split(gid, inner):
+                    return False
+                offset += group.width
+        return True
+
+    def _split(self, gid: int, cuts: list[int]) -> bool:
+        group = self.groups[gid]
+        bounds = [0, *cuts, group.width]
+        if group.block > 1 and any(b % group.block for b in bounds):
+            return False  # parts would cut a normalization group
+        parts = []
+        for start, stop in zip(bounds[:-1], bounds[1:], strict=False):
+            part = self.new_group(stop - start, group.members[0]).groups[0]
+            new = self.groups[part]
+            new.sources, new.members = list(group.sources), list(group.members)
+            new.frozen, new.block = list(group.frozen), group.block
+            new.part = f"{group.part}[{start}:{stop}]"
+            parts.append(part)
+        self.split[gid] = tuple(parts)
+        return True
 
     def width(self, space: Space) -> int:
         return space.repeat * sum(self.groups[self.find(g)].width for g in space.groups)
@@ -245,8 +306,9 @@ class _Builder:
 
     def apply(self, layer, knode, ins: list[Space], prefix: str) -> list[Space]:
         name = prefix + layer.name
-        if keras_adapter.call_count(layer) > 1:  # a shared layer: one entry per call
-            name += f"#{keras_adapter.call_index(layer, knode)}"
+        calls = self.calls.get(id(layer), [knode])
+        if len(calls) > 1:  # a shared layer: one entry per call in this graph
+            name += f"#{calls.index(knode)}"
         rule = rules.get(layer)
         node = LayerNode(
             name=name, layer=layer, rule=rule,
@@ -257,7 +319,8 @@ class _Builder:
             inputs=ins,
         )
         if rule is None:
-            node.note = f"unsupported layer type {type(layer).__name__}"
+            node.note = f"no channel rule for {type(layer).__name__}"
+            node.profiled_flops = keras_adapter.profiled_flops(layer, knode)
         elif rule.check and (verdict := rule.check(node)):
             if isinstance(verdict, rules.Rule):
                 node.rule, node.kind = verdict, verdict.kind
@@ -296,6 +359,7 @@ class _Builder:
         space = node.inputs[0]
         if block <= 1:
             return
+        space = self.expand(space)
         if len(space.groups) != 1 or space.repeat != 1:
             self.freeze(space, f"`{node.name}` normalizes groups of {block} channels that "
                                "span several channel groups")
@@ -311,7 +375,7 @@ class _Builder:
             return
         for a, b in zip(first.inputs + first.outputs, node.inputs + node.outputs, strict=True):
             if self.seg_widths(a) == self.seg_widths(b):
-                for ga, gb in zip(a.groups, b.groups, strict=True):
+                for ga, gb in zip(self.expand(a).groups, self.expand(b).groups, strict=True):
                     self.union(ga, gb)
             else:
                 reason = f"shared layer `{node.layer.name}` sees different channel layouts"
@@ -329,8 +393,12 @@ class _Builder:
         # Inputs with one channel broadcast over the others and are not tied.
         tied = [s for s, shape in zip(node.inputs, node.in_shapes, strict=True)
                 if shape and shape[-1] == out_channels]
-        if not tied or any(self.seg_widths(s) != self.seg_widths(tied[0]) for s in tied):
+        if not tied:
             return None
+        if any(self.seg_widths(s) != self.seg_widths(tied[0]) for s in tied) and not (
+                self.align(tied)):
+            return None
+        tied = [self.expand(s) for s in tied]
         for space in tied[1:]:
             for a, b in zip(tied[0].groups, space.groups, strict=True):
                 self.union(a, b)
@@ -359,12 +427,13 @@ class _Builder:
 
     # -- result -----------------------------------------------------------------
     def finish(self, model) -> ChannelGraph:
-        roots = {gid: g for gid, g in self.groups.items() if self.find(gid) == gid}
+        roots = {gid: g for gid, g in self.groups.items()
+                 if self.find(gid) == gid and gid not in self.split}
         # Renumber roots 0..n-1 in order of appearance, so ids are stable and dense.
         order = {old: new for new, old in enumerate(sorted(roots))}
 
         def resolve(space: Space) -> Space:
-            return Space(tuple(order[self.find(g)] for g in space.groups), space.repeat)
+            return Space(tuple(order[g] for g in self.expand(space).groups), space.repeat)
 
         for node in self.nodes:
             node.inputs = [resolve(s) for s in node.inputs]
@@ -401,6 +470,7 @@ def build_graph(model) -> ChannelGraph:
     """
     builder = _Builder()
     fn = keras_adapter.functional_of(model)
+    builder.calls = keras_adapter.graph_calls(fn)
     spaces: dict[int, Space] = {}
     for tensor in fn.inputs:
         shape = _static(tensor.shape, "input")

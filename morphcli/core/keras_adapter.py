@@ -56,14 +56,31 @@ def nodes_in_order(model) -> Iterator:
         yield from fn._nodes_by_depth[depth]
 
 
-def call_count(layer) -> int:
-    """How many times `layer` is called in the graphs it belongs to."""
-    return len(layer._inbound_nodes)
+def graph_calls(model) -> dict[int, list]:
+    """The call nodes of every layer in `model`'s graph (nested models included),
+    by id of the layer, in the order of the layer's own calls.
 
+    A layer's `_inbound_nodes` also lists calls outside this graph: a Sequential
+    loaded from a file has been built several times, so its layers carry one
+    dangling node per build. Only the calls that are part of the graph count.
+    """
+    calls: dict[int, list] = {}
 
-def call_index(layer, node) -> int:
-    """Which call of `layer` the graph node `node` is (0 for the first)."""
-    return layer._inbound_nodes.index(node)
+    def visit(fn):
+        for node in nodes_in_order(fn):
+            op = node.operation
+            if node.is_input or op is None:
+                continue
+            calls.setdefault(id(op), []).append(node)
+            if is_nested_model(op):
+                visit(functional_of(op))
+
+    visit(model)
+    for nodes in calls.values():
+        layer_nodes = getattr(nodes[0].operation, "_inbound_nodes", [])
+        order = {id(n): i for i, n in enumerate(layer_nodes)}
+        nodes.sort(key=lambda n: order.get(id(n), len(order)))
+    return calls
 
 
 def first_caller_input(layer):
@@ -103,3 +120,44 @@ def spec_built_model_class():
             super()._maybe_symbolic_build(data_batch=self.data_spec)
 
     return SpecBuilt
+
+
+def profiled_flops(layer, node) -> int:
+    """FLOPs TensorFlow's profiler counts for one call of a layer at batch 1.
+
+    Prices layers without a channel rule (`MultiHeadAttention`, custom layers):
+    the call is traced alone in a `tf.function` on batch-1 `TensorSpec`s of its
+    inputs (`node.arguments`, Keras's record of the call, fills the traced
+    tensors in where the symbolic ones were) and the graph is profiled with
+    `ProfileOptionBuilder.float_operation()`, the counter the rule table follows.
+    Tracing adds no node to the model's graph. Returns 0 when the call cannot be
+    traced alone (a layer that needs its training-time state).
+    """
+    import tensorflow as tf
+
+    inputs = list(node.arguments.keras_tensors)
+    specs = [tf.TensorSpec((1, *t.shape[1:]), t.dtype or tf.float32) for t in inputs]
+
+    def call(*tensors):
+        args, kwargs = node.arguments.fill_in({id(k): v for k, v in zip(inputs, tensors,
+                                                                          strict=True)})
+        kwargs = {**kwargs, "training": False} if "training" in _call_args(layer) else kwargs
+        return layer(*args, **kwargs)
+
+    try:
+        graph = tf.function(call, autograph=False).get_concrete_function(*specs).graph
+    except Exception:  # noqa: BLE001 (an untraceable layer is priced 0 and said so)
+        return 0
+    builder = tf.compat.v1.profiler.ProfileOptionBuilder
+    options = builder(builder.float_operation()).with_empty_output().build()
+    return int(tf.compat.v1.profiler.profile(graph=graph, cmd="op",
+                                             options=options).total_float_ops)
+
+
+def _call_args(layer) -> set[str]:
+    import inspect
+
+    try:
+        return set(inspect.signature(layer.call).parameters)
+    except (TypeError, ValueError):
+        return set()

@@ -15,7 +15,10 @@ what is left of the budget: one more `round_to` step on single groups, at most
 once per group so the relative widths stay those of the base structure. The
 fix-up starts from the structure at that `w` and from the few structures just
 below it (each one group-step smaller than the one before), and keeps the
-closest result.
+closest result. When the model has few prunable groups, every structure
+within `WINDOW` of the one at `w` is priced at once (`CostModel.totals`) and
+the closest competes too: trading a step of one group for steps of another
+reaches costs the one-way fix-up cannot.
 
 What is reachable: with `round_to=1` and a handful of groups of tens of
 channels, within 1% of the target (tests/test_expand.py); on ResNet50 within
@@ -48,6 +51,11 @@ MODES = ("below", "nearest")
 # Structures the fix-up starts from: the one at the bisected `w` and the ones
 # just below it. One start misses 1% on small models; more than 4 gained nothing.
 STARTS = 4
+# Small problems are searched exactly: every structure whose widths lie within
+# WINDOW of the structure at the bisected `w` (at least 2 steps either side), when
+# there are at most EXACT_LIMIT of them (e.g. 2 groups of tens of channels: ~100).
+WINDOW = 0.1
+EXACT_LIMIT = 200_000
 # Bisection stops when the bracket on `w` is this small relative to `w`:
 # far below the distance between two width changes of any real model.
 _TOLERANCE = 1e-12
@@ -182,6 +190,9 @@ def solve_multiplier(costs, resource: str, target: float, *,
     if mode == "nearest":
         candidates += [(w, _fix_up(problem, s, above=True)) for w, s in starts]
         candidates.append((hi, problem.widths(hi)))
+    exact = _exact(problem, problem.widths(lo), above=mode == "nearest")
+    if exact is not None:
+        candidates.append((lo, exact))
     # Ties go to the first candidate: the one below the target.
     w, widths = min(candidates, key=lambda c: abs(problem.cost(c[1]) - target))
     return Expansion(
@@ -287,6 +298,33 @@ def _starts(p: _Problem, lo: float, count: int) -> list[tuple[float, np.ndarray]
     bounds = np.append(changes[:count], 0.0)
     ws = [lo, *(0.5 * (bounds[:-1] + bounds[1:]))][:count]
     return [(w, p.widths(w)) for w in ws]
+
+
+def _exact(p: _Problem, center: np.ndarray, above: bool) -> np.ndarray | None:
+    """The best structure among all those within `WINDOW` of `center` (each group
+    at most `WINDOW` of its width, and at least 2 steps, away), or None when
+    there are more than `EXACT_LIMIT` of them.
+
+    On two groups the greedy fix-up can miss by 1%: its steps are one group at a
+    time, while the closest structure trades a step of one group for steps of
+    the other (the gallery's MNIST convnet at half its FLOPs: 1.30% below with
+    the fix-up, 0.087% below searched exactly).
+    """
+    reach = np.maximum(2, np.ceil(WINDOW * center / p.step))
+    axes = []
+    for i, (c, r) in enumerate(zip(center, reach, strict=True)):
+        widths = c + p.step[i] * np.arange(-r, r + 1)
+        axes.append(np.unique(np.maximum(p.floor[i], widths)))
+    if math.prod(len(a) for a in axes) > EXACT_LIMIT:
+        return None
+    grid = np.stack([g.ravel() for g in np.meshgrid(*axes, indexing="ij")], axis=1)
+    full = np.tile(p.costs.width_vector(), (len(grid), 1))
+    full[:, p.ids] = grid
+    costs = p.costs.totals(p.resource, full)
+    gaps = np.abs(costs - p.target) if above else np.where(
+        costs <= p.target, p.target - costs, np.inf)
+    best = int(np.argmin(gaps))
+    return grid[best] if np.isfinite(gaps[best]) else None
 
 
 def _fix_up(p: _Problem, widths: np.ndarray, above: bool) -> np.ndarray:

@@ -77,7 +77,7 @@ class Structure:
 
 
 def _key(group) -> str:
-    return (group.sources or group.members)[0]
+    return group.key
 
 
 def to_dict(graph: ChannelGraph, alive: Mapping[int, np.ndarray], **meta: Any) -> dict:

@@ -7,6 +7,16 @@
 - `zero_dead_channels(model, alive)` zeroes the dead channels' weights in
   place, the "masked seed" that a rebuilt model must match exactly.
 
+A dead channel is not always zero: after its kernel is zeroed, a batch norm's
+beta (or its mean, with `scale=False`) or a layer with f(0) != 0 still sends a
+constant into the next kernel. `rebuild` measures that constant on the seed
+with the dead channels' producers zeroed and folds it into the reading layer's
+bias (or, for a conv without bias, the moving mean of the batch norm it feeds),
+so the narrower model computes what the seed computes. The fold is exact where
+every output of the reading layer sees the whole kernel (1x1 and `valid` convs,
+dense layers); at the borders of a zero-padded conv the constant is partly
+outside the input and the fold is approximate (`deviation` measures by how much).
+
 All three stand on `keras.models.clone_model`: each layer is re-created from
 its config, edited by its rule's `resize` hook (see `morphcli.core.rules`), and
 the weights are sliced by its rule's `weights` axis spec.
@@ -20,8 +30,12 @@ import numpy as np
 
 from morphcli.core import keras_adapter
 from morphcli.core.graph import ChannelGraph, LayerNode, Space, build_graph
-from morphcli.core.rules import IN
+from morphcli.core.rules import IN, OUT, Kind
 from morphcli.errors import ModelError
+
+# A dead channel carries a constant when its values over a random batch and all
+# positions differ by less than this (relative to 1 + |value|).
+CONSTANT_TOLERANCE = 1e-5
 
 
 def _widths_from_alive(graph: ChannelGraph, alive: Mapping[int, np.ndarray]) -> dict[int, int]:
@@ -101,24 +115,31 @@ def _first_calls(graph: ChannelGraph):
             yield node
 
 
-def apply_structure(model, alive: Mapping[int, np.ndarray], graph: ChannelGraph | None = None):
+def apply_structure(model, alive: Mapping[int, np.ndarray], graph: ChannelGraph | None = None,
+                    fold_constants: bool = True):
     """Rebuilds `model` without its dead channels, keeping the surviving weights
     (`rebuild` without the new model's graph; see there)."""
-    return rebuild(model, alive, graph)[0]
+    return rebuild(model, alive, graph, fold_constants)[0]
 
 
-def rebuild(model, alive: Mapping[int, np.ndarray], graph: ChannelGraph | None = None):
+def rebuild(model, alive: Mapping[int, np.ndarray], graph: ChannelGraph | None = None,
+            fold_constants: bool = True):
     """Rebuilds `model` without its dead channels, keeping the surviving weights.
 
     Args:
         model: The seed model (left untouched).
         alive: Boolean mask per group id; groups not listed keep every channel.
         graph: `build_graph(model)`, if already computed.
+        fold_constants: Fold the constants that dead channels still carry into
+            the layers that read them (see the module docstring). Off, the new
+            model equals the seed with the dead channels zeroed on both sides
+            (`zero_dead_channels(readers=True)`).
 
     Returns:
         `(new_model, new_graph)`: a new functional model whose predictions equal
-        those of the seed with the dead channels' outputs zeroed (see
-        `zero_dead_channels`), and its channel graph.
+        those of the seed with the dead channels' producers zeroed
+        (`zero_dead_channels(readers=False)`; exactly, except at the borders of
+        zero-padded convs reading a constant), and its channel graph.
 
     Raises:
         ModelError: If a mask has the wrong size, empties a group or prunes a
@@ -138,7 +159,117 @@ def rebuild(model, alive: Mapping[int, np.ndarray], graph: ChannelGraph | None =
             if value.shape != tuple(new.shape):
                 raise AssertionError(f"{node.name}: sliced {value.shape} into {new.shape}")
             new.assign(value)
+    if fold_constants:
+        _fold_constants(model, graph, alive, new_model, new_graph)
     return new_model, new_graph
+
+
+def _readers(graph: ChannelGraph, alive) -> list[tuple[LayerNode, np.ndarray]]:
+    """Top-level kernels (called once) that read dead channels, with the dead indices."""
+    found = []
+    for node in _first_calls(graph):
+        if node.kind != Kind.SOURCE or "/" in node.name or "#" in node.name:
+            continue
+        width = int(graph.width(node.inputs[0]))
+        dead = np.setdiff1d(np.arange(width), graph.indices(node.inputs[0], alive))
+        if dead.size:
+            found.append((node, dead))
+    return found
+
+
+def _carried(model, graph: ChannelGraph, alive, readers) -> list[np.ndarray | None]:
+    """What each reader's input carries on its dead channels (full-width vector, zero
+    elsewhere) when the dead channels' producers are zeroed: the constant, or NaN
+    where a dead channel varies (a zero-padded depthwise conv turns a constant into
+    a border pattern); None when every dead channel is exactly zero."""
+    import keras
+
+    saved = [(w, w.numpy()) for node in _first_calls(graph) for w in node.layer.weights]
+    try:
+        zero_dead_channels(model, alive, graph, readers=False)
+        inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+        probe = keras.Model(inputs, [node.layer.input for node, _ in readers])
+        rng = np.random.default_rng(0)
+        x = [rng.random((2, *t.shape[1:])).astype("float32") for t in model.inputs]
+        values = probe(x[0] if len(x) == 1 else x, training=False)
+    except (ValueError, TypeError, AttributeError):  # e.g. integer inputs: nothing folded
+        return [None] * len(readers)
+    finally:
+        for weight, value in saved:
+            weight.assign(value)
+    values = values if isinstance(values, list | tuple) else [values]
+    carried = []
+    for (_, dead), value in zip(readers, values, strict=True):
+        flat = np.asarray(value).reshape(-1, np.shape(value)[-1])[:, dead]
+        const = flat.mean(axis=0)
+        steady = np.abs(flat - const).max(axis=0) <= CONSTANT_TOLERANCE * (1 + np.abs(const))
+        const = np.where(steady, const, np.nan)
+        if not np.any(np.nan_to_num(const, nan=1.0)):
+            carried.append(None)
+            continue
+        full = np.zeros(np.shape(value)[-1], dtype="float32")
+        full[dead] = const
+        carried.append(full)
+    return carried
+
+
+def _fold_constants(model, graph, alive, new_model, new_graph) -> None:
+    readers = _readers(graph, alive)
+    if not readers:
+        return
+    for (node, _), full in zip(readers, _carried(model, graph, alive, readers), strict=True):
+        full = None if full is None else np.nan_to_num(full, nan=0.0)  # varying: not foldable
+        if full is None or not np.any(full):
+            continue
+        # The reader's response to the constant alone, before its fused activation.
+        shape = (1, *node.in_shapes[0])
+        linear = _without_activation(node.layer, shape)
+        if linear is None:
+            continue
+        response = np.asarray(linear(np.broadcast_to(full, shape).astype("float32"))) - (
+            np.asarray(linear(np.zeros(shape, "float32"))))
+        center = tuple(d // 2 for d in response.shape[1:-1])
+        shift = response[(0, *center)]
+        kept = graph.indices(node.outputs[0], alive)
+        _add_to_output(new_model, new_graph.node(node.name), shift[kept])
+
+
+def _without_activation(layer, shape):
+    """A copy of `layer` with the same weights and a linear activation (the fold adds
+    to the pre-activation, where the bias sits), or None if it cannot be made."""
+    config = layer.get_config()
+    if config.get("activation") in (None, "linear"):
+        return layer
+    try:
+        copy = type(layer).from_config({**config, "activation": "linear"})
+        copy.build(shape)
+        copy.set_weights(layer.get_weights())
+    except (ValueError, TypeError):
+        return None
+    return copy
+
+
+def _add_to_output(new_model, node: LayerNode, shift: np.ndarray) -> None:
+    """Adds `shift` to every output of `node`'s layer: to its bias, or else to the
+    input of the batch norm that alone reads it (as minus its moving mean)."""
+    specs = node.rule.weights(node) if node.rule and node.rule.weights else []
+    for weight, spec in zip(node.layer.weights, specs, strict=False):
+        if spec == {0: OUT} and len(weight.shape) == 1:
+            weight.assign(np.asarray(weight.numpy()) + shift)
+            return
+    readers = [layer for layer in new_model.layers
+               if _reads(layer, node.layer.output) and layer is not node.layer]
+    if len(readers) == 1 and type(readers[0]).__name__ == "BatchNormalization":
+        mean = readers[0].moving_mean
+        mean.assign(np.asarray(mean.numpy()) - shift)
+
+
+def _reads(layer, tensor) -> bool:
+    try:
+        inputs = layer.input
+    except (AttributeError, ValueError):  # never called, or called several times
+        return False
+    return any(t is tensor for t in (inputs if isinstance(inputs, list | tuple) else [inputs]))
 
 
 def resize(model, widths: Mapping[int, int], graph: ChannelGraph | None = None):
@@ -164,17 +295,28 @@ def resize(model, widths: Mapping[int, int], graph: ChannelGraph | None = None):
 
 
 def zero_dead_channels(model, alive: Mapping[int, np.ndarray],
-                       graph: ChannelGraph | None = None) -> None:
+                       graph: ChannelGraph | None = None, readers: bool = True) -> None:
     """Zeroes, in place, every weight entry indexed by a dead channel.
 
-    Both sides are zeroed: what produces a dead channel (conv/dense outputs,
-    batch-norm gamma and beta...) and what reads it (the next kernels' input
-    rows), so a dead channel contributes nothing downstream even after a
-    layer with f(0) != 0 (a sigmoid, `x + 3.0`).
+    With `readers` (the default), both sides are zeroed: what produces a dead
+    channel (conv/dense outputs, batch-norm gamma and beta...) and what reads
+    it (the next kernels' input rows), so a dead channel contributes nothing
+    downstream even after a layer with f(0) != 0 (a sigmoid, `x + 3.0`).
+    Without, only what the regularizer drives to zero is: the kernels and biases
+    that produce dead channels and the per-channel scales (batch-norm gamma);
+    betas, moving statistics, activations and the readers still see and pass
+    on whatever constant a dead channel then carries.
     """
     graph = graph or build_graph(model)
     for node in _first_calls(graph):
+        producer = node.kind == Kind.SOURCE
+        scale = getattr(node.layer, node.rule.scale, None) if node.rule and node.rule.scale else None
         for weight, spec in zip(node.layer.weights, _weight_specs(node), strict=True):
+            if not readers:
+                spec = {axis: role for axis, role in spec.items()
+                        if (producer and role == OUT) or (weight is scale and role == IN)}
+                if not spec:
+                    continue
             value = np.array(weight.numpy())
             for axis, role in spec.items():
                 keep = graph.indices(_space(node, role), alive)
@@ -183,3 +325,68 @@ def zero_dead_channels(model, alive: Mapping[int, np.ndarray],
                 index[axis] = dead
                 value[tuple(index)] = 0
             weight.assign(value)
+
+
+def check(model, alive: Mapping[int, np.ndarray], rebuilt, graph: ChannelGraph | None = None,
+          batch: int = 2) -> dict:
+    """How exactly `rebuilt` (from `rebuild(model, alive)`) computes what `model`
+    computes with its dead channels' producers zeroed, on a random batch.
+
+    Args:
+        model: The seed (weights restored after the check).
+        alive: The masks `rebuilt` was made with.
+        rebuilt: The narrower model.
+        graph: `build_graph(model)`, if already computed.
+        batch: Random examples (uniform in [0, 1]) to compare on.
+
+    Returns:
+        `{"max_abs_delta": float, "approximate": {group id: reason}}`: the largest
+        output difference, and the groups whose removal changes the survivors
+        (read by a normalization over the channel axis) or whose dead channels'
+        constant meets the zero padding of a conv (folded exactly only inside).
+    """
+    import keras
+
+    graph = graph or build_graph(model)
+    approximate: dict[int, str] = {}
+    for node in graph.nodes:
+        if node.type == "LayerNormalization" and node.inputs:
+            for gid in node.inputs[0].groups:
+                if gid in alive and not np.all(alive[gid]):
+                    approximate.setdefault(gid, f"`{node.name}` normalizes over the channel "
+                                                "axis: removing channels changes the survivors")
+    readers = _readers(graph, alive)
+    for (node, _), full in zip(readers, _carried(model, graph, alive, readers), strict=True):
+        if full is None:
+            continue
+        kernel = node.config.get("kernel_size", (1,))
+        padded = node.config.get("padding") in ("same", "causal") and np.prod(kernel) > 1
+        varying = np.flatnonzero(np.isnan(full))
+        constant = np.flatnonzero(np.nan_to_num(full, nan=0.0)) if padded else []
+        offset = 0
+        for gid in node.inputs[0].groups:
+            width = graph.groups[gid].width
+
+            def hits(index, lo=offset, hi=offset + width):
+                return np.any((np.asarray(index) >= lo) & (np.asarray(index) < hi))
+
+            if hits(varying):
+                approximate.setdefault(gid, f"dead channels reach `{node.name}` varying (a "
+                                            "zero-padded layer on their constant), which no "
+                                            "bias can fold")
+            elif hits(constant):
+                approximate.setdefault(gid, f"dead channels carry a constant into `{node.name}`, "
+                                            "whose zero padding the fold cannot follow")
+            offset += width
+    saved = [(w, w.numpy()) for n in _first_calls(graph) for w in n.layer.weights]
+    rng = np.random.default_rng(1)
+    x = [rng.random((batch, *t.shape[1:])).astype("float32") for t in model.inputs]
+    x = x[0] if len(x) == 1 else x
+    try:
+        zero_dead_channels(model, alive, graph, readers=False)
+        masked = np.asarray(keras.ops.convert_to_numpy(model(x, training=False)))
+    finally:
+        for weight, value in saved:
+            weight.assign(value)
+    delta = np.abs(np.asarray(keras.ops.convert_to_numpy(rebuilt(x, training=False))) - masked)
+    return {"max_abs_delta": float(delta.max()), "approximate": approximate}

@@ -7,6 +7,13 @@ from typing import Any
 from morphcli.errors import ModelError
 from morphcli.models.naming import normalise, shorten, unknown
 
+# The size keras.applications models are trained at when their input is dynamic
+# (MobileNetV3 builds on (None, None, 3)); FLOPs and latency need a static one.
+DEFAULT_SIZE = (224, 224)
+# Set on a model built on DEFAULT_SIZE because its input was dynamic; the report
+# header says so (morphcli.report.build_report).
+INPUT_NOTE = "morph_input_note"
+
 
 def application_names() -> list[str]:
     """Class names of all `keras.applications` architectures, sorted."""
@@ -33,9 +40,10 @@ def build_application(name: str, *, input_shape: tuple[int, ...] | None = None,
         classes: Output classes (default: 1000).
 
     Returns:
-        The functional model (`weights=None`, `include_top=True`). Its input
-        may be dynamic (MobileNetV3: ``(None, None, 3)``); see
-        `has_static_shape`.
+        The functional model (`weights=None`, `include_top=True`). An
+        architecture with a dynamic input (MobileNetV3: ``(None, None, 3)``)
+        is built on `DEFAULT_SIZE` when no `input_shape` is given, and the
+        model's `INPUT_NOTE` attribute says so.
 
     Raises:
         ModelError: Unknown name (close matches listed) or a shape/classes
@@ -50,7 +58,14 @@ def build_application(name: str, *, input_shape: tuple[int, ...] | None = None,
     if classes is not None:
         options["classes"] = classes
     try:
-        return getattr(keras.applications, cls)(**options)
+        model = getattr(keras.applications, cls)(**options)
+        dims = tuple(model.inputs[0].shape[1:])
+        if input_shape is None and None in dims:
+            model = getattr(keras.applications, cls)(
+                **options, input_shape=(*DEFAULT_SIZE, dims[-1] or 3))
+            setattr(model, INPUT_NOTE, f"{DEFAULT_SIZE[0]}×{DEFAULT_SIZE[1]} by default: "
+                                       "the architecture's input is dynamic")
+        return model
     except ValueError as err:
         raise ModelError(f"keras.applications.{cls} cannot be built: "
                          f"{shorten(' '.join(str(err).split()))}. "

@@ -81,13 +81,27 @@ def hardware_of(conf) -> Hardware:
     return get_hardware(conf.target.hardware, spec)
 
 
-def load_data(conf):
+def load_data(conf, input_rank: int | None = None):
+    """The config's dataset, its arrays shaped for a model whose examples have
+    `input_rank` axes (None: images)."""
     from morphcli.training import data
 
     return data.load_dataset(
         conf.data.source, batch_size=conf.data.batch_size,
         validation_split=conf.data.validation_split, seed=conf.seed,
-        image_size=conf.data.image_size, augment=conf.data.augment)
+        image_size=conf.data.image_size, augment=conf.data.augment, input_rank=input_rank)
+
+
+def _builds_for_data(conf) -> bool:
+    """Whether the seed is built for the data's shape (zoo:, applications:), so it
+    must wait for the data; a model file comes first and shapes the data."""
+    return str(conf.model.seed).lower().startswith(("zoo:", "applications:"))
+
+
+def _input_rank(conf, model) -> int | None:
+    if model is not None:
+        return len(model.inputs[0].shape) - 1
+    return len(conf.model.input_shape) if conf.model.input_shape else None
 
 
 def load_seed(conf, dataset=None):
@@ -125,10 +139,15 @@ def make_context(conf, *, strategy=None, model=None, data: bool = True,
 
     strategy = strategy or distribute.make_strategy(conf.distribute)
     engine.set_seed(conf.seed)  # before the seed model's weights are drawn
-    dataset = load_data(conf) if data else None
     with strategy.scope():  # Keras trains a model with the strategy its variables were made in
-        model = load_seed(conf, dataset) if model is None else distribute.into_scope(
-            model, strategy)
+        if model is not None:
+            model = distribute.into_scope(model, strategy)
+        elif not (data and _builds_for_data(conf)):
+            model = load_seed(conf)
+    dataset = load_data(conf, _input_rank(conf, model)) if data else None
+    if model is None:
+        with strategy.scope():
+            model = load_seed(conf, dataset)
     if dataset is not None:
         datasets.check_fits(dataset, model)
     ctx = RunContext(conf, strategy, hardware_of(conf), dataset,

@@ -44,6 +44,8 @@ class ShrinkResult:
     floor_groups: list[int] = field(default_factory=list)
     outdir: Path | None = None
     shrunk: Priced | None = None  # the narrower model, its graph and costs
+    # `surgery.check`: max |delta| against the masked seed and the approximate groups.
+    surgery: dict = field(default_factory=dict)
 
     @property
     def shrunk_model(self):
@@ -144,6 +146,7 @@ def shrink(ctx: RunContext, outdir: str | Path, *, callbacks: Sequence = ()) -> 
             model, graph = gates.export(trained.model, masks, seed.graph, with_graph=True)
         else:
             model, graph = surgery.rebuild(seed.model, masks, seed.graph)
+    exactness = {} if gated else surgery.check(trained.model, masks, model, seed.graph)
     shrunk = Priced.of(model, ctx.hardware, graph)
     before = seed.report().totals
     after = seed.report(widths=widths).totals
@@ -156,7 +159,7 @@ def shrink(ctx: RunContext, outdir: str | Path, *, callbacks: Sequence = ()) -> 
     shrunk_val = engine.evaluate(shrunk.model, ctx.dataset.val)
     result = ShrinkResult(masks, before, after, lam, fit.val, shrunk_val, fit.seconds,
                           gates.rekey(reg.kept_whole, trained.graph, seed.graph), floor, outdir,
-                          shrunk)
+                          shrunk, exactness)
     files.write_json(outdir / "summary.json", summary_dict(result, fit))  # the step's last
     engine.finish(outdir)
     distribute.remove_write_dir(outdir, strategy)
@@ -173,4 +176,7 @@ def summary_dict(result: ShrinkResult, fit) -> dict:
         "epochs_resumed_from": fit.resumed_from_epoch, "history": fit.history,
         "groups_kept_whole": {str(k): v for k, v in result.kept_whole.items()},
         "groups_at_floor": result.floor_groups,
+        "surgery": {"max_abs_delta": result.surgery.get("max_abs_delta"),
+                    "approximate_groups": {str(k): v for k, v in
+                                           result.surgery.get("approximate", {}).items()}},
     }

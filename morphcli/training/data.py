@@ -92,11 +92,13 @@ class _Options:
     shuffle_buffer: int
     image_size: tuple[int, int] | None
     augment: bool
+    input_rank: int | None = None
 
 
 def load_dataset(spec: str = DEFAULT_SPEC, *, batch_size: int = 64,
                  validation_split: float = 0.2, seed: int = 0, shuffle_buffer: int = 10_000,
-                 image_size: tuple[int, int] | None = None, augment: bool = False) -> Dataset:
+                 image_size: tuple[int, int] | None = None, augment: bool = False,
+                 input_rank: int | None = None) -> Dataset:
     """Load a dataset named by a spec string into `tf.data` pipelines.
 
     Args:
@@ -113,6 +115,10 @@ def load_dataset(spec: str = DEFAULT_SPEC, *, batch_size: int = 64,
             their size (`images:DIR` uses `DEFAULT_IMAGE_SIZE`).
         augment: Randomly shift training images by 1 px (2 px when at least
             16 px wide) with zero padding; no flips, so digits stay readable.
+        input_rank: Axes of one example the model takes (3 for images
+            `(H, W, C)`, 2 for 1-D signals `(length, channels)`, 1 for
+            vectors). Arrays with one axis less get a channel axis of 1; by
+            default only `(N, H, W)` arrays do.
 
     Returns:
         A `Dataset`.
@@ -127,7 +133,7 @@ def load_dataset(spec: str = DEFAULT_SPEC, *, batch_size: int = 64,
     ((8, 8, 1), 1438, 359)
     """
     options = _Options(batch_size, validation_split, seed, shuffle_buffer,
-                       _check_image_size(image_size), augment)
+                       _check_image_size(image_size), augment, input_rank)
     _check_options(options)
     scheme, _, arg = spec.partition(":")
     if scheme not in _LOADERS or not arg:
@@ -325,14 +331,14 @@ def _from_arrays(spec: str, x_train: np.ndarray, y_train: np.ndarray,
     """Turn arrays into a `Dataset`, splitting off validation if none is given."""
     if num_classes is None and y_train.ndim == 2 and y_train.shape[1] > 1:
         num_classes = y_train.shape[1]  # one-hot rows
-    x_train, y_train = _as_examples(x_train, "x_train"), _as_labels(y_train, "y_train")
+    x_train, y_train = _as_examples(x_train, "x_train", options.input_rank), _as_labels(y_train, "y_train")
     _check_lengths(x_train, y_train, "train", spec)
     if x_val is None and options.validation_split > 0:
         train_idx, val_idx = split_indices(y_train, options.validation_split, options.seed)
         x_train, y_train, x_val, y_val = (x_train[train_idx], y_train[train_idx],
                                           x_train[val_idx], y_train[val_idx])
     elif x_val is not None:
-        x_val, y_val = _as_examples(x_val, "x_val"), _as_labels(y_val, "y_val")
+        x_val, y_val = _as_examples(x_val, "x_val", options.input_rank), _as_labels(y_val, "y_val")
         _check_lengths(x_val, y_val, "val", spec)
         if x_val.shape[1:] != x_train.shape[1:]:
             raise DataError(f"Validation examples must have the training shape "
@@ -359,16 +365,30 @@ def _from_arrays(spec: str, x_train: np.ndarray, y_train: np.ndarray,
         batch_size=options.batch_size)
 
 
-def _as_examples(x: np.ndarray, key: str) -> np.ndarray:
-    """Give single-channel images `(N, H, W)` a channel axis; keep uint8 as is."""
+def _as_examples(x: np.ndarray, key: str, rank: int | None = None) -> np.ndarray:
+    """Shape examples for a model taking inputs of `rank` axes: arrays with one
+    axis less get a channel axis of 1 (`(N, H, W)` images, `(N, length)`
+    signals); without a rank, only `(N, H, W)` arrays do. Keeps uint8 as is."""
     if x.dtype.kind not in "biuf":
         raise DataError(f"`{key}` must hold numbers. Received: {key} of dtype {x.dtype}")
     _check_finite(x, key)
     if x.ndim < 2:
         raise DataError(f"`{key}` must hold one example per row. Received: {key}.shape={x.shape}")
-    if x.ndim == 3:
+    if rank is None:
+        rank = 3 if x.ndim == 3 else x.ndim - 1
+    if x.ndim - 1 == rank - 1:
         x = x[..., np.newaxis]
+    elif x.ndim - 1 != rank:
+        readings = f"(N, {', '.join(_AXES.get(rank, ['d'] * rank))})"
+        raise DataError(
+            f"`{key}` cannot feed the model: it takes examples of {rank} axes, so the array "
+            f"must be {readings}, or have one axis less (a channel axis of 1 is added). "
+            f"Received: {key}.shape={x.shape}")
     return x if x.dtype == np.uint8 else x.astype(np.float32)
+
+
+_AXES = {1: ["features"], 2: ["length", "channels"], 3: ["height", "width", "channels"],
+         4: ["depth", "height", "width", "channels"]}
 
 
 def _as_labels(y: np.ndarray, key: str) -> np.ndarray:

@@ -196,9 +196,10 @@ def _anchors(fn, graph: ChannelGraph) -> list:
         consumers.setdefault(id(tensor), []).append(None)
     anchors = {}
     for node in graph.nodes:
-        gid = node.outputs[0].groups[0] if node.outputs else None
+        prunable = node.outputs and any(graph.groups[g].prunable
+                                        for g in node.outputs[0].groups)
         if (node.kind != Kind.SOURCE or "/" in node.name
-                or not graph.groups[gid].prunable or id(node.layer) in anchors):
+                or not prunable or id(node.layer) in anchors):
             continue
         anchor = _walk(node, graph, calls, consumers)
         if anchor is not None:
@@ -380,8 +381,10 @@ def rekey(values: Mapping[int, T], graph: ChannelGraph, other: ChannelGraph) -> 
         group = graph.groups[gid]
         name = group.sources[0] if group.sources else None
         try:
-            result[other.node(name).outputs[0].groups[0]] = value
-        except KeyError:
+            # The source's output may hold several groups: the same part in both.
+            part = graph.node(name).outputs[0].groups.index(gid)
+            result[other.node(name).outputs[0].groups[part]] = value
+        except (KeyError, ValueError):
             raise ModelError(f"Group {gid} ({group.describe()}) has no source layer in the "
                              f"other model. Received: source={name}") from None
     return result

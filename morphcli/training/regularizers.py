@@ -268,16 +268,16 @@ def _gamma_sources(reg: Regularizer, node) -> None:
 def _lasso_sources(reg: Regularizer, node) -> None:
     if node.kind != Kind.SOURCE or node.rule is None or node.rule.weights is None:
         return
-    gid = node.outputs[0].groups[0]
-    if not reg.graph.groups[gid].prunable:
-        return
     # The kernel that produces the output channels: the first multi-axis weight
     # with an output axis (a separable conv's pointwise kernel, not its depthwise one).
+    # Its output may hold several groups (a conv tied to a concatenation).
     for variable, spec in zip(node.layer.weights, node.rule.weights(node), strict=True):
         if OUT in spec.values() and len(variable.shape) > 1:
             axis = next(ax for ax, role in spec.items() if role == OUT)
-            index = np.arange(reg.graph.groups[gid].width)
-            reg.sources.setdefault(gid, []).append(_Source(variable, axis, index, reduce=True))
+            for gid, index in _segments(reg.graph, node.outputs[0]):
+                if reg.graph.groups[gid].prunable:
+                    reg.sources.setdefault(gid, []).append(
+                        _Source(variable, axis, index, reduce=True))
             return
 
 
