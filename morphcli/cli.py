@@ -443,7 +443,9 @@ def retrain(model, config_path, outdir, epochs, keep_weights, resume, overwrite,
 @click.option("--overwrite", is_flag=True, help="Delete the run folder's contents first.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Override any config value, e.g. --set shrink.epochs=3 (repeatable).")
-@click.option("--json", "as_json", is_flag=True, help="Print report.json on stdout.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the results on stdout as JSON: target, models and, with the "
+                   "baseline, the comparison (who won).")
 def run(config_path, rundir, rounds, baseline, resume, overwrite, sets, as_json):
     """Shrink → expand → retrain in one run folder, then report.
 
@@ -457,7 +459,7 @@ def run(config_path, rundir, rounds, baseline, resume, overwrite, sets, as_json)
       morph run configs/demo.yaml --resume           # after an interruption
     """
     from morphcli import config as cfg
-    from morphcli.report import results_table
+    from morphcli.report import comparison_line, results_table
     from morphcli.steps.context import make_context
     from morphcli.steps.run import run as run_steps
 
@@ -481,10 +483,16 @@ def run(config_path, rundir, rounds, baseline, resume, overwrite, sets, as_json)
     if not chief:
         return _worker_done(err)
     if as_json:
-        click.echo(_dumps(result.report["models"]))
+        click.echo(_dumps({k: result.report[k] for k in ("target", "models", "comparison")
+                           if k in result.report}))
         return
-    out.print(results_table(result.report["models"]))
-    err.print(f"wrote {rundir}/report.md, report.json and widths.png", markup=False)
+    comparison = result.report.get("comparison")
+    out.print(results_table(result.report["models"], (comparison or {}).get("best")))
+    if comparison:
+        out.print(comparison_line(comparison), markup=False, highlight=False)
+    made = "report.md, report.json, widths.png" + (" and best.keras (the better model)"
+                                                   if (comparison or {}).get("file") else "")
+    err.print(f"wrote {rundir}/{made}", markup=False)
 
 
 @cli.group()

@@ -51,6 +51,16 @@ def write_text(path: str | os.PathLike, text: str) -> None:
             os.fsync(f.fileno())
 
 
+def copy_file(source: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Copies `source` to `path` atomically."""
+    import shutil
+
+    with atomic_path(path) as tmp:
+        shutil.copyfile(source, tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+
+
 def write_json(path: str | os.PathLike, data: Any) -> None:
     """Writes `data` as indented JSON to `path` atomically. NaN and infinities, which
     JSON has no words for, are written as null."""

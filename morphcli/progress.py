@@ -25,7 +25,7 @@ def epoch_progress(console, title: str, epochs: int):
             super().__init__()
             self.live = console.is_terminal
             self.progress = Progress(
-                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("[bold]{task.description}"), BarColumn(bar_width=12), MofNCompleteColumn(),
                 TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
                 console=console, transient=False, disable=not self.live)
             self.task = None
@@ -45,7 +45,7 @@ def epoch_progress(console, title: str, epochs: int):
             info = _fmt_logs(logs or {})
             steps = self.params.get("steps") or 1
             self.progress.update(self.task, completed=(epoch + 1) * steps,
-                                 info=f"epoch {epoch + 1}/{epochs} {info}")
+                                 info=_fmt_logs(logs or {}, short=True))
             if not self.live:
                 console.print(f"{title}: epoch {epoch + 1}/{epochs} {info}", markup=False,
                               highlight=False, soft_wrap=True)
@@ -56,12 +56,21 @@ def epoch_progress(console, title: str, epochs: int):
     return EpochProgress()
 
 
-def _fmt_logs(logs: dict) -> str:
-    keys = ("loss", "reg_loss", "accuracy", "val_accuracy", "alive_fraction")
+def _fmt_logs(logs: dict, short: bool = False) -> str:
+    """One epoch's numbers; `short` fits the live bar on an 80-column terminal."""
     parts = []
+    keys = ("accuracy", "val_accuracy") if short else ("loss", "reg_loss", "accuracy",
+                                                       "val_accuracy")
     for key in keys:
         if key in logs:
             value = float(logs[key])
-            parts.append(f"{key} {value:.1%}" if "accuracy" in key or "fraction" in key
-                         else f"{key} {value:.3g}")
-    return "  ".join(parts)
+            name = {"accuracy": "acc", "val_accuracy": "val"}[key] if short else key
+            parts.append(f"{name} {value:.1%}" if "accuracy" in key else f"{name} {value:.3g}")
+    if "alive_fraction" in logs:
+        alive = f"alive {float(logs['alive_fraction']):.0%}"
+        if "target_fraction" in logs:  # the target-aware shrink: where it aims now
+            alive += f"->{float(logs['target_fraction']):.0%}"
+        parts.append(alive)
+    if "lambda" in logs and not short:
+        parts.append(f"lambda {float(logs['lambda']):.3g}")
+    return "  ".join(parts) if not short else " ".join(parts)

@@ -292,8 +292,53 @@ def _result_cells(row: Mapping) -> list[str]:
             "—" if acc is None else f"{acc:.2%}"]
 
 
-def results_table(rows: Mapping[str, Mapping]):
-    """A rich table of trained models: name -> totals plus `val_accuracy`."""
+FEW_IMAGES = 3  # a gap of fewer validation examples than this is called noise
+
+
+def compare(rows: Mapping[str, Mapping], metric: str, val_size: int,
+            names: tuple[str, str] = ("morphnet", "uniform baseline")) -> dict:
+    """Which of two trained models is better on validation data, and by how much.
+
+    The better is the one that classifies more validation examples correctly; at
+    an equal count, the one that costs less in `metric`, then MorphNet's. The gap
+    is also given in examples, and called `close` when it is below `FEW_IMAGES`:
+    then the data cannot tell the two apart.
+    """
+    first, second = (rows[n] for n in names)
+    a, b = first.get("val_accuracy"), second.get("val_accuracy")
+    if a is None or b is None or not val_size:
+        return {"best": None, "why": "no validation data to compare on"}
+    key = {"latency": "latency_s"}.get(metric, metric)
+    images = round(a * val_size) - round(b * val_size)
+    if images:
+        best = names[0] if images > 0 else names[1]
+        why = "more validation examples right"
+    else:
+        cheaper = second.get(key, 0) < first.get(key, 0)
+        best = names[1] if cheaper else names[0]
+        why = f"as many validation examples right, lower {metric}" if cheaper else \
+            "as many validation examples right"
+    return {"best": best, "other": names[1] if best == names[0] else names[0],
+            "difference": a - b, "images": images, "val_size": int(val_size),
+            "close": abs(images) < FEW_IMAGES, "why": why}
+
+
+def comparison_line(comparison: Mapping) -> str:
+    """One sentence on who won, for the console and report.md."""
+    if comparison.get("best") is None:
+        return f"no winner: {comparison.get('why', 'no baseline')}"
+    images, n = comparison["images"], comparison["val_size"]
+    line = (f"best: {comparison['best']} ({comparison['why']}: morphnet − uniform = "
+            f"{comparison['difference']:+.2%}, {images:+d} of {n:,} examples)")
+    if comparison["close"]:
+        line += (f"; the gap is under {FEW_IMAGES} validation examples, so the two are "
+                 "indistinguishable on these data")
+    return line
+
+
+def results_table(rows: Mapping[str, Mapping], best: str | None = None):
+    """A rich table of trained models: name -> totals plus `val_accuracy`; `best`
+    is marked with a star."""
     from rich.markup import escape
     from rich.table import Table
 
@@ -301,7 +346,9 @@ def results_table(rows: Mapping[str, Mapping]):
     for col in _RESULT_COLUMNS:
         table.add_column(col, justify="left" if col == "model" else "right")
     for name, row in rows.items():
-        table.add_row(escape(name), *_result_cells(row))
+        table.add_row(escape(name + (" *" if name == best else "")), *_result_cells(row))
+    if best is not None:
+        table.caption = "* the better of the two trained models (see the line below)"
     return table
 
 
@@ -311,6 +358,12 @@ def results_markdown(data: Mapping) -> str:
     target_text = seconds(target) if metric == "latency" else human(target)
     lines = [f"# morph run: {metric} target {target_text}", "",
              "| " + " | ".join(_RESULT_COLUMNS) + " |", "| --- | ---: | ---: | ---: | ---: |"]
+    best = (data.get("comparison") or {}).get("best")
     for name, row in data["models"].items():
-        lines.append(f"| {name} | " + " | ".join(_result_cells(row)) + " |")
+        mark = " **(best)**" if name == best else ""
+        lines.append(f"| {name}{mark} | " + " | ".join(_result_cells(row)) + " |")
+    if data.get("comparison"):
+        lines += ["", comparison_line(data["comparison"]) + "."]
+        if data["comparison"].get("file"):
+            lines.append(f"The better model is also written as `{data['comparison']['file']}`.")
     return "\n".join(lines) + "\n"

@@ -118,7 +118,21 @@ def test_morph_run_end_to_end(tmp_path):
         flops = report["models"][name]["flops"]
         assert flops <= target and flops > 0.99 * target, name
         assert report["models"][name]["val_accuracy"] > 0.5, name
-    assert json.loads(result.stdout) == report["models"]
+    printed = json.loads(result.stdout)
+    assert printed == {k: report[k] for k in ("target", "models", "comparison")}
+    # The better of the two trained models is handed over as best.keras.
+    comparison = report["comparison"]
+    accs = {n: report["models"][n]["val_accuracy"] for n in ("morphnet", "uniform baseline")}
+    n = comparison["val_size"]
+    assert n == 359  # 20% of 1,797 digits
+    images = round(accs["morphnet"] * n) - round(accs["uniform baseline"] * n)
+    assert comparison["images"] == images
+    if images:
+        assert comparison["best"] == max(accs, key=accs.get)
+    assert comparison["close"] == (abs(images) < 3)
+    winner = rundir / ("retrain" if comparison["best"] == "morphnet" else "baseline")
+    assert (rundir / "best.keras").read_bytes() == (winner / "final.keras").read_bytes()
+    assert f"best: {comparison['best']}" in (rundir / "report.md").read_text()
     final = keras.saving.load_model(rundir / "retrain" / "final.keras")
     assert analyze(final).totals["flops"] == report["models"]["morphnet"]["flops"]
     assert (rundir / "widths.png").read_bytes()[:4] == b"\x89PNG"

@@ -99,7 +99,13 @@ class RegularizerConfig:
         "gamma (batch-norm scales) | group_lasso (weight norms, no BN needed) | gates "
         "(learned channel gates, inserted while shrinking and folded away)")
     strength: float | str = _opt("auto", c.auto(c.POSITIVE),
-                                 "auto (1.0) or > 0: the regularization loss starts at this value")
+                                 "auto (lambda steered so the shrink lands on the target) or "
+                                 "> 0: fixed lambda, the regularization loss starts at this value")
+    target_fraction: float = _opt(1.0, c.real("a number with 0 < x <= 2", lambda x: 0 < x <= 2),
+                                  "strength auto: the shrink aims at target x this (0 < x <= 2)")
+    cost_exponent: float = _opt(1.0, c.real("a number with 0 <= x <= 2", lambda x: 0 <= x <= 2),
+                                "weight each channel's penalty by cost^x (1: MorphNet; "
+                                "0: every channel alike)")
     threshold: float | str = _opt("auto", c.auto(c.POSITIVE),
                                   "auto (1e-2; 0.1 for gates) or > 0; a channel is alive above it")
     min_channels: int = _opt(1, c.integer(1), "channels kept alive in every group, at least")

@@ -18,6 +18,8 @@ metrics.json), written after all the others.
     RUNDIR/retrain/   final.keras, metrics.json
     RUNDIR/baseline/  expanded.keras, expand.json, final.keras, metrics.json
     RUNDIR/report.md, RUNDIR/report.json, RUNDIR/widths.png
+    RUNDIR/best.keras  with the baseline: the better of final.keras and the
+                       baseline's (report.json's "comparison" says which, and why)
 
 One `RunContext` serves every step: the strategy is made once, the data
 loaded once, and each model's channel graph built once (a step's result hands
@@ -161,6 +163,14 @@ def write_report(ctx: RunContext, rundir: Path, final_model: Priced, final: dict
                    for r, acc in zip(reports, accuracies, strict=False)},
         "seed": rep.to_json(seed), "morphnet": rep.to_json(morph),
     }
+    if uniform is not None:
+        val_size = getattr(ctx.dataset, "val_size", 0) if ctx.dataset is not None else 0
+        comparison = rep.compare(data["models"], ctx.metric, val_size)
+        if comparison["best"] is not None:  # hand the user the better model
+            source = "retrain" if comparison["best"] == "morphnet" else "baseline"
+            files.copy_file(rundir / source / "final.keras", rundir / "best.keras")
+            comparison["file"] = "best.keras"
+        data["comparison"] = comparison
     files.write_json(rundir / "report.json", data)
     files.write_text(rundir / "report.md", rep.results_markdown(data) + "\n" + rep.to_markdown(
         seed, morph))

@@ -17,6 +17,7 @@ Output folder::
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,6 +28,9 @@ import numpy as np
 from morphcli.steps.context import Priced, RunContext, make_context
 
 AUTO_STRENGTH = 1.0  # the regularization loss starts at this value (see strength_scale)
+PRECISE_BN_BATCHES = 100  # batch norms re-estimated on this many batches after the shrink
+DID_NOTHING = 0.99  # a shrunk structure above this fraction of the seed's cost is warned of
+log = logging.getLogger("morphcli")
 
 
 @dataclass
@@ -107,7 +111,7 @@ def shrink(ctx: RunContext, outdir: str | Path, *, callbacks: Sequence = ()) -> 
     from morphcli import files
     from morphcli.config import record
     from morphcli.core import structure, surgery
-    from morphcli.training import distribute, engine, gates, regularizers
+    from morphcli.training import controller, distribute, engine, gates, regularizers
 
     if not isinstance(ctx, RunContext):
         ctx = make_context(ctx)
@@ -124,23 +128,32 @@ def shrink(ctx: RunContext, outdir: str | Path, *, callbacks: Sequence = ()) -> 
                                        threshold=threshold or gates.THRESHOLD)
         trained = Priced.of(gated_model, ctx.hardware)
     reg = regularizers.make_regularizer(trained.graph, trained.costs, reg_conf.kind, ctx.metric,
-                                        threshold, reg_conf.min_channels)
-    strength = AUTO_STRENGTH if reg_conf.strength == "auto" else float(reg_conf.strength)
+                                        threshold, reg_conf.min_channels, reg_conf.cost_exponent)
+    steered = reg_conf.strength == "auto"
+    strength = AUTO_STRENGTH if steered else float(reg_conf.strength)
     lam = strength / regularizers.strength_scale(reg)
     record(conf, outdir / "config.yaml")
 
     seed_cost = seed.costs.total(ctx.metric)
+    steps = [_structure_logger(reg, seed_cost)]
+    if steered:  # drive the alive cost to the budget (the trained graph's own units)
+        full = reg.costs.total(ctx.metric)
+        aim = _shrink_target(ctx) * reg_conf.target_fraction * full / seed_cost
+        steps.insert(0, controller.callback(reg, seed_cost=full, final_cost=aim, lam0=lam,
+                                            learning_rate=conf.shrink.learning_rate))
     fit = engine.fit(trained.model, ctx.dataset, engine.TrainSpec.of(conf.shrink),
                      workdir=outdir, penalty=reg.term, strength=lam,
-                     callbacks=[_structure_logger(reg, seed_cost), *callbacks],
+                     callbacks=[*steps, *callbacks], precise_batch_norm=PRECISE_BN_BATCHES,
                      **distribute.fit_options(conf.distribute, strategy))
 
-    raw = gates.rekey(reg.alive_masks(), trained.graph, seed.graph)
+    landing = controller.landing_threshold(reg, aim) if steered else reg.threshold
+    raw = gates.rekey(reg.alive_masks(landing), trained.graph, seed.graph)
     values = gates.rekey(reg.numpy_vectors(), trained.graph, seed.graph)
     floor = [g for g, m in raw.items() if not (values[g] > reg.threshold).any()]
     masks = round_masks(raw, values, conf.shrink.round_to,
                         {g: seed.graph.groups[g].block for g in raw})
     widths = {g: int(m.sum()) for g, m in masks.items()}
+    _warn_if_nothing(raw, reg.cost(landing) / reg.costs.total(ctx.metric), steered)
     with strategy.scope():  # the next step (expand, another round) trains under it too
         if gated:
             model, graph = gates.export(trained.model, masks, seed.graph, with_graph=True)
@@ -153,17 +166,41 @@ def shrink(ctx: RunContext, outdir: str | Path, *, callbacks: Sequence = ()) -> 
     files.write_json(outdir / "structure.json", structure.to_dict(
         seed.graph, masks, model=seed.model.name, resource=ctx.metric,
         regularizer={"kind": reg.kind, "threshold": reg.threshold, "strength": strength,
-                     "lambda": lam},
+                     "lambda": fit.strength, "lambda_start": lam, "steered": steered,
+                     "landing_threshold": landing},
         cost={"before": before, "after": after}))
     files.save_model(shrunk.model, outdir / "shrunk.keras")
     shrunk_val = engine.evaluate(shrunk.model, ctx.dataset.val)
-    result = ShrinkResult(masks, before, after, lam, fit.val, shrunk_val, fit.seconds,
+    result = ShrinkResult(masks, before, after, fit.strength, fit.val, shrunk_val, fit.seconds,
                           gates.rekey(reg.kept_whole, trained.graph, seed.graph), floor, outdir,
                           shrunk, exactness)
     files.write_json(outdir / "summary.json", summary_dict(result, fit))  # the step's last
     engine.finish(outdir)
     distribute.remove_write_dir(outdir, strategy)
     return result
+
+
+def _shrink_target(ctx: RunContext) -> float:
+    """The absolute budget the shrink aims at (the config's, even for a context
+    made without one)."""
+    if ctx.target is not None:
+        return ctx.target
+    from morphcli.steps.context import resolve_budget
+
+    return resolve_budget(ctx)
+
+
+def _warn_if_nothing(masks: dict[int, np.ndarray], alive_fraction: float, steered: bool) -> None:
+    """One warning line when the shrink removed nothing worth a rebuild."""
+    if all(m.all() for m in masks.values()):
+        what = "no channel fell below the threshold"
+    elif alive_fraction > DID_NOTHING:
+        what = f"the alive structure still costs {alive_fraction:.1%} of the seed"
+    else:
+        return
+    fix = ("train longer (shrink.epochs) or raise shrink.learning_rate" if steered else
+           "raise regularizer.strength or shrink.epochs, or set regularizer.strength: auto")
+    log.warning("the shrink removed almost nothing: %s; %s", what, fix)
 
 
 def summary_dict(result: ShrinkResult, fit) -> dict:

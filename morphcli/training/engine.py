@@ -55,6 +55,7 @@ class FitResult:
     val: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
     resumed_from_epoch: int = 0
+    strength: float | None = None  # the penalty's multiplier when training ended
 
 
 def make_optimizer(spec: TrainSpec, steps_per_epoch: int, scale: float = 1.0):
@@ -106,7 +107,12 @@ def _penalized_model_class():
             super().__init__(name=f"{net.name}_penalized", **kwargs)
             self.net = net
             self.penalty = penalty
-            self.strength = float(strength)
+            # A variable, so that a controller can steer it and checkpoints keep it.
+            self.strength = self.strength_base = None
+            if penalty is not None:  # `strength_base`: a controller's own state
+                self.strength, self.strength_base = (self.add_weight(
+                    shape=(), initializer=keras.initializers.Constant(float(strength)),
+                    trainable=False, name=name) for name in ("strength", "strength_base"))
             self.reg_tracker = None if penalty is None else keras.metrics.Mean(name="reg_loss")
             self.data_spec = data_spec
             self.multi_worker = multi_worker
@@ -133,7 +139,7 @@ def _penalized_model_class():
                                         sample_weight=sample_weight, training=training)
             if not training or self.penalty is None:
                 return loss
-            penalty = self.strength * self.penalty()
+            penalty = tf.cast(self.strength, tf.float32) * self.penalty()
             self.reg_tracker.update_state(penalty)
             # Keras scales each replica's loss by 1 / replicas before summing
             # gradients; the penalty, computed on every replica, is scaled alike.
@@ -186,7 +192,7 @@ def _callbacks(state: _State, checkpoint_dir: Path, log_dir: Path | None,
 def fit(model, dataset, spec: TrainSpec, *, workdir: str | Path, penalty: Callable | None = None,
         strength: float = 0.0, callbacks: Sequence = (), strategy=None,
         lr_scale: float = 1.0, tensorboard: bool = True,
-        sync_batch_norm: bool = True) -> FitResult:
+        sync_batch_norm: bool = True, precise_batch_norm: int = 0) -> FitResult:
     """Trains `model` in place on `dataset` (a `morphcli.training.data.Dataset`).
 
     Args:
@@ -197,13 +203,16 @@ def fit(model, dataset, spec: TrainSpec, *, workdir: str | Path, penalty: Callab
         workdir: Folder for `checkpoints/` and `logs/`. Checkpoints left by an
             interrupted run in this folder are resumed from.
         penalty: Zero-argument callable returning the regularization term.
-        strength: Multiplier of the penalty.
+        strength: Multiplier of the penalty (its initial value: a callback may steer
+            the trainee's `strength` variable, which checkpoints keep).
         callbacks: Extra Keras callbacks (progress display, structure logging).
         strategy: A `tf.distribute.Strategy` (default: the current one).
         lr_scale: Learning-rate multiplier (e.g. replicas, for linear scaling).
         tensorboard: Write TensorBoard logs under `workdir/logs`.
         sync_batch_norm: With several replicas, batch norms use the global
             batch's statistics (see `distribute.global_batch_norm`).
+        precise_batch_norm: After training, re-estimate the batch norms' moving
+            statistics on this many training batches (`recalibrate_batch_norm`).
 
     Returns:
         A `FitResult`.
@@ -263,7 +272,53 @@ def fit(model, dataset, spec: TrainSpec, *, workdir: str | Path, penalty: Callab
             hint="lower the learning rate or the regularizer strength, then rerun"
                  + (" with --resume." if done else "."),
         )
-    return FitResult(history, evaluate(model, dataset.val), seconds, resumed)
+    if precise_batch_norm:
+        with strategy.scope():
+            recalibrate_batch_norm(model, dataset.train, precise_batch_norm)
+    strength_now = None if trainee.strength is None else float(trainee.strength.numpy())
+    return FitResult(history, evaluate(model, dataset.val), seconds, resumed, strength_now)
+
+
+def recalibrate_batch_norm(model, train, batches: int) -> int:
+    """Replaces every batch norm's moving mean and variance by their average over
+    `batches` training batches, the weights unchanged ("precise BN").
+
+    The shrink trains at a constant, high learning rate while it drives scales to
+    zero; the moving averages then lag the network so far behind that it scores
+    near chance on validation data, although it fits the training data. Averaging
+    the batch statistics of the final weights gives the statistics it really has.
+
+    Returns:
+        The number of batches used (0 when the model has no batch norm).
+    """
+    import keras
+
+    norms = [layer for layer in _all_layers(model)
+             if isinstance(layer, keras.layers.BatchNormalization)]
+    if not norms:
+        return 0
+    momenta = [layer.momentum for layer in norms]
+    for layer in norms:
+        layer.moving_mean.assign(keras.ops.zeros_like(layer.moving_mean))
+        layer.moving_variance.assign(keras.ops.zeros_like(layer.moving_variance))
+    used = 0
+    try:
+        for x, _ in train.take(batches):
+            for layer in norms:  # running mean: batch k weighs 1 / (k + 1)
+                layer.momentum = used / (used + 1)
+            model(x, training=True)
+            used += 1
+    finally:
+        for layer, momentum in zip(norms, momenta, strict=True):
+            layer.momentum = momentum
+    return used
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from _all_layers(layer)
 
 
 def evaluate(model, val) -> dict[str, float]:

@@ -82,6 +82,7 @@ class Regularizer:
     resource: str
     threshold: float
     min_channels: int = 1
+    cost_exponent: float = 1.0
     sources: dict[int, list[_Source]] = field(default_factory=dict)
     kept_whole: dict[int, str] = field(default_factory=dict)
 
@@ -127,31 +128,46 @@ class Regularizer:
         return {gid: np.asarray(v) for gid, v in self.vectors().items()}
 
     # -- structure ----------------------------------------------------------------------
-    def alive_masks(self) -> dict[int, np.ndarray]:
-        """Boolean mask per regularized group: value > threshold, keeping at least
-        `min_channels` (the largest values) in every group."""
+    def alive_masks(self, threshold: float | None = None) -> dict[int, np.ndarray]:
+        """Boolean mask per regularized group: value > threshold (default: the
+        regularizer's), keeping at least `min_channels` (the largest values) in every
+        group."""
+        threshold = self.threshold if threshold is None else threshold
         masks = {}
         for gid, values in self.numpy_vectors().items():
             # A group read in blocks (group norm) keeps a block when any channel lives.
             block = self.graph.groups[gid].block
             blocks = values.reshape(-1, block).max(axis=1)
-            keep = blocks > self.threshold
+            keep = blocks > threshold
             need = -(-min(self.min_channels, values.size) // block)
             if keep.sum() < need:
                 keep[np.argsort(-blocks, kind="stable")[:need]] = True
             masks[gid] = np.repeat(keep, block)
         return masks
 
-    def alive_widths(self) -> dict[int, int]:
-        return {gid: int(m.sum()) for gid, m in self.alive_masks().items()}
+    def alive_widths(self, threshold: float | None = None) -> dict[int, int]:
+        return {gid: int(m.sum()) for gid, m in self.alive_masks(threshold).items()}
 
-    def cost(self) -> float:
+    def cost(self, threshold: float | None = None) -> float:
         """Resource cost of the structure that is alive now."""
-        return self.costs.total(self.resource, self.alive_widths())
+        return self.costs.total(self.resource, self.alive_widths(threshold))
 
     # -- the differentiable term ----------------------------------------------------------
     def term(self):
-        """The cost made differentiable at the current alive widths (a scalar tensor)."""
+        """The cost made differentiable at the current alive widths (a scalar tensor).
+
+        With `cost_exponent` p != 1, group g's sum is weighted by w_g^p · mean(w)^(1-p)
+        instead of its per-channel cost w_g (`channel_weights`): p < 1 narrows the gap
+        between cheap and expensive channels, p = 0 penalises every channel alike."""
+        import tensorflow as tf
+
+        widths, sums = self._widths_and_sums()
+        if self.cost_exponent == 1.0:
+            return self._term_of(widths, sums)
+        weights = tf.stop_gradient(self._weights_at(widths))
+        return tf.reduce_sum(weights * tf.stack(sums))
+
+    def _widths_and_sums(self):
         import tensorflow as tf
 
         seed = self.costs.width_vector()
@@ -161,7 +177,11 @@ class Regularizer:
             alive = tf.reduce_sum(tf.cast(vec > self.threshold, tf.float32))
             widths[gid] = tf.maximum(alive, float(min(self.min_channels, seed[gid])))
             sums[gid] = tf.reduce_sum(vec)
-        width_t = tf.stop_gradient(tf.stack(widths))
+        return tf.stop_gradient(tf.stack(widths)), sums
+
+    def _term_of(self, width_t, sums):
+        import tensorflow as tf
+
         matrix = tf.constant(self.costs.space_matrix(), tf.float32)
         space_w = tf.concat([tf.linalg.matvec(matrix, width_t), [1.0]], 0)
         space_r = tf.concat([tf.linalg.matvec(matrix, tf.stack(sums)), [0.0]], 0)
@@ -169,6 +189,35 @@ class Regularizer:
         products = (tf.gather(space_w, a) * tf.gather(space_r, b)
                     + tf.gather(space_w, b) * tf.gather(space_r, a))
         return tf.reduce_sum(coef * products)
+
+    def _weights_at(self, width_t):
+        """d term / d (sum of group g's values) at `width_t` (a tensor, one entry per
+        group; 0 for groups not regularized), reweighted by `cost_exponent` (see `term`).
+        The term is linear in the sums, so this is exact and needs no tape."""
+        import tensorflow as tf
+
+        matrix = tf.constant(self.costs.space_matrix(), tf.float32)
+        rows = tf.concat([matrix, tf.zeros((1, self.costs.n_groups))], 0)  # "no space": 0
+        space_w = tf.concat([tf.linalg.matvec(matrix, width_t), [1.0]], 0)
+        coef, a, b = self._coefficients(space_w)
+        raw = (tf.linalg.matvec(tf.gather(rows, b), coef * tf.gather(space_w, a), transpose_a=True)
+               + tf.linalg.matvec(tf.gather(rows, a), coef * tf.gather(space_w, b),
+                                  transpose_a=True))
+        mask = np.zeros(self.costs.n_groups, dtype=bool)
+        mask[self.groups] = True
+        raw = tf.where(mask, tf.maximum(raw, 0.0), 0.0)
+        if self.cost_exponent == 1.0:
+            return raw
+        mean = tf.reduce_sum(raw) / float(mask.sum())
+        live = tf.logical_and(mask, raw > 0)
+        safe = tf.where(live, raw, 1.0)
+        return tf.where(live, safe ** self.cost_exponent * mean ** (1 - self.cost_exponent), 0.0)
+
+    def channel_weights(self) -> np.ndarray:
+        """What one unit of a channel's value adds to the term now, per group
+        (index = group id; 0 for groups not regularized)."""
+        widths, _ = self._widths_and_sums()
+        return self._weights_at(widths).numpy().astype(np.float64)
 
     def _coefficients(self, space_w):
         """(coef, a, b) of the cost's monomials; index -1 ("no space") becomes the
@@ -201,7 +250,7 @@ class Regularizer:
 
 def make_regularizer(graph: ChannelGraph, costs: CostModel, kind: str = "gamma",
                      resource: str = "flops", threshold: float | None = None,
-                     min_channels: int = 1) -> Regularizer:
+                     min_channels: int = 1, cost_exponent: float = 1.0) -> Regularizer:
     """Builds a regularizer for a model's channel graph.
 
     Args:
@@ -213,6 +262,7 @@ def make_regularizer(graph: ChannelGraph, costs: CostModel, kind: str = "gamma",
         resource: flops, macs, params, kernel_params or latency.
         threshold: Alive threshold (default 1e-2; 0.1 for gates).
         min_channels: Channels every group keeps at least.
+        cost_exponent: Exponent on each group's per-channel cost weight (see `term`).
 
     Raises:
         MorphError: Unknown kind; `gamma` on a model whose batch norms have
@@ -222,7 +272,7 @@ def make_regularizer(graph: ChannelGraph, costs: CostModel, kind: str = "gamma",
     kind = canonical_kind(kind)
     reg = Regularizer(graph, costs, kind, resource,
                       DEFAULT_THRESHOLD[kind] if threshold is None else float(threshold),
-                      int(min_channels))
+                      int(min_channels), float(cost_exponent))
     collector = _COLLECTORS[kind]
     for node in graph.nodes:
         collector.collect(reg, node)
