@@ -534,3 +534,5 @@ def main() -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
+
+from morphcli import deploy_cli  # noqa: E402, F401  (registers export and bench)

@@ -51,6 +51,15 @@ def write_text(path: str | os.PathLike, text: str) -> None:
             os.fsync(f.fileno())
 
 
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Writes `data` to `path` atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+
 def copy_file(source: str | os.PathLike, path: str | os.PathLike) -> None:
     """Copies `source` to `path` atomically."""
     import shutil

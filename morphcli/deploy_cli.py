@@ -1,0 +1,95 @@
+"""`morph export` and `morph bench` (registered on the `morph` group by cli.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from morphcli.cli import _consoles, _load, _model_options, cli
+from morphcli.outputs import check_outputs
+from morphcli.outputs import dumps as _dumps
+from morphcli.steps.export import FORMATS, QUANTIZATIONS
+
+
+@cli.command()
+@click.argument("model")
+@click.option("-o", "--output", "out_path", required=True, type=click.Path(),
+              help="Where to write: a .tflite file, or a folder for saved_model.")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="tflite", show_default=True,
+              help="tflite (a flatbuffer for TFLite) or saved_model (a TensorFlow folder).")
+@click.option("--quantize", type=click.Choice(QUANTIZATIONS), default="none", show_default=True,
+              help="TFLite only: float16 weights, or dynamic-range int8 weights.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+@click.option("--json", "as_json", is_flag=True, help="Print the export record on stdout.")
+@_model_options
+def export(model, out_path, fmt, quantize, overwrite, as_json, input_shape, classes, trust_code):
+    """Export MODEL for deployment and check it predicts what the Keras model does.
+
+    Writes the model atomically, then runs the export and the Keras model on
+    one random batch and prints the largest difference of their outputs
+    (float32 exports must agree to 1e-4).
+
+    \b
+    Examples:
+      morph export runs/demo/retrain/final.keras -o final.tflite
+      morph export final.keras --quantize int8 -o final-int8.tflite
+      morph export final.keras --format saved_model -o final_saved_model
+    """
+    from morphcli.errors import MorphError
+    from morphcli.steps.export import export as export_step
+
+    out, err = _consoles()
+    check_outputs({"MODEL": model}, {"-o": out_path})
+    if Path(out_path).exists() and not overwrite:
+        raise MorphError(f"The output exists. Received: -o {out_path}",
+                         hint="pass --overwrite to replace it, or choose another path.")
+    result = export_step(_load(model, input_shape, classes, trust_code), out_path, fmt, quantize)
+    if as_json:
+        click.echo(_dumps(vars(result)))
+        return
+    err.print(f"wrote {result.path} ({fmt}, {quantize}, {result.bytes:,} bytes); largest "
+              f"|export - keras| on {result.checked_on} random examples: "
+              f"{result.max_abs_delta:.3g}", markup=False, highlight=False)
+
+
+@cli.command()
+@click.argument("path")
+@click.option("--batch", type=click.IntRange(1), default=1, show_default=True,
+              help="Examples per call.")
+@click.option("--threads", type=click.IntRange(1), default=None,
+              help="TFLite interpreter threads (default: TFLite's).")
+@click.option("--repeats", type=click.IntRange(1), default=50, show_default=True,
+              help="Timed calls.")
+@click.option("--warmup", type=click.IntRange(0), default=10, show_default=True,
+              help="Untimed calls first.")
+@click.option("--trust-code", is_flag=True, help="Allow custom code in a .keras file (unsafe).")
+@click.option("--json", "as_json", is_flag=True, help="Print the measurement on stdout.")
+def bench(path, batch, threads, repeats, warmup, trust_code, as_json):
+    """Measure the end-to-end latency of a .keras, .tflite or SavedModel on this machine.
+
+    Times one call at a time on a random batch, after warm-up calls, and prints
+    the median with the 10th and 90th percentiles. The machine's other load
+    shows in the spread: compare models in interleaved runs.
+
+    \b
+    Examples:
+      morph bench final.tflite --threads 2
+      morph bench runs/demo/retrain/final.keras --batch 8 --json
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from morphcli.steps.export import bench as bench_step
+
+    out, err = _consoles()
+    with Progress(TextColumn("[bold]bench"), BarColumn(bar_width=30), MofNCompleteColumn(),
+                  console=err, transient=True, disable=not err.is_terminal) as bar:
+        task = bar.add_task("bench", total=warmup + repeats)
+        result = bench_step(path, batch=batch, threads=threads, warmup=warmup, repeats=repeats,
+                            progress=lambda n: bar.advance(task, n), trust_code=trust_code)
+    if as_json:
+        click.echo(_dumps(result.to_dict()))
+        return
+    out.print(f"{result.runtime}, batch {batch}: median {result.median_s * 1e3:.3f} ms "
+              f"(10th-90th percentile {result.p10_s * 1e3:.3f}-{result.p90_s * 1e3:.3f} ms, "
+              f"{repeats} calls)", markup=False, highlight=False)

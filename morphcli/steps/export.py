@@ -1,0 +1,289 @@
+"""`morph export` and `morph bench`: the formats users deploy, and their clock.
+
+`export` writes a Keras model as a TensorFlow SavedModel (a folder) or a
+TFLite flatbuffer (float32; float16 or dynamic-range int8 weights through the
+converter's own options), atomically, then runs the exported model and the
+Keras model on one seeded random batch and reports the largest difference of
+their outputs: the export is checked against its source every time.
+
+`bench` measures end-to-end latency of a `.keras` file, a SavedModel folder
+or a `.tflite` file on this machine: warm-up calls, then timed calls one at a
+time, reported as the median with the 10th and 90th percentiles. Keras and
+SavedModel calls run inside one `tf.function`, so Python overhead is not what
+is timed; TFLite uses its interpreter with the given thread count.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from morphcli.errors import ModelError, MorphError
+
+FORMATS = ("tflite", "saved_model")
+QUANTIZATIONS = ("none", "float16", "int8")
+CHECK_BATCH = 4  # examples in the random batch an export is checked on
+# Largest |exported - keras| accepted for float32 exports (float16 and int8 weights
+# change the outputs by design: their difference is reported, not checked).
+TOLERANCE = 1e-4
+
+
+@dataclass
+class ExportResult:
+    path: str
+    format: str
+    quantize: str
+    bytes: int
+    max_abs_delta: float
+    checked_on: int  # examples
+
+
+@dataclass
+class BenchResult:
+    path: str
+    runtime: str
+    batch: int
+    threads: int | None
+    repeats: int
+    median_s: float
+    p10_s: float
+    p90_s: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _input_shape(model) -> tuple[int, ...]:
+    shape = tuple(model.inputs[0].shape[1:])
+    if any(d is None for d in shape):
+        raise ModelError(f"Model `{model.name}` has a dynamic input shape {shape}: exports "
+                         "and benchmarks need fixed sizes.",
+                         hint="rebuild it on a fixed shape with --input-shape H,W,C.")
+    return shape
+
+
+def sample(shape: tuple[int, ...], batch: int, seed: int = 0) -> np.ndarray:
+    """The seeded random batch exports are checked and benchmarks run on."""
+    return np.random.default_rng(seed).normal(size=(batch, *shape)).astype("float32")
+
+
+def _quiet_interpreter(**kwargs):
+    import tensorflow as tf
+
+    with warnings.catch_warnings():  # tf.lite's interpreter warns of its own future move
+        warnings.simplefilter("ignore")
+        return tf.lite.Interpreter(**kwargs)
+
+
+def _tflite_runner(content: bytes, threads: int | None) -> Callable[[np.ndarray], np.ndarray]:
+    interpreter = _quiet_interpreter(model_content=content, num_threads=threads)
+    inp = interpreter.get_input_details()[0]
+    out = interpreter.get_output_details()[0]
+    shape: list = [None]
+
+    def run(x: np.ndarray) -> np.ndarray:
+        if shape[0] != x.shape:
+            interpreter.resize_tensor_input(inp["index"], x.shape)
+            interpreter.allocate_tensors()
+            shape[0] = x.shape
+        interpreter.set_tensor(inp["index"], x)
+        interpreter.invoke()
+        return interpreter.get_tensor(out["index"])
+
+    return run
+
+
+def _saved_model_runner(path: str | Path) -> Callable[[np.ndarray], np.ndarray]:
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(path))
+
+    def run(x: np.ndarray) -> np.ndarray:
+        # `loaded` stays referenced here: its variables live as long as the runner.
+        serve = getattr(loaded, "serve", None) or loaded.signatures["serving_default"]
+        y = serve(tf.constant(x))
+        if isinstance(y, dict):
+            y = next(iter(y.values()))
+        return np.asarray(y)
+
+    return run
+
+
+def _keras_runner(model) -> Callable[[np.ndarray], np.ndarray]:
+    import tensorflow as tf
+
+    call = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    return lambda x: np.asarray(call(tf.constant(x)))
+
+
+def export(model, path: str | Path, fmt: str = "tflite", quantize: str = "none") -> ExportResult:
+    """Writes `model` to `path` as `fmt` and checks it against the Keras model.
+
+    Raises:
+        MorphError: Unknown format or quantization, a dynamic input shape, a
+            converter failure, or a float32 export that differs from the Keras
+            model by more than `TOLERANCE`.
+    """
+    from morphcli import files
+
+    if fmt not in FORMATS:
+        raise MorphError(f"Unknown export format. Expected one of {', '.join(FORMATS)}. "
+                         f"Received: format={fmt!r}")
+    if quantize not in QUANTIZATIONS:
+        raise MorphError(f"Unknown quantization. Expected one of {', '.join(QUANTIZATIONS)}. "
+                         f"Received: quantize={quantize!r}")
+    if fmt == "saved_model" and quantize != "none":
+        raise MorphError("Quantization is a TFLite option. Received: format=saved_model, "
+                         f"quantize={quantize}", hint="use --format tflite.")
+    path = Path(path)
+    x = sample(_input_shape(model), CHECK_BATCH)
+    expected = _keras_runner(model)(x)
+    work = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        saved = work / "saved_model"
+        _write_saved_model(model, saved)
+        if fmt == "saved_model":
+            got = _saved_model_runner(saved)(x)
+            _move_into_place(saved, path, work)
+            size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        else:
+            content = _convert(saved, quantize)
+            got = _tflite_runner(content, None)(x)
+            files.write_bytes(path, content)
+            size = len(content)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    delta = float(np.max(np.abs(np.asarray(got, dtype=np.float64) - expected)))
+    if quantize == "none" and not delta <= TOLERANCE:
+        raise MorphError(f"The exported model differs from the Keras model by {delta:.3g} "
+                         f"(more than {TOLERANCE:g}) on a random batch; it was written to "
+                         f"{path} for inspection.", hint="report the model's layers.")
+    return ExportResult(str(path), fmt, quantize, size, delta, CHECK_BATCH)
+
+
+def _move_into_place(folder: Path, path: Path, work: Path) -> None:
+    """Renames the finished `folder` to `path`: an old `path` is first renamed aside
+    (into `work`, removed afterwards), so `path` is always either whole or absent."""
+    if path.is_dir():
+        os.replace(path, work / "previous")
+    elif path.exists():
+        path.unlink()
+    os.replace(folder, path)
+
+
+def _write_saved_model(model, path: Path) -> None:
+    try:
+        model.export(str(path), format="tf_saved_model", verbose=False)
+    except Exception as err:  # noqa: BLE001 - the exporter raises many kinds
+        raise MorphError(f"TensorFlow could not export model `{model.name}` as a SavedModel: "
+                         f"{' '.join(str(err).split())[:200]}") from None
+
+
+def _convert(saved: Path, quantize: str) -> bytes:
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved))
+    if quantize != "none":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]  # dynamic-range int8 weights
+    if quantize == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    try:
+        return converter.convert()
+    except Exception as err:  # noqa: BLE001 - the converter raises many kinds
+        raise MorphError("The TFLite converter failed: "
+                         f"{' '.join(str(err).split())[:200]}",
+                         hint="try --format saved_model.") from None
+
+
+def runtime_of(path: str | Path) -> str:
+    """keras, saved_model or tflite, from what `path` is."""
+    path = Path(path)
+    if path.is_dir():
+        if not (path / "saved_model.pb").is_file():
+            raise ModelError(f"The folder is not a SavedModel (no saved_model.pb). "
+                             f"Received: path={str(path)!r}")
+        return "saved_model"
+    if path.suffix == ".tflite":
+        return "tflite"
+    return "keras"
+
+
+def bench(target, *, batch: int = 1, threads: int | None = None, warmup: int = 10,
+          repeats: int = 50, progress: Callable[[int], None] | None = None,
+          trust_code: bool = False) -> BenchResult:
+    """Median end-to-end latency of one call on a batch of `batch` random examples.
+
+    Args:
+        target: A Keras model, or the path of a .keras file, SavedModel folder or
+            .tflite file.
+        batch: Examples per call.
+        threads: TFLite interpreter threads (None: its default); for Keras and
+            SavedModel, TensorFlow's own thread pools.
+        warmup: Untimed calls first.
+        repeats: Timed calls.
+        progress: Called with 1 after every call (warm-up included).
+    """
+    if batch < 1 or repeats < 1 or warmup < 0:
+        raise MorphError("batch and repeats must be >= 1 and warmup >= 0. Received: "
+                         f"batch={batch}, repeats={repeats}, warmup={warmup}")
+    label = "model"
+    if isinstance(target, str | Path):
+        label = str(target)
+        runtime = runtime_of(target)
+        if runtime == "tflite":
+            content = _read(target)
+            runner = _tflite_runner(content, threads)
+            details = _quiet_interpreter(model_content=content).get_input_details()[0]
+            shape = tuple(int(d) for d in details["shape"][1:])
+        elif runtime == "saved_model":
+            runner = _saved_model_runner(target)
+            shape = _saved_model_shape(target)
+        else:
+            from morphcli.models.zoo import load_model
+
+            model = load_model(target, trust_code=trust_code)
+            runner, shape = _keras_runner(model), _input_shape(model)
+    else:
+        runtime, runner, shape = "keras", _keras_runner(target), _input_shape(target)
+    x = sample(shape, batch)
+    for _ in range(warmup):
+        runner(x)
+        if progress:
+            progress(1)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        runner(x)
+        times.append(time.perf_counter() - start)
+        if progress:
+            progress(1)
+    q = statistics.quantiles(times, n=10) if len(times) > 1 else [times[0]] * 9
+    return BenchResult(label, runtime, batch, threads, repeats, statistics.median(times),
+                       q[0], q[-1])
+
+
+def _read(path) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as err:
+        raise ModelError(f"Could not read {path}: {err.strerror}.") from None
+
+
+def _saved_model_shape(path) -> tuple[int, ...]:
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(path))
+    spec = loaded.signatures["serving_default"].structured_input_signature[1]
+    shape = next(iter(spec.values())).shape[1:]
+    if any(d is None for d in shape):
+        raise ModelError(f"The SavedModel's input shape {tuple(shape)} is dynamic.")
+    return tuple(int(d) for d in shape)

@@ -1,0 +1,124 @@
+"""`morph export` and `morph bench`: exported models predict what the Keras model
+predicts (the oracle), files are written whole, bad input is one line and exit 2."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from click.testing import CliRunner
+
+from morphcli.cli import cli
+from morphcli.errors import MorphError
+from morphcli.models.zoo import load_static
+from morphcli.steps import export as ex
+
+
+@pytest.fixture(scope="module")
+def cnn(tmp_path_factory):
+    keras.utils.set_random_seed(0)
+    model = load_static("zoo:cnn", input_shape=(8, 8, 1), classes=10)
+    path = tmp_path_factory.mktemp("seed") / "cnn.keras"
+    model.save(path)
+    return model, path
+
+
+def _x(n=5):
+    return np.random.default_rng(7).normal(size=(n, 8, 8, 1)).astype("float32")
+
+
+def test_tflite_export_predicts_what_keras_predicts(cnn, tmp_path):
+    model, _ = cnn
+    result = ex.export(model, tmp_path / "m.tflite")
+    assert result.max_abs_delta <= ex.TOLERANCE
+    interpreter = tf.lite.Interpreter(model_path=str(tmp_path / "m.tflite"))
+    inp = interpreter.get_input_details()[0]
+    x = _x()
+    interpreter.resize_tensor_input(inp["index"], x.shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(inp["index"], x)
+    interpreter.invoke()
+    got = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    np.testing.assert_allclose(got, model(x, training=False).numpy(), atol=1e-5)
+    assert result.bytes == (tmp_path / "m.tflite").stat().st_size
+    assert [p.name for p in tmp_path.iterdir()] == ["m.tflite"]  # no temporary left
+
+
+def test_saved_model_export_predicts_what_keras_predicts(cnn, tmp_path):
+    model, _ = cnn
+    result = ex.export(model, tmp_path / "sm", "saved_model")
+    assert result.max_abs_delta <= ex.TOLERANCE
+    loaded = tf.saved_model.load(str(tmp_path / "sm"))
+    x = _x()
+    np.testing.assert_allclose(loaded.serve(tf.constant(x)).numpy(),
+                               model(x, training=False).numpy(), atol=1e-6)
+    ex.export(model, tmp_path / "sm", "saved_model")  # replacing a folder leaves it whole
+    assert (tmp_path / "sm" / "saved_model.pb").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sm"]
+
+
+def test_quantized_exports_are_smaller_and_close(cnn, tmp_path):
+    model, _ = cnn
+    full = ex.export(model, tmp_path / "f32.tflite")
+    half = ex.export(model, tmp_path / "f16.tflite", quantize="float16")
+    int8 = ex.export(model, tmp_path / "i8.tflite", quantize="int8")
+    # float16 halves the weights, int8 quarters them (the graph itself stays).
+    assert half.bytes < 0.6 * full.bytes and int8.bytes < 0.35 * full.bytes
+    assert half.max_abs_delta < 1e-3 and int8.max_abs_delta < 0.05  # softmax outputs
+
+
+def test_bench_times_every_runtime_on_the_same_input(cnn, tmp_path):
+    model, path = cnn
+    ex.export(model, tmp_path / "m.tflite")
+    calls = []
+    for target in (path, tmp_path / "m.tflite"):
+        result = ex.bench(str(target), repeats=7, warmup=2, progress=calls.append)
+        assert result.repeats == 7 and 0 < result.p10_s <= result.median_s <= result.p90_s
+    assert len(calls) == 2 * (7 + 2)
+    assert ex.runtime_of(path) == "keras" and ex.runtime_of(tmp_path / "m.tflite") == "tflite"
+
+
+def test_dynamic_input_is_refused(tmp_path):
+    inputs = keras.Input((None, None, 3))
+    model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(
+        keras.layers.Conv2D(4, 3)(inputs)))
+    with pytest.raises(MorphError, match="dynamic input shape"):
+        ex.export(model, tmp_path / "m.tflite")
+
+
+def test_cli_export_json_then_bench_json(cnn, tmp_path):
+    _, path = cnn
+    out = tmp_path / "m.tflite"
+    result = CliRunner().invoke(cli, ["export", str(path), "-o", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert record["format"] == "tflite" and record["bytes"] == out.stat().st_size
+    result = CliRunner().invoke(cli, ["bench", str(out), "--repeats", "5", "--warmup", "1",
+                                      "--threads", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    timing = json.loads(result.stdout)
+    assert timing["runtime"] == "tflite" and timing["threads"] == 1 and timing["repeats"] == 5
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--format", "saved_model", "--quantize", "int8"], "Quantization is a TFLite option"),
+    (["--format", "onnx"], "Invalid value for '--format'"),
+])
+def test_cli_export_bad_input_is_one_line_and_exit_2(cnn, tmp_path, args, message):
+    _, path = cnn
+    result = CliRunner().invoke(cli, ["export", str(path), "-o", str(tmp_path / "o"), *args])
+    assert result.exit_code == 2 and message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_cli_export_never_overwrites_its_input_or_an_existing_file(cnn, tmp_path):
+    _, path = cnn
+    before = path.read_bytes()
+    result = CliRunner().invoke(cli, ["export", str(path), "-o", str(path), "--overwrite"])
+    assert result.exit_code == 2 and path.read_bytes() == before
+    existing = tmp_path / "x.tflite"
+    existing.write_bytes(b"keep")
+    result = CliRunner().invoke(cli, ["export", str(path), "-o", str(existing)])
+    assert result.exit_code == 2 and "--overwrite" in result.output
+    assert existing.read_bytes() == b"keep"
