@@ -109,6 +109,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "default: the config's")
     parser.add_argument("--config", default=str(demo_config_path()),
                         help="base config (default: the packaged demo.yaml)")
+    parser.add_argument("--pretrain", type=int, default=0, metavar="EPOCHS",
+                        help="train each seed network this many epochs (the retrain section's "
+                             "settings) before shrinking it, as users bring trained models; "
+                             "both methods still retrain from scratch (default 0: random seed)")
     parser.add_argument("--shrink-epochs", type=int, default=None)
     parser.add_argument("--retrain-epochs", type=int, default=None)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -213,14 +217,36 @@ def shrunk_of(rundir: Path) -> Shrunk:
                   summary["val_shrunk"].get("accuracy"))
 
 
+def pretrained_seed(args, model: str, seed: int, workdir: Path, log) -> str:
+    """Trains `model` for --pretrain epochs and saves it: the seed of this seed's cells."""
+    from morphcli import files
+    from morphcli.steps.context import make_context
+    from morphcli.training import engine
+
+    conf = make_config(args, model, 0.5, seed)
+    ctx = make_context(conf, budget=False)
+    spec = engine.TrainSpec.of(conf.retrain)
+    spec.epochs = args.pretrain
+    fit = engine.fit(ctx.seed.model, ctx.dataset, spec, workdir=workdir / f"pre-s{seed}",
+                     tensorboard=False)
+    path = workdir / f"{model.replace(':', '_')}-trained-s{seed}.keras"
+    files.save_model(ctx.seed.model, path)
+    log(f"{model} seed {seed}: trained {args.pretrain} epochs, val accuracy "
+        f"{fit.val.get('accuracy', float('nan')):.2%}")
+    return str(path)
+
+
 def run_seed(args, model: str, seed: int, cells: list[Cell], workdir: Path, log) -> None:
     """Runs every budget of one model and seed."""
     from morphcli.steps.run import run
     from morphcli.training.data import load_dataset
 
     first: Path | None = None
+    spec = model
+    if args.pretrain:
+        spec = pretrained_seed(args, model, seed, workdir, log)
     for cell in cells:
-        conf = make_config(args, model, cell.budget, seed)
+        conf = make_config(args, spec, cell.budget, seed)
         rundir = workdir / f"{model.replace(':', '_')}-b{cell.budget:g}-s{seed}"
         if first is not None and conf.run.rounds == 1 and conf.regularizer.strength != "auto":
             shutil.copytree(first / "shrink", rundir / "shrink")  # budget-independent
@@ -416,6 +442,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.seeds} seed(s), shrink {conf.shrink.epochs} epochs "
           f"(regularizer {conf.regularizer.kind}, strength {conf.regularizer.strength}), "
           f"retrain {conf.retrain.epochs} epochs, from {args.config}"
+          + (f", seeds pretrained {args.pretrain} epochs" if args.pretrain else "")
           + (f", overrides {' '.join(args.set)}" if args.set else "") + "\n")
     print_table(cells, args.seeds)
     print_widths(cells)
