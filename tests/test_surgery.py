@@ -314,3 +314,21 @@ def test_resize_errors():
     with pytest.raises(ModelError, match="Received: width=0"):
         resize(model, {1: 0}, graph)
     assert resize(model, {3: 4}, graph).count_params() == 537  # frozen at its own width is fine
+
+
+def test_check_names_layer_norm_groups_approximate_from_the_rule():
+    from morphcli.core import rules, surgery
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6,))
+    x = keras.layers.Dense(8, name="fc")(inputs)
+    x = keras.layers.LayerNormalization(name="ln")(x)
+    model = keras.Model(inputs, keras.layers.Dense(3, name="out")(x))
+    graph = build_graph(model)
+    assert rules.get(model.get_layer("ln")).mixes_channels
+    (group,) = graph.prunable_groups()
+    alive = {group.id: np.arange(group.width) % 2 == 0}
+    rebuilt, _ = surgery.rebuild(model, alive, graph)
+    report = surgery.check(model, alive, rebuilt, graph)
+    assert "`ln` normalizes over the channel axis" in report["approximate"][group.id]
+    assert report["max_abs_delta"] > 1e-3  # the survivors' statistics changed

@@ -106,6 +106,9 @@ class Rule:
     # How many adjacent input channels must live or die together (a group
     # normalization's group size): the channel group is pruned in whole blocks.
     granularity: Callable[[LayerNode], int] | None = None
+    # Whether the layer's output mixes statistics over all its channels (layer norm):
+    # removing channels then changes the survivors, and surgery is approximate.
+    mixes_channels: bool = False
     # Whether running the layer reads and writes activations (roofline latency);
     # False for views such as Flatten, Reshape, Dropout at inference.
     moves_memory: bool = True
@@ -259,7 +262,7 @@ register(
 register(
     "LayerNormalization",
     Rule(Kind.PASS, layer_norm_flops, per_channel_params, last_axis_weights, scale="gamma",
-         check=_last_axis),
+         mixes_channels=True, check=_last_axis),
 )
 register(  # statistics per group of channels: pruned in whole groups, so surgery is exact
     "GroupNormalization",

@@ -350,7 +350,7 @@ def check(model, alive: Mapping[int, np.ndarray], rebuilt, graph: ChannelGraph |
     graph = graph or build_graph(model)
     approximate: dict[int, str] = {}
     for node in graph.nodes:
-        if node.type == "LayerNormalization" and node.inputs:
+        if node.rule is not None and node.rule.mixes_channels and node.inputs:
             for gid in node.inputs[0].groups:
                 if gid in alive and not np.all(alive[gid]):
                     approximate.setdefault(gid, f"`{node.name}` normalizes over the channel "
