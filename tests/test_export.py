@@ -122,3 +122,23 @@ def test_cli_export_never_overwrites_its_input_or_an_existing_file(cnn, tmp_path
     result = CliRunner().invoke(cli, ["export", str(path), "-o", str(existing)])
     assert result.exit_code == 2 and "--overwrite" in result.output
     assert existing.read_bytes() == b"keep"
+
+
+def test_cli_bench_of_a_file_that_is_no_model_is_one_line_and_exit_2(tmp_path):
+    fake = tmp_path / "fake.tflite"
+    fake.write_text("not a model")
+    folder = tmp_path / "fake_saved_model"
+    folder.mkdir()
+    (folder / "saved_model.pb").write_text("x")
+    for target, runtime in ((fake, "tflite"), (folder, "saved_model")):
+        result = CliRunner().invoke(cli, ["bench", str(target)])
+        assert result.exit_code == 2, result.output
+        assert f"Could not load {target} as a {runtime} model" in result.output
+        assert "Traceback" not in result.output
+
+
+def test_a_model_with_two_inputs_is_refused(tmp_path):
+    a, b = keras.Input((4,)), keras.Input((4,))
+    model = keras.Model([a, b], keras.layers.Dense(2)(keras.layers.Concatenate()([a, b])))
+    with pytest.raises(MorphError, match="2 inputs"):
+        ex.export(model, tmp_path / "m.tflite")

@@ -63,6 +63,9 @@ class BenchResult:
 
 
 def _input_shape(model) -> tuple[int, ...]:
+    if len(model.inputs) != 1:
+        raise ModelError(f"Model `{model.name}` has {len(model.inputs)} inputs; export and "
+                         "bench handle models with one input.")
     shape = tuple(model.inputs[0].shape[1:])
     if any(d is None for d in shape):
         raise ModelError(f"Model `{model.name}` has a dynamic input shape {shape}: exports "
@@ -239,19 +242,11 @@ def bench(target, *, batch: int = 1, threads: int | None = None, warmup: int = 1
     if isinstance(target, str | Path):
         label = str(target)
         runtime = runtime_of(target)
-        if runtime == "tflite":
-            content = _read(target)
-            runner = _tflite_runner(content, threads)
-            details = _quiet_interpreter(model_content=content).get_input_details()[0]
-            shape = tuple(int(d) for d in details["shape"][1:])
-        elif runtime == "saved_model":
-            runner = _saved_model_runner(target)
-            shape = _saved_model_shape(target)
-        else:
-            from morphcli.models.zoo import load_model
-
-            model = load_model(target, trust_code=trust_code)
-            runner, shape = _keras_runner(model), _input_shape(model)
+        try:
+            runner, shape = _file_runner(target, runtime, threads, trust_code)
+        except (ValueError, OSError, RuntimeError) as err:  # not a model of that kind
+            raise ModelError(f"Could not load {target} as a {runtime} model: "
+                             f"{' '.join(str(err).split())[:160]}") from None
     else:
         runtime, runner, shape = "keras", _keras_runner(target), _input_shape(target)
     x = sample(shape, batch)
@@ -269,6 +264,22 @@ def bench(target, *, batch: int = 1, threads: int | None = None, warmup: int = 1
     q = statistics.quantiles(times, n=10) if len(times) > 1 else [times[0]] * 9
     return BenchResult(label, runtime, batch, threads, repeats, statistics.median(times),
                        q[0], q[-1])
+
+
+def _file_runner(path, runtime: str, threads: int | None, trust_code: bool):
+    """(runner, input shape) of a model file of `runtime`."""
+    if runtime == "tflite":
+        content = _read(path)
+        details = _quiet_interpreter(model_content=content).get_input_details()
+        if len(details) != 1:
+            raise ModelError(f"{path} has {len(details)} inputs; bench handles one.")
+        return _tflite_runner(content, threads), tuple(int(d) for d in details[0]["shape"][1:])
+    if runtime == "saved_model":
+        return _saved_model_runner(path), _saved_model_shape(path)
+    from morphcli.models.zoo import load_model
+
+    model = load_model(path, trust_code=trust_code)
+    return _keras_runner(model), _input_shape(model)
 
 
 def _read(path) -> bytes:
