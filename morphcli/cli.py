@@ -14,6 +14,7 @@ from pathlib import Path
 
 import click
 
+from morphcli.cli_types import ROUND_TO as _ROUND_TO
 from morphcli.outputs import check_folder as _check_folder
 from morphcli.outputs import check_outputs
 from morphcli.outputs import dumps as _dumps
@@ -129,8 +130,8 @@ def _library_warnings() -> None:
 @click.argument("model")
 @_model_options
 @click.option("--hardware", default="cpu", show_default=True,
-              help="Device for the roofline latency estimate: K80, P4, T4, P100, V100, TPUv2, "
-                   "A100, H100, H200 or cpu.")
+              help="Device for latency: profile:PATH (measured by `morph profile`), or a "
+                   "roofline estimate on K80, P4, T4, P100, V100, TPUv2, A100, H100, H200, cpu.")
 @click.option("--compare", "other", metavar="OTHER_MODEL", default=None,
               help="A second model (e.g. the shrunk one) to show side by side with ratios.")
 @click.option("--structure", "structure_path", type=click.Path(dir_okay=False), default=None,
@@ -204,7 +205,7 @@ def _resolve(config_path, overrides: dict, flags: dict):
 @click.option("--epochs", type=int, help="Override shrink.epochs.")
 @click.option("--strength", help="Override regularizer.strength: a number or 'auto'.")
 @click.option("--kind", help="Override regularizer.kind: gamma or group_lasso.")
-@click.option("--round-to", type=int, help="Override shrink.round_to (alive counts rounded up).")
+@click.option("--round-to", type=_ROUND_TO, help="Override shrink.round_to (N or auto).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Delete OUTDIR's previous contents first.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
@@ -315,12 +316,11 @@ def _show_shrink(out, err, ctx, result, as_json: bool) -> None:
 @click.option("-o", "--output", "out_path", required=True, type=click.Path(dir_okay=False),
               help="Where to write the expanded .keras model (OUT.expand.json goes beside it).")
 @click.option("--hardware", help="Device for latency targets (see `morph report --help`).")
-@click.option("--round-to", type=int, help="Keep widths multiples of N (e.g. 8).")
+@click.option("--round-to", type=_ROUND_TO, help="Widths multiples of N; auto: a profile's.")
 @click.option("--mode", type=click.Choice(["below", "nearest"]),
               help="below: never above the target (default); nearest: closest either side.")
 @click.option("--structure", "structure_path", type=click.Path(dir_okay=False),
-              help="Scale the widths of a structure.json learned on MODEL (the seed) instead "
-                   "of MODEL's own widths.")
+              help="Scale a structure.json learned on MODEL (the seed), not MODEL's widths.")
 @click.option("--json", "as_json", is_flag=True, help="Print the expansion record on stdout.")
 @_model_options
 def expand(model, target, config_path, out_path, hardware, round_to, mode, structure_path,
@@ -343,7 +343,7 @@ def expand(model, target, config_path, out_path, hardware, round_to, mode, struc
     from morphcli import config as cfg
     from morphcli.core import structure
     from morphcli.errors import MorphError
-    from morphcli.steps.context import Priced, hardware_of
+    from morphcli.steps.context import Priced, hardware_of, round_to_of
     from morphcli.steps.expand import expand as expand_step
 
     out, err = _consoles()
@@ -362,7 +362,8 @@ def expand(model, target, config_path, out_path, hardware, round_to, mode, struc
                   {"-o": out_path, "its record": record_path})
     seed = Priced.of(_load(model, input_shape, classes, trust_code), hardware_of(conf))
     base = structure.load(structure_path).widths_for(seed.graph) if structure_path else None
-    result = expand_step(seed, metric, quantity, round_to=conf.expand.round_to,
+    result = expand_step(seed, metric, quantity,
+                         round_to=round_to_of(conf.expand.round_to, seed.costs.hardware),
                          mode=conf.expand.mode, base_widths=base, model_path=out_path,
                          record_path=record_path)
     if as_json:
@@ -459,7 +460,7 @@ def run(config_path, rundir, rounds, baseline, resume, overwrite, sets, as_json)
       morph run configs/demo.yaml --resume           # after an interruption
     """
     from morphcli import config as cfg
-    from morphcli.report import comparison_line, results_table
+    from morphcli.report import comparison_line, measured_note, results_table
     from morphcli.steps.context import make_context
     from morphcli.steps.run import run as run_steps
 
@@ -483,11 +484,12 @@ def run(config_path, rundir, rounds, baseline, resume, overwrite, sets, as_json)
     if not chief:
         return _worker_done(err)
     if as_json:
-        click.echo(_dumps({k: result.report[k] for k in ("target", "models", "comparison")
-                           if k in result.report}))
+        keys = ("target", "models", "measured", "comparison")
+        click.echo(_dumps({k: result.report[k] for k in keys if k in result.report}))
         return
     comparison = result.report.get("comparison")
-    out.print(results_table(result.report["models"], (comparison or {}).get("best")))
+    out.print(results_table(result.report["models"], (comparison or {}).get("best"),
+                            measured_note(result.report)))
     if comparison:
         out.print(comparison_line(comparison), markup=False, highlight=False)
     made = "report.md, report.json, widths.png" + (" and best.keras (the better model)"

@@ -1,4 +1,5 @@
-"""`morph export` and `morph bench` (registered on the `morph` group by cli.py)."""
+"""`morph export`, `morph bench` and `morph profile` (registered on the `morph` group
+by cli.py)."""
 
 from __future__ import annotations
 
@@ -93,3 +94,79 @@ def bench(path, batch, threads, repeats, warmup, trust_code, as_json):
     out.print(f"{result.runtime}, batch {batch}: median {result.median_s * 1e3:.3f} ms "
               f"(10th-90th percentile {result.p10_s * 1e3:.3f}-{result.p90_s * 1e3:.3f} ms, "
               f"{repeats} calls)", markup=False, highlight=False)
+
+
+@cli.command()
+@click.argument("model")
+@click.option("-o", "--output", "out_path", required=True, type=click.Path(),
+              help="Where to write the profile (JSON).")
+@click.option("--runtime", type=click.Choice(("tflite", "keras")), default="tflite",
+              show_default=True, help="What runs the model in deployment.")
+@click.option("--batch", type=click.IntRange(1), default=1, show_default=True,
+              help="Examples per call.")
+@click.option("--threads", type=click.IntRange(1), default=None,
+              help="TFLite interpreter threads (default: TFLite's).")
+@click.option("--repeats", type=click.IntRange(1), default=15, show_default=True,
+              help="Timed calls per measurement (the median is kept).")
+@click.option("--warmup", type=click.IntRange(0), default=3, show_default=True,
+              help="Untimed calls before each measurement.")
+@click.option("--round-to", type=click.IntRange(1), default=None,
+              help="The channel step latency falls in (default: measured by a sweep).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing profile.")
+@click.option("--json", "as_json", is_flag=True, help="Print the profile's summary on stdout.")
+@_model_options
+def profile(model, out_path, runtime, batch, threads, repeats, warmup, round_to, overwrite,
+            as_json, input_shape, classes, trust_code):
+    """Measure MODEL's layers on this machine, at several widths, into a profile.
+
+    Every distinct layer (with the batch norm and activation fused after it)
+    is timed at a grid of input and output widths, in the runtime you deploy
+    on; identical layers are measured once. The whole model is timed too, and
+    the profile's prediction for it is printed beside the measurement. Use the
+    file as a device: --hardware profile:PATH on report and expand, or
+    `target: {metric: latency, hardware: profile:PATH}` in a config. Run it on
+    the device you deploy to and copy the file back.
+
+    \b
+    Examples:
+      morph profile zoo:resnet20 --threads 2 -o resnet20.profile.json
+      morph expand zoo:resnet20 --target latency=50% \\
+          --hardware profile:resnet20.profile.json -o fast.keras
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from morphcli import files
+    from morphcli.errors import MorphError
+    from morphcli.steps.profile import profile as profile_step
+
+    out, err = _consoles()
+    check_outputs({"MODEL": model}, {"-o": out_path})
+    if Path(out_path).exists() and not overwrite:
+        raise MorphError(f"The output exists. Received: -o {out_path}",
+                         hint="pass --overwrite to replace it, or choose another path.")
+    seed = _load(model, input_shape, classes, trust_code)
+    with Progress(TextColumn("[bold]profile"), BarColumn(bar_width=24), MofNCompleteColumn(),
+                  TextColumn("{task.description}"), console=err, transient=True,
+                  disable=not err.is_terminal) as bar:
+        task = bar.add_task("", total=None)
+        result = profile_step(
+            seed, runtime=runtime, batch=batch, threads=threads, warmup=warmup,
+            repeats=repeats, round_to=round_to,
+            plan=lambda n: bar.update(task, total=n),
+            progress=lambda done, what: bar.update(task, completed=done,
+                                                   description=what[:28]))
+    result.path = out_path
+    files.write_json(out_path, result.to_dict())
+    summary = {"path": out_path, "runtime": runtime, "threads": threads, "batch": batch,
+               "round_to": result.round_to, "scale": result.scale, **result.model}
+    if as_json:
+        click.echo(_dumps(summary))
+        return
+    m = result.model
+    err.print(f"wrote {out_path}: {m['distinct_units']} distinct of {m['units']} layers "
+              f"measured ({runtime}); latency falls in steps of {result.round_to} channel(s)",
+              markup=False, highlight=False)
+    out.print(f"{m['name']}: measured {m['measured_s'] * 1e3:.3f} ms (10th-90th percentile "
+              f"{m['p10_s'] * 1e3:.3f}-{m['p90_s'] * 1e3:.3f}); sum of its layers "
+              f"{m['unscaled_s'] * 1e3:.3f} ms, so the profile scales layers by "
+              f"{result.scale:.3f}", markup=False, highlight=False)

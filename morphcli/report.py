@@ -35,6 +35,8 @@ class Report:
     # Said in the header: e.g. that the input shape is a default, or which
     # layers are priced by the profiler.
     notes: list[str] = field(default_factory=list)
+    # How latency is priced: "roofline, T4" or "measured, tflite, 2 threads, ...".
+    latency_label: str = ""
 
     def layer(self, name: str) -> dict | None:
         return next((row for row in self.layers if row["name"] == name), None)
@@ -79,8 +81,10 @@ def build_report(graph: ChannelGraph, costs: CostModel, widths: Mapping[int, int
     profiled = [n.name for n in graph.nodes if n.rule is None and n.profiled_flops is not None]
     if profiled:
         notes.append(f"priced by the profiler, frozen: no channel rule: {', '.join(profiled)}")
+    if costs.profile is not None:
+        notes += costs.profile.warnings()
     return Report(name or graph.model.name, input_shape, costs.hardware.name, totals, layers,
-                  groups, notes)
+                  groups, notes, costs.hardware.label)
 
 
 def to_json(report: Report, other: Report | None = None) -> dict:
@@ -160,7 +164,7 @@ def totals_table(report: Report):
     table.add_column("value", justify="right")
     labels = {"flops": "FLOPs (TF profiler count)", "macs": "MACs (conv/dense)",
               "params": "params (all weights)", "kernel_params": "params (kernels only)",
-              "latency_s": f"latency (roofline, {report.hardware})"}
+              "latency_s": f"latency ({report.latency_label or report.hardware})"}
     for key in TOTAL_KEYS:
         value = report.totals[key]
         exact = "" if key == "latency_s" else f"  ({value:,})"
@@ -221,7 +225,8 @@ def _ratio(value: float | None) -> str:
 def to_markdown(report: Report, other: Report | None = None) -> str:
     """A Markdown report: totals, then per-layer rows (side by side with `other`)."""
     lines = [f"# morph report: {report.name}", "",
-             f"Input {report.input_shape}; latency is a roofline estimate on {report.hardware}.", ""]
+             f"Input {report.input_shape}; latency: {report.latency_label or report.hardware}.",
+             ""]
     lines += [f"{note[0].upper()}{note[1:]}." for note in report.notes] + [""] * bool(report.notes)
     if other is None:
         lines += ["| resource | value |", "| --- | ---: |"]
@@ -283,13 +288,24 @@ def plot_widths(path: str | Path, reports: Sequence[Report]) -> None:
 # ---------------------------------------------------------------------------
 # Results of trained models (`morph retrain`, `morph run`): cost and accuracy.
 
-_RESULT_COLUMNS = ("model", "FLOPs", "params", "latency", "val accuracy")
+_RESULT_COLUMNS = ("model", "FLOPs", "params", "latency", "measured", "val accuracy")
 
 
 def _result_cells(row: Mapping) -> list[str]:
-    acc = row.get("val_accuracy")
+    acc, measured = row.get("val_accuracy"), row.get("measured_latency_s")
     return [human(row["flops"]), human(row["params"]), seconds(row["latency_s"]),
+            "—" if measured is None else seconds(measured),
             "—" if acc is None else f"{acc:.2%}"]
+
+
+def measured_note(data: Mapping) -> str | None:
+    """What the measured column is: "measured: median of 50 calls, tflite, 2 threads"."""
+    how = data.get("measured")
+    if not how:
+        return None
+    threads = f", {how['threads']} threads" if how.get("threads") else ""
+    return (f"latency: {how['estimate']}; measured: median of {how['repeats']} calls on this "
+            f"machine, {how['runtime']}{threads}, batch {how['batch']}")
 
 
 FEW_IMAGES = 3  # a gap of fewer validation examples than this is called noise
@@ -336,13 +352,14 @@ def comparison_line(comparison: Mapping) -> str:
     return line
 
 
-def results_table(rows: Mapping[str, Mapping], best: str | None = None):
-    """A rich table of trained models: name -> totals plus `val_accuracy`; `best`
-    is marked with a star."""
+def results_table(rows: Mapping[str, Mapping], best: str | None = None,
+                  note: str | None = None):
+    """A rich table of trained models: name -> totals plus `val_accuracy` (and
+    `measured_latency_s`); `best` is marked with a star; `note` goes under the title."""
     from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title="results")
+    table = Table(title="results" + (f"\n{escape(note)}" if note else ""))
     for col in _RESULT_COLUMNS:
         table.add_column(col, justify="left" if col == "model" else "right")
     for name, row in rows.items():
@@ -357,11 +374,14 @@ def results_markdown(data: Mapping) -> str:
     metric, target = data["target"]["metric"], data["target"]["value"]
     target_text = seconds(target) if metric == "latency" else human(target)
     lines = [f"# morph run: {metric} target {target_text}", "",
-             "| " + " | ".join(_RESULT_COLUMNS) + " |", "| --- | ---: | ---: | ---: | ---: |"]
+             "| " + " | ".join(_RESULT_COLUMNS) + " |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
     best = (data.get("comparison") or {}).get("best")
     for name, row in data["models"].items():
         mark = " **(best)**" if name == best else ""
         lines.append(f"| {name}{mark} | " + " | ".join(_result_cells(row)) + " |")
+    if measured_note(data):
+        lines += ["", measured_note(data)[0].upper() + measured_note(data)[1:] + "."]
     if data.get("comparison"):
         lines += ["", comparison_line(data["comparison"]) + "."]
         if data["comparison"].get("file"):

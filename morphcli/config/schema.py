@@ -135,14 +135,18 @@ class ShrinkConfig(TrainConfig):
     learning_rate: float = _opt(0.1, c.POSITIVE, "constant learning rate (> 0)")
     optimizer: str = _opt("momentum", _OPTIMIZER,
                           "momentum (default: keeps the cost weighting) | sgd | adam | rmsprop")
-    round_to: int = _opt(1, c.integer(1), "round alive channel counts up to a multiple of this")
+    round_to: int | str = _opt(1, c.auto(c.integer(1)),
+                               "round alive channel counts up to a multiple of this; auto: "
+                               "the step of a profile:PATH device (1 otherwise)")
 
 
 @dataclass(frozen=True)
 class ExpandConfig:
     """The width multiplier that brings the shrunk network to the target."""
 
-    round_to: int = _opt(1, c.integer(1), "round expanded widths to a multiple of this")
+    round_to: int | str = _opt(1, c.auto(c.integer(1)),
+                               "round expanded widths to a multiple of this; auto: the step "
+                               "of a profile:PATH device (1 otherwise)")
     mode: str = _opt("below", c.choice(*EXPAND_MODES),
                      "below (never above the target) | nearest")
 

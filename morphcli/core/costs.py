@@ -15,9 +15,12 @@ Resources (all per example, batch 1):
 - `params`: every weight Keras counts (`model.count_params()`), biases and
   batch-norm statistics included.
 - `kernel_params`: conv / dense kernel weights only (no biases, no BN).
-- `latency`: roofline estimate in seconds on a named device:
+- `latency`: seconds on a device. On a named device, a roofline estimate:
   per layer `max(flops / peak, bytes / bandwidth)`, bytes being float32
-  activations read and written plus the weights.
+  activations read and written plus the weights. On a measured device
+  (`profile:PATH`, see `morphcli.core.profile`), each unit's measured table
+  interpolated at its widths, plus the per-call overhead (carried by the first
+  layer).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from morphcli.core import profile as profiles
 from morphcli.core.graph import ChannelGraph, Space
 from morphcli.core.rules import Term, positions
 from morphcli.errors import MorphError
@@ -60,6 +64,10 @@ class Hardware:
     def bandwidth(self) -> float:
         return self.bandwidth_gbs * 1e9
 
+    @property
+    def label(self) -> str:
+        return f"roofline, {self.name}"
+
 
 # The first six are the devices of the MorphNet reference implementation
 # (google-research/morph-net, network_regularizers/resource_function.py),
@@ -82,19 +90,24 @@ HARDWARE: dict[str, Hardware] = {
 }
 
 
-def get_hardware(name: str | Hardware | None, spec: Mapping | None = None) -> Hardware:
-    """Looks up a device by name (case-insensitive), or builds a custom one.
+def get_hardware(name: str | Hardware | profiles.Profile | None, spec: Mapping | None = None
+                 ) -> Hardware | profiles.Profile:
+    """Looks up a device by name (case-insensitive), builds a custom one, or reads
+    a measured one (`profile:PATH`).
 
     Args:
-        name: Table key, a `Hardware`, or None for the generic CPU.
+        name: Table key, `profile:PATH`, a `Hardware` or `Profile`, or None for
+            the generic CPU.
         spec: Optional `{"peak_gflops": ..., "bandwidth_gbs": ...}` that
             overrides (or defines) the device.
 
     Raises:
         MorphError: For an unknown name without a spec.
     """
-    if isinstance(name, Hardware):
+    if isinstance(name, Hardware | profiles.Profile):
         return name
+    if profiles.is_profile_name(name):
+        return profiles.load(name[len(profiles.PREFIX):], warn=True)
     name = name or "cpu"
     known = {k.lower(): h for k, h in HARDWARE.items()}
     base = known.get(name.lower())
@@ -108,7 +121,8 @@ def get_hardware(name: str | Hardware | None, spec: Mapping | None = None) -> Ha
     if base is None:
         close = difflib.get_close_matches(name, list(HARDWARE), n=1, cutoff=0.5)
         hint = f"did you mean `{close[0]}`?" if close else (
-            "define it in the config: target.hardware_spec: {peak_gflops: .., bandwidth_gbs: ..}")
+            "measure it (`morph profile MODEL -o profile.json`, then profile:profile.json) "
+            "or define it: target.hardware_spec: {peak_gflops: .., bandwidth_gbs: ..}")
         raise MorphError(
             f"Unknown hardware. Expected one of {', '.join(HARDWARE)}. Received: hardware={name!r}",
             hint=hint,
@@ -145,7 +159,8 @@ class CostModel:
 
     Args:
         graph: The model's `ChannelGraph`.
-        hardware: Device for `latency` (name, `Hardware`, or None for `cpu`).
+        hardware: Device for `latency`: a name, `profile:PATH`, a `Hardware` or
+            `Profile`, or None for `cpu`.
 
     Example:
 
@@ -174,6 +189,8 @@ class CostModel:
             rows["kernel_params"] += [self._row(t, i) for t in params if t.kernel]
             rows["bytes"] += [self._row(t, i) for t in self._bytes_terms(node, params)]
         self._terms = {k: _Compiled.of(v) for k, v in rows.items()}
+        self.profile = self.hardware if isinstance(self.hardware, profiles.Profile) else None
+        self.units = profiles.bind(graph, self.profile, self._index) if self.profile else []
         self._matrix = self._space_matrix()
 
     # -- compilation ------------------------------------------------------------
@@ -238,6 +255,8 @@ class CostModel:
     def per_layer(self, resource: str, widths=None) -> np.ndarray:
         """Cost of every node (in `graph.nodes` order) for one resource."""
         check_resource(resource)
+        if resource == "latency" and self.profile:
+            return self._measured(self.space_widths(widths))
         if resource == "latency":
             return np.maximum(self._per_node("flops", widths) / self.hardware.peak,
                               self._per_node("bytes", widths) / self.hardware.bandwidth)
@@ -260,11 +279,23 @@ class CostModel:
             np.add.at(out, t.node, (t.coef * sw[:, t.a] * sw[:, t.b]).T)
             return out
 
+        if resource == "latency" and self.profile:
+            return self._measured(sw).sum(axis=-1)
         if resource == "latency":
             return np.maximum(per_node("flops") / self.hardware.peak,
                               per_node("bytes") / self.hardware.bandwidth).sum(axis=0)
         t = self._terms[resource]
         return (sw[:, t.a] * sw[:, t.b]) @ t.coef
+
+    def _measured(self, sw: np.ndarray) -> np.ndarray:
+        """Profile latency per node, for space widths `sw` (..., spaces + 1): each
+        unit's table (times the profile's scale) on its leader, the per-call
+        overhead on the first node."""
+        out = np.zeros(sw.shape[:-1] + (len(self.graph.nodes),))
+        for unit in self.units:
+            out[..., unit.nodes[0]] = self.profile.scale * unit.seconds(sw, self.profile.round_to)
+        out[..., 0] += self.profile.overhead_s
+        return out
 
     def space_matrix(self) -> np.ndarray:
         return self._matrix

@@ -81,6 +81,14 @@ def hardware_of(conf) -> Hardware:
     return get_hardware(conf.target.hardware, spec)
 
 
+def round_to_of(value: int | str, hardware) -> int:
+    """A `round_to` setting as a number: `auto` is a measured device's step (the
+    channel multiple its latency falls in, `morph profile`), else 1."""
+    if value != "auto":
+        return int(value)
+    return int(getattr(hardware, "round_to", 1) or 1)
+
+
 def load_data(conf, input_rank: int | None = None):
     """The config's dataset, its arrays shaped for a model whose examples have
     `input_rank` axes (None: images)."""

@@ -15,9 +15,11 @@ is timed; TFLite uses its interpreter with the given thread count.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 import warnings
@@ -79,12 +81,32 @@ def sample(shape: tuple[int, ...], batch: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(batch, *shape)).astype("float32")
 
 
+@contextlib.contextmanager
+def _muted_stderr():
+    """File descriptor 2 sent to /dev/null: TFLite's C++ runtime prints "Created
+    TensorFlow Lite XNNPACK delegate" there when it first prepares a model."""
+    if os.environ.get("MORPH_TF_LOGS"):
+        yield
+        return
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def _quiet_interpreter(**kwargs):
     import tensorflow as tf
 
-    with warnings.catch_warnings():  # tf.lite's interpreter warns of its own future move
-        warnings.simplefilter("ignore")
-        return tf.lite.Interpreter(**kwargs)
+    with warnings.catch_warnings(), _muted_stderr():
+        warnings.simplefilter("ignore")  # tf.lite's interpreter warns of its own future move
+        interpreter = tf.lite.Interpreter(**kwargs)
+        interpreter.allocate_tensors()
+        return interpreter
 
 
 def _tflite_runner(content: bytes, threads: int | None) -> Callable[[np.ndarray], np.ndarray]:
@@ -95,8 +117,9 @@ def _tflite_runner(content: bytes, threads: int | None) -> Callable[[np.ndarray]
 
     def run(x: np.ndarray) -> np.ndarray:
         if shape[0] != x.shape:
-            interpreter.resize_tensor_input(inp["index"], x.shape)
-            interpreter.allocate_tensors()
+            with _muted_stderr():
+                interpreter.resize_tensor_input(inp["index"], x.shape)
+                interpreter.allocate_tensors()
             shape[0] = x.shape
         interpreter.set_tensor(inp["index"], x)
         interpreter.invoke()
@@ -222,7 +245,7 @@ def runtime_of(path: str | Path) -> str:
 
 def bench(target, *, batch: int = 1, threads: int | None = None, warmup: int = 10,
           repeats: int = 50, progress: Callable[[int], None] | None = None,
-          trust_code: bool = False) -> BenchResult:
+          trust_code: bool = False, runtime: str = "keras") -> BenchResult:
     """Median end-to-end latency of one call on a batch of `batch` random examples.
 
     Args:
@@ -234,6 +257,8 @@ def bench(target, *, batch: int = 1, threads: int | None = None, warmup: int = 1
         warmup: Untimed calls first.
         repeats: Timed calls.
         progress: Called with 1 after every call (warm-up included).
+        runtime: For a Keras model in memory: keras, or tflite (converted first, as
+            `morph profile` converts).
     """
     if batch < 1 or repeats < 1 or warmup < 0:
         raise MorphError("batch and repeats must be >= 1 and warmup >= 0. Received: "
@@ -247,6 +272,11 @@ def bench(target, *, batch: int = 1, threads: int | None = None, warmup: int = 1
         except (ValueError, OSError, RuntimeError) as err:  # not a model of that kind
             raise ModelError(f"Could not load {target} as a {runtime} model: "
                              f"{' '.join(str(err).split())[:160]}") from None
+    elif runtime == "tflite":
+        from morphcli.steps.profile import convert
+
+        shape = _input_shape(target)
+        runner = _tflite_runner(convert(target), threads)
     else:
         runtime, runner, shape = "keras", _keras_runner(target), _input_shape(target)
     x = sample(shape, batch)

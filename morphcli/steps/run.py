@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from morphcli.steps.context import Priced, RunContext, make_context
+from morphcli.steps.context import Priced, RunContext, make_context, round_to_of
 
 Progress = Callable[[str, int], object]  # (title, epochs) -> Keras callback
 
@@ -89,7 +89,8 @@ class _Runner:
         if self.done(outdir / "expand.json", label):  # written after expanded.keras
             return self.ctx.load(outdir / "expanded.keras")
         conf, metric, target = self.ctx.conf, self.ctx.metric, self.ctx.target
-        result = expand(source, metric, target, round_to=conf.expand.round_to,
+        result = expand(source, metric, target,
+                        round_to=round_to_of(conf.expand.round_to, source.costs.hardware),
                         mode=conf.expand.mode, strategy=self.ctx.strategy,
                         model_path=outdir / "expanded.keras",
                         record_path=outdir / "expand.json")
@@ -147,6 +148,23 @@ def run(ctx: RunContext, rundir: str | Path | None = None, *, progress: Progress
     return RunResult(rundir, final, baseline, report, runner.skipped)
 
 
+MEASURE_REPEATS = 50  # timed calls per model for the measured-latency column
+
+
+def measure_latencies(models: list, hardware) -> tuple[list[float], dict]:
+    """Each model's median end-to-end latency on this machine, measured in turn,
+    with the runtime a measured device (`profile:`) names, else Keras; and how."""
+    from morphcli.steps.export import bench
+
+    runtime = getattr(hardware, "runtime", "keras")
+    threads = getattr(hardware, "threads", None) if runtime == "tflite" else None
+    batch = getattr(hardware, "batch", 1)
+    times = [bench(m, batch=batch, threads=threads, warmup=10, repeats=MEASURE_REPEATS,
+                   runtime=runtime).median_s for m in models]
+    return times, {"runtime": runtime, "threads": threads, "batch": batch,
+                   "repeats": MEASURE_REPEATS}
+
+
 def write_report(ctx: RunContext, rundir: Path, final_model: Priced, final: dict,
                  uniform: Priced | None, baseline: dict | None) -> dict:
     """report.json, report.md and widths.png comparing seed, MorphNet and baseline."""
@@ -157,10 +175,13 @@ def write_report(ctx: RunContext, rundir: Path, final_model: Priced, final: dict
     morph = final_model.report(name="morphnet")
     reports = [seed, morph] + ([uniform.report(name="uniform baseline")] if uniform else [])
     accuracies = [None, final.get("val_accuracy"), (baseline or {}).get("val_accuracy")]
+    models = [ctx.seed.model, final_model.model] + ([uniform.model] if uniform else [])
+    measured, how = measure_latencies(models, ctx.hardware)
     data = {
         "target": {"metric": ctx.metric, "value": ctx.target},
-        "models": {r.name: {**r.totals, "val_accuracy": acc}
-                   for r, acc in zip(reports, accuracies, strict=False)},
+        "models": {r.name: {**r.totals, "measured_latency_s": m, "val_accuracy": acc}
+                   for r, m, acc in zip(reports, measured, accuracies, strict=False)},
+        "measured": {**how, "estimate": seed.latency_label or seed.hardware},
         "seed": rep.to_json(seed), "morphnet": rep.to_json(morph),
     }
     if uniform is not None:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from morphcli.steps.context import Priced, RunContext, make_context
+from morphcli.steps.context import Priced, RunContext, make_context, round_to_of
 
 AUTO_STRENGTH = 1.0  # the regularization loss starts at this value (see strength_scale)
 PRECISE_BN_BATCHES = 100  # batch norms re-estimated on this many batches after the shrink
@@ -150,7 +150,7 @@ def shrink(ctx: RunContext, outdir: str | Path, *, callbacks: Sequence = ()) -> 
     raw = gates.rekey(reg.alive_masks(landing), trained.graph, seed.graph)
     values = gates.rekey(reg.numpy_vectors(), trained.graph, seed.graph)
     floor = [g for g, m in raw.items() if not (values[g] > reg.threshold).any()]
-    masks = round_masks(raw, values, conf.shrink.round_to,
+    masks = round_masks(raw, values, round_to_of(conf.shrink.round_to, ctx.hardware),
                         {g: seed.graph.groups[g].block for g in raw})
     widths = {g: int(m.sum()) for g, m in masks.items()}
     _warn_if_nothing(raw, reg.cost(landing) / reg.costs.total(ctx.metric), steered)

@@ -236,6 +236,8 @@ class Regularizer:
         if self.resource != "latency":
             coef, a, b, _ = compiled(self.resource)
             return coef, a, b
+        if self.costs.profile is not None:
+            return self._measured_coefficients(space_w)
         hw, n_nodes = self.costs.hardware, len(self.graph.nodes)
         sides = [(*compiled("flops"), 1 / hw.peak), (*compiled("bytes"), 1 / hw.bandwidth)]
         per_node = [tf.math.unsorted_segment_sum(
@@ -246,6 +248,80 @@ class Regularizer:
         coef = tf.concat([c * scale * tf.cast(tf.gather(mask, node), tf.float32)
                           for (c, _, _, node, scale), mask in zip(sides, on, strict=True)], 0)
         return coef, tf.concat([s[1] for s in sides], 0), tf.concat([s[2] for s in sides], 0)
+
+
+    def _measured_coefficients(self, space_w):
+        """On a measured device, each unit's latency linearised at the current alive
+        widths: the slopes of its table (`Table.at`: bilinear inside the measured
+        widths, flat below them, proportional above) along its input and output
+        widths weigh the sums of those spaces. As monomials `slope · |space| · |none|`,
+        whose term is `slope · sum of the space's values`."""
+        import tensorflow as tf
+
+        n = len(self.costs.spaces)
+        arrays = self._tables()
+        if arrays is None:
+            return (tf.zeros((0,), tf.float32), tf.zeros((0,), tf.int64),
+                    tf.zeros((0,), tf.int64))
+        g_in, g_out, table, n_in, n_out, a, b = arrays
+        x, y = tf.gather(space_w, a), tf.gather(space_w, b)
+
+        def axis(grid, count, value):
+            first, last = grid[:, 0], tf.gather(grid, count - 1, batch_dims=1)
+            clipped = tf.clip_by_value(value, first, last)
+            i = tf.searchsorted(grid, clipped[:, None], side="right")[:, 0] - 1
+            i = tf.clip_by_value(i, 0, tf.maximum(count - 2, 0))
+            lo, hi = tf.gather(grid, i, batch_dims=1), tf.gather(grid, i + 1, batch_dims=1)
+            varies = count > 1
+            grow = tf.where(varies, tf.maximum(1.0, value / last), 1.0)
+            return i, (clipped - lo) / (hi - lo), hi - lo, first, last, varies, grow
+
+        i, u, dx, x0, x1, vary_x, grow_x = axis(g_in, n_in, x)
+        j, v, dy, y0, y1, vary_y, grow_y = axis(g_out, n_out, y)
+        rows = tf.range(tf.shape(table)[0], dtype=i.dtype)
+
+        def at(di, dj):
+            return tf.gather_nd(table, tf.stack([rows, i + di, j + dj], 1))
+
+        t00, t01, t10, t11 = at(0, 0), at(0, 1), at(1, 0), at(1, 1)
+        inside = t00 * (1 - u) * (1 - v) + t10 * u * (1 - v) + t01 * (1 - u) * v + t11 * u * v
+
+        def slope(value, first, last, varies, cell, other_grow):
+            # Inside the grid the cell's partial; above it the proportional growth.
+            partial = tf.where(value > last, inside / last,
+                               tf.where(value < first, 0.0, cell))
+            return tf.where(varies, partial * other_grow, 0.0)
+
+        slope_in = slope(x, x0, x1, vary_x, ((1 - v) * (t10 - t00) + v * (t11 - t01)) / dx,
+                         grow_y)
+        slope_out = slope(y, y0, y1, vary_y, ((1 - u) * (t01 - t00) + u * (t11 - t10)) / dy,
+                          grow_x)
+        coef = tf.stop_gradient(tf.maximum(tf.concat([slope_in, slope_out], 0), 0.0)
+                                * self.costs.profile.scale)
+        none = tf.fill(tf.shape(coef), tf.constant(n, tf.int64))
+        return coef, tf.concat([a, b], 0), none
+
+    def _tables(self):
+        """The bound tables, padded to one size, as TF constants (cached): widths in,
+        widths out, seconds, their real lengths, and the spaces of the two axes."""
+        import tensorflow as tf
+
+        if not hasattr(self, "_table_cache"):
+            units = [u for u in self.costs.units if u.space_in >= 0 or u.space_out >= 0]
+            self._table_cache = None
+            if units:
+                n = len(self.costs.spaces)
+                size = max(2, *(max(len(u.table.widths_in), len(u.table.widths_out))
+                                for u in units))
+                padded = [u.table.padded(size) for u in units]
+                self._table_cache = (
+                    *(tf.constant(np.stack([p[k] for p in padded]), tf.float32)
+                      for k in range(3)),
+                    *(tf.constant([p[k] for p in padded], tf.int32) for k in (3, 4)),
+                    tf.constant([u.space_in if u.space_in >= 0 else n for u in units], tf.int64),
+                    tf.constant([u.space_out if u.space_out >= 0 else n for u in units],
+                                tf.int64))
+        return self._table_cache
 
 
 def make_regularizer(graph: ChannelGraph, costs: CostModel, kind: str = "gamma",

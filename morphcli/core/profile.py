@@ -1,0 +1,352 @@
+"""A measured device: per-layer latency tables and how a channel graph is priced on them.
+
+`morph profile` (`morphcli.steps.profile`) times every distinct *unit* of a
+model on this machine, at several input and output widths, and writes a
+`Profile` file. A unit is a layer with the batch norms and activations that
+directly follow it (what TFLite fuses into one kernel), so that the sum over
+units predicts the whole model. Units with the same layer configuration and
+spatial shapes share one table (`unit_key`), so a narrower or wider model
+built from the profiled one is priced without measuring it again:
+
+    latency(widths) = overhead + scale · sum over units of table_u(width_in, width_out)
+
+where `table_u` interpolates bilinearly between the measured medians (and
+grows in proportion to a width past the largest measured one). Tables are made non-decreasing in each width
+when they are measured, so the width-multiplier solver can bisect on them;
+a conv's or dense layer's output width is first rounded up to the profile's
+`round_to`, the step its latency falls in. `scale` is fitted once, on the
+profiled model measured whole (see `Profile.scale`).
+
+The file is JSON, versioned (`FORMAT`, `VERSION`), and records the device it
+was measured on; `load` refuses another format or version and `warnings()`
+names every difference from the machine reading it (CPU, TensorFlow version).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from morphcli.core.terms import Kind
+from morphcli.errors import MorphError
+
+FORMAT = "morphcli-profile"
+VERSION = 1
+PREFIX = "profile:"  # how a profile is named where a device is expected
+# Layers that run fused with (or as cheap epilogues of) the layer before them.
+FOLLOWERS = {"BatchNormalization", "ReLU", "Activation", "Dropout", "Identity", "ChannelGate"}
+# Followers the tool inserts and removes again: not part of a unit's identity.
+TRANSPARENT = {"ChannelGate"}
+# Config keys that do not change what a layer computes at inference for given widths.
+_WIDTH_KEYS = {"filters", "units", "groups", "target_shape", "name", "trainable", "momentum",
+               "dtype"}
+_IGNORED_SUFFIXES = ("_initializer", "_regularizer", "_constraint")
+
+
+def machine() -> dict:
+    """What a profile records about the machine and software that measured it."""
+    import tensorflow as tf
+
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "machine": platform.machine(),
+            "system": platform.system(), "tensorflow": tf.__version__}
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+# ---------------------------------------------------------------------------
+# Units of a channel graph.
+
+
+def _layer_signature(node) -> dict:
+    config = {k: v for k, v in sorted(node.config.items())
+              if k not in _WIDTH_KEYS and not k.endswith(_IGNORED_SUFFIXES)}
+    return {"class": node.type, "config": config}
+
+
+def units(graph) -> list[list[int]]:
+    """Node indices of every unit, in graph order: a leader and the followers
+    (`FOLLOWERS`) that take its output, one after the other."""
+    result: list[list[int]] = []
+    nodes = graph.nodes
+    for i, node in enumerate(nodes):
+        prev = nodes[i - 1] if i else None
+        if (result and node.type in FOLLOWERS and len(node.inputs) == 1 and prev is not None
+                and node.inputs[0] == prev.outputs[0]
+                and node.in_shapes[0] == prev.out_shapes[0]):
+            result[-1].append(i)
+        else:
+            result.append([i])
+    return result
+
+
+def unit_key(graph, unit: Sequence[int]) -> str:
+    """The identity of a unit for measurement: its layers' configurations
+    without their widths, and the spatial shapes of its inputs and output."""
+    nodes = [graph.nodes[i] for i in unit]
+    lead = nodes[0]
+    parts = [_layer_signature(n) for n in nodes if n.type not in TRANSPARENT]
+    shapes = {"in": [list(s[:-1]) for s in lead.in_shapes],
+              "out": [list(s[:-1]) for s in nodes[-1].out_shapes]}
+    return json.dumps({"layers": parts, "shapes": shapes}, sort_keys=True, default=str)
+
+
+def unit_axes(graph, unit: Sequence[int]):
+    """(space of the input width or None, space of the output width or None):
+    None where the width cannot change (frozen groups) or is the same as the
+    other axis (a per-channel layer, whose table has one axis)."""
+    lead, last = graph.nodes[unit[0]], graph.nodes[unit[-1]]
+    out = last.outputs[0] if last.outputs else None
+    inp = lead.inputs[0] if lead.inputs else None
+
+    def variable(space):
+        return space is not None and any(graph.groups[g].prunable for g in space.groups)
+
+    out = out if variable(out) else None
+    inp = inp if variable(inp) and inp != out else None
+    return inp, out
+
+
+# ---------------------------------------------------------------------------
+# Tables.
+
+
+FAR = 1e9  # where padded tables put their unused grid points
+
+
+def _cell(grid: np.ndarray, x: np.ndarray):
+    """(segment index, fraction inside it) of `x`, clipped into the grid."""
+    if len(grid) == 1:
+        return np.zeros(x.shape, int), np.zeros(x.shape)
+    xc = np.clip(x, grid[0], grid[-1])
+    i = np.clip(np.searchsorted(grid, xc, side="right") - 1, 0, len(grid) - 2)
+    return i, (xc - grid[i]) / (grid[i + 1] - grid[i])
+
+
+@dataclass
+class Table:
+    """Median latency (seconds, per-call overhead removed) of one unit, measured at
+    every pair of `widths_in` x `widths_out`; a fixed axis has one width.
+
+    Between measured widths it is interpolated bilinearly; below the smallest it
+    stays at its value there; past the largest it grows in proportion to the
+    width (as a layer's work does), so it is never negative and never falls
+    when a width grows."""
+
+    key: str
+    widths_in: list[int]
+    widths_out: list[int]
+    seconds: list[list[float]]
+    spread: float = 0.0  # largest (p90 - p10) / median over the table's points
+    layers: list[str] = field(default_factory=list)  # where it was measured
+
+    def at(self, width_in, width_out) -> np.ndarray:
+        """The latency at arrays of widths (broadcast together)."""
+        x, y = np.broadcast_arrays(np.asarray(width_in, float), np.asarray(width_out, float))
+        gin, gout = np.asarray(self.widths_in, float), np.asarray(self.widths_out, float)
+        t = np.asarray(self.seconds, float)
+        if len(gin) == 1:
+            t = np.concatenate([t, t], 0)
+        if len(gout) == 1:
+            t = np.concatenate([t, t], 1)
+        i, u = _cell(gin, x)
+        j, v = _cell(gout, y)
+        inside = (t[i, j] * (1 - u) * (1 - v) + t[i + 1, j] * u * (1 - v)
+                  + t[i, j + 1] * (1 - u) * v + t[i + 1, j + 1] * u * v)
+        grow_in = np.maximum(1.0, x / gin[-1]) if len(gin) > 1 else 1.0
+        grow_out = np.maximum(1.0, y / gout[-1]) if len(gout) > 1 else 1.0
+        return inside * grow_in * grow_out
+
+    def padded(self, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
+        """(widths_in, widths_out, seconds, last in, last out) with `size` points per
+        axis, for the regularizer's batched lookup: unused points sit at `FAR`
+        and repeat the last value; a fixed axis is one segment of zero slope."""
+
+        def extend(grid, values, axis):
+            grid = list(map(float, grid))
+            values = np.asarray(values, float)
+            while len(grid) < size:
+                grid.append(FAR * (len(grid) + 1))
+                values = np.concatenate([values, np.take(values, [-1], axis)], axis)
+            return np.asarray(grid), values
+
+        gin, values = extend(self.widths_in, self.seconds, 0)
+        gout, values = extend(self.widths_out, values, 1)
+        return gin, gout, values, len(self.widths_in), len(self.widths_out)
+
+
+@dataclass
+class Profile:
+    """A device as measured by `morph profile`. See the module docstring."""
+
+    path: str
+    device: dict
+    runtime: str
+    batch: int
+    threads: int | None
+    overhead_s: float
+    tables: dict[str, Table]
+    round_to: int = 1
+    # Measured / predicted time of the profiled model's units (its call overhead
+    # aside): what units measured one at a time miss of a whole model (caches,
+    # fusion across layers), applied to every unit when pricing.
+    scale: float = 1.0
+    model: dict = field(default_factory=dict)  # the profiled model: name, measured, predicted
+    rounding: dict = field(default_factory=dict)  # the width sweep round_to was read from
+
+    @property
+    def name(self) -> str:
+        return PREFIX + self.path
+
+    @property
+    def label(self) -> str:
+        threads = f", {self.threads} threads" if self.threads else ""
+        return f"measured, {self.runtime}{threads}, batch {self.batch}, {Path(self.path).name}"
+
+    def warnings(self) -> list[str]:
+        """How the machine reading the profile differs from the one that measured it."""
+        here, there = machine(), self.device
+        notes = []
+        if str(there.get("tensorflow")) != here["tensorflow"]:
+            notes.append(f"profile {self.path} was measured with TensorFlow "
+                         f"{there.get('tensorflow')}, this is {here['tensorflow']}: kernels "
+                         "and their speed may differ")
+        if (there.get("cpu"), there.get("cores")) != (here["cpu"], here["cores"]):
+            notes.append(f"profile {self.path} was measured on {there.get('cpu')} "
+                         f"({there.get('cores')} cores), not this machine "
+                         f"({here['cpu']}, {here['cores']} cores): latencies are that device's")
+        return notes
+
+    def to_dict(self) -> dict:
+        return {"format": FORMAT, "version": VERSION, "device": self.device,
+                "runtime": self.runtime, "batch": self.batch, "threads": self.threads,
+                "overhead_s": self.overhead_s, "round_to": self.round_to, "scale": self.scale,
+                "rounding": self.rounding, "model": self.model,
+                "tables": [vars(t) for t in self.tables.values()]}
+
+
+_WARNED: set[str] = set()
+
+
+def load(path: str | Path, warn: bool = False) -> Profile:
+    """Reads and checks a profile file; with `warn`, logs (once per file) how this
+    machine differs from the one that measured it.
+
+    Raises:
+        MorphError: A missing or unreadable file, another format or version, or
+            tables that are not well formed.
+    """
+    where = str(path)
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise MorphError(f"The profile does not exist. Received: {PREFIX}{where}",
+                         hint="make one with `morph profile MODEL -o profile.json`.") from None
+    except (OSError, ValueError) as err:
+        raise MorphError(f"Could not read the profile {where}: {err}") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise MorphError(f"{where} is not a morphcli profile (no \"format\": \"{FORMAT}\").")
+    if data.get("version") != VERSION:
+        raise MorphError(f"Profile {where} has format version {data.get('version')}; this "
+                         f"morphcli reads version {VERSION}.",
+                         hint="measure it again with this version's `morph profile`.")
+    try:
+        tables = {}
+        for raw in data["tables"]:
+            table = Table(**raw)
+            shape = np.shape(table.seconds)
+            if shape != (len(table.widths_in), len(table.widths_out)):
+                raise ValueError(f"table of shape {shape} for {len(table.widths_in)} x "
+                                 f"{len(table.widths_out)} widths")
+            if any(np.diff(table.widths_in) <= 0) or any(np.diff(table.widths_out) <= 0):
+                raise ValueError("widths must increase")
+            tables[table.key] = table
+        profile = Profile(where, dict(data["device"]), str(data["runtime"]), int(data["batch"]),
+                       data.get("threads"), float(data["overhead_s"]), tables,
+                       int(data.get("round_to", 1)), float(data.get("scale", 1.0)),
+                       dict(data.get("model", {})),
+                       dict(data.get("rounding", {})))
+    except (KeyError, TypeError, ValueError) as err:
+        raise MorphError(f"Profile {where} is damaged: {err}") from None
+    if warn and where not in _WARNED:
+        _WARNED.add(where)
+        for note in profile.warnings():
+            logging.getLogger("morphcli").warning(note)
+    return profile
+
+
+def is_profile_name(name) -> bool:
+    return isinstance(name, str) and name.startswith(PREFIX)
+
+
+# ---------------------------------------------------------------------------
+# Pricing a graph on a profile.
+
+
+@dataclass
+class PricedUnit:
+    """One unit of a graph bound to its table: `space_in` / `space_out` are
+    indices into the cost model's compiled spaces (-1: the width is fixed)."""
+
+    nodes: list[int]
+    table: Table
+    space_in: int
+    space_out: int
+    # A conv or dense kernel, whose latency falls in steps of the profile's
+    # `round_to` output channels: priced at its output width rounded up to one.
+    stepped: bool = False
+
+    def seconds(self, sw: np.ndarray, step: int) -> np.ndarray:
+        """Latency at space widths `sw` (..., spaces + 1)."""
+        width_in, width_out = sw[..., self.space_in], sw[..., self.space_out]
+        if self.stepped and step > 1 and self.space_out >= 0:
+            last = float(self.table.widths_out[-1])
+            rounded = np.minimum(np.ceil(width_out / step) * step, last)
+            width_out = np.where(width_out <= last, np.maximum(rounded, width_out), width_out)
+        return self.table.at(width_in, width_out)
+
+
+def bind(graph, profile: Profile, space_index) -> list[PricedUnit]:
+    """Finds every unit's table; `space_index(space)` gives a space's index.
+
+    Raises:
+        MorphError: A unit the profile has no table for.
+    """
+    bound, missing = [], []
+    for unit in units(graph):
+        key = unit_key(graph, unit)
+        table = profile.tables.get(key)
+        if table is None:
+            missing.append(graph.nodes[unit[0]])
+            continue
+        lead, last = graph.nodes[unit[0]], graph.nodes[unit[-1]]
+        inp = lead.inputs[0] if lead.inputs and len(table.widths_in) > 1 else None
+        out = last.outputs[0] if last.outputs and len(table.widths_out) > 1 else None
+        bound.append(PricedUnit(unit, table, space_index(inp) if inp else -1,
+                                space_index(out) if out else -1,
+                                lead.rule is not None and lead.kind == Kind.SOURCE))
+    if missing:
+        first = missing[0]
+        raise MorphError(
+            f"Profile {profile.path} has no measurement for {len(missing)} layer(s) of model "
+            f"`{graph.model.name}`, e.g. `{first.name}` ({first.type}, input "
+            f"{first.in_shapes[0] if first.in_shapes else ()}); it was measured on model "
+            f"`{profile.model.get('name', '?')}`.",
+            hint="profile this model: `morph profile MODEL -o profile.json` (a profile "
+                 "prices the model it was made on and every narrower or wider version of it).")
+    return bound
+

@@ -1,0 +1,260 @@
+"""Measured devices: `morph profile` writes a valid, versioned file; pricing on a
+profile equals hand interpolation of its tables; the latency regularizer's weights
+are the profile's slopes (checked against finite differences of the pricing); a
+profile from another machine is flagged and one of another format refused."""
+
+import json
+import math
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from click.testing import CliRunner
+
+from morphcli.cli import cli
+from morphcli.core import profile as profiles
+from morphcli.core.costs import CostModel, get_hardware
+from morphcli.core.graph import build_graph
+from morphcli.steps import profile as measure
+from morphcli.steps.context import round_to_of
+from morphcli.training.regularizers import make_regularizer
+
+
+def _model():
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((4, 4, 2), name="input")
+    x = keras.layers.Conv2D(8, 1, name="c1")(inp)
+    x = keras.layers.BatchNormalization(name="c1_bn")(x)
+    x = keras.layers.ReLU(name="c1_relu")(x)
+    x = keras.layers.Conv2D(4, 1, name="c2")(x)
+    x = keras.layers.BatchNormalization(name="c2_bn")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    out = keras.layers.Dense(3, name="head")(x)
+    return keras.Model(inp, out, name="tiny")
+
+
+def _synthetic(graph, tables: dict, *, overhead=1e-6, scale=2.0, round_to=1, device=None):
+    """A profile whose unit tables are given by leader name (others: constant 1 µs)."""
+    built = {}
+    for unit in profiles.units(graph):
+        key = profiles.unit_key(graph, unit)
+        lead = graph.nodes[unit[0]]
+        win, wout, secs = tables.get(lead.name, ([lead.in_shapes[0][-1]],
+                                                 [graph.nodes[unit[-1]].out_shapes[0][-1]],
+                                                 [[1e-6]]))
+        built[key] = profiles.Table(key, win, wout, secs)
+    return profiles.Profile("synthetic.json", device or profiles.machine(), "keras", 1, None,
+                            overhead, built, round_to, scale, {"name": graph.model.name})
+
+
+def _write(tmp_path, profile, **changes):
+    data = {**profile.to_dict(), **changes}
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+TABLES = {
+    # c1: input fixed (2 channels, the model's input), output measured at 2, 4, 8, 12.
+    "c1": ([2], [2, 4, 8, 12], [[1e-6, 2e-6, 5e-6, 6e-6]]),
+    # c2: input (c1's channels) at 2 and 12, output at 1 and 6.
+    "c2": ([2, 12], [1, 6], [[1e-6, 2e-6], [3e-6, 7e-6]]),
+}
+
+
+def test_units_fuse_batch_norms_and_activations_and_share_tables():
+    graph = build_graph(_model())
+    names = [[graph.nodes[i].name for i in unit] for unit in profiles.units(graph)]
+    assert names == [["c1", "c1_bn", "c1_relu"], ["c2", "c2_bn"], ["pool"], ["head"]]
+    # Identical configurations at the same spatial size share a key; widths do not count.
+    a, b = build_graph(_model()), build_graph(_model())
+    assert ([profiles.unit_key(a, u) for u in profiles.units(a)]
+            == [profiles.unit_key(b, u) for u in profiles.units(b)])
+
+
+def test_pricing_on_a_synthetic_profile_equals_hand_interpolation():
+    graph = build_graph(_model())
+    costs = CostModel(graph, _synthetic(graph, TABLES))
+    g1 = next(g.id for g in graph.groups.values() if "c1" in g.sources)
+    g2 = next(g.id for g in graph.groups.values() if "c2" in g.sources)
+    per = costs.per_layer("latency", {g1: 6, g2: 3})
+    by_name = {n.name: per[i] for i, n in enumerate(graph.nodes)}
+    # c1 at 6 outputs: halfway between 4 (2 µs) and 8 (5 µs).
+    c1 = 2e-6 + (6 - 4) / (8 - 4) * (5e-6 - 2e-6)
+    # c2 at (6 in, 3 out): u = (6-2)/10 = 0.4, v = (3-1)/5 = 0.4, bilinear.
+    u = v = 0.4
+    c2 = 1e-6 * (1 - u) * (1 - v) + 3e-6 * u * (1 - v) + 2e-6 * (1 - u) * v + 7e-6 * u * v
+    assert by_name["c1"] == pytest.approx(2.0 * c1 + 1e-6)  # scale 2; the overhead on node 0
+    assert by_name["c2"] == pytest.approx(2.0 * c2)
+    assert by_name["c1_bn"] == by_name["c1_relu"] == by_name["c2_bn"] == 0.0  # in their units
+    assert by_name["pool"] == by_name["head"] == pytest.approx(2e-6)
+    assert costs.total("latency", {g1: 6, g2: 3}) == pytest.approx(
+        1e-6 + 2 * (c1 + c2 + 2e-6))
+    # Past the largest width it grows in proportion; below the smallest it stays.
+    assert costs.per_layer("latency", {g1: 24, g2: 3})[0] == pytest.approx(
+        2 * 6e-6 * 2 + 1e-6)
+    assert costs.per_layer("latency", {g1: 1, g2: 1})[0] == pytest.approx(2 * 1e-6 + 1e-6)
+    # Many structures at once price like one at a time.
+    rows = np.array([costs.width_vector({g1: w1, g2: w2}) for w1, w2 in [(6, 3), (3, 5)]])
+    np.testing.assert_allclose(costs.totals("latency", rows),
+                               [costs.total("latency", {g1: 6, g2: 3}),
+                                costs.total("latency", {g1: 3, g2: 5})])
+
+
+def test_a_profile_step_rounds_conv_outputs_up():
+    graph = build_graph(_model())
+    costs = CostModel(graph, _synthetic(graph, TABLES, round_to=4, scale=1.0, overhead=0.0))
+    g1 = next(g.id for g in graph.groups.values() if "c1" in g.sources)
+    # 5 outputs cost what 8 do (the next multiple of 4); 8 what 8 does; the 1-D
+    # per-channel layers are not stepped.
+    assert costs.per_layer("latency", {g1: 5})[0] == pytest.approx(5e-6)
+    assert costs.per_layer("latency", {g1: 8})[0] == pytest.approx(5e-6)
+    assert costs.per_layer("latency", {g1: 3})[0] == pytest.approx(2e-6)  # rounded to 4
+
+
+def test_latency_regularizer_weights_are_the_profile_slopes():
+    graph = build_graph(_model())
+    costs = CostModel(graph, _synthetic(graph, TABLES))
+    reg = make_regularizer(graph, costs, resource="latency")
+    weights = reg.channel_weights()
+    seed = costs.width_vector()
+    for gid in reg.groups:
+        # At a measured width the regularizer takes the segment above it (the one
+        # below at the largest measured width): a one-sided difference.
+        step = 1e-3 if seed[gid] < 12 else -1e-3
+        moved = seed.copy()
+        moved[gid] += step
+        slope = (costs.total("latency", moved) - costs.total("latency", seed)) / step
+        assert weights[gid] == pytest.approx(slope, rel=1e-4), gid
+    # The term is those weights times the sums of the values (all gammas are 1).
+    sums = {gid: float(tf.reduce_sum(v)) for gid, v in reg.vectors().items()}
+    assert float(reg.term()) == pytest.approx(sum(weights[g] * s for g, s in sums.items()),
+                                              rel=1e-5)
+
+
+def test_profile_of_a_tiny_model_is_a_valid_file(tmp_path):
+    model = _model()
+    result = measure.profile(model, runtime="keras", warmup=1, repeats=3)
+    path = tmp_path / "tiny.profile.json"
+    result.path = str(path)
+    path.write_text(json.dumps(result.to_dict()))
+    loaded = profiles.load(path)
+    assert loaded.device["tensorflow"] == tf.__version__
+    assert loaded.device["cores"] == os.cpu_count()
+    assert (loaded.runtime, loaded.batch, loaded.threads) == ("keras", 1, None)
+    graph = build_graph(model)
+    assert set(loaded.tables) == {profiles.unit_key(graph, u) for u in profiles.units(graph)}
+    step = loaded.round_to
+    assert step in (1, *measure.STEPS)
+    c2 = next(t for t in loaded.tables.values() if t.layers == ["c2"])
+    # c2's input (8 channels) and output (4) at 1/8, 1/4, 1/2, 3/4 and all of the width.
+    assert c2.widths_in == measure._grid(8, step) and c2.widths_out == measure._grid(4, step)
+    assert measure._grid(64, 1) == [8, 16, 32, 48, 64]
+    assert measure._grid(64, 32) == [8, 16, 32, 64]
+    for table in loaded.tables.values():
+        secs = np.asarray(table.seconds)
+        assert (secs >= 0).all()
+        assert (np.diff(secs, axis=0) >= 0).all() and (np.diff(secs, axis=1) >= 0).all()
+    whole = loaded.model
+    assert whole["name"] == "tiny" and whole["measured_s"] > 0
+    # The scale is fitted so that the profile predicts the profiled model's own time.
+    assert whole["predicted_s"] == pytest.approx(whole["measured_s"], rel=1e-3)
+    assert CostModel(graph, loaded).total("latency") == pytest.approx(whole["predicted_s"])
+
+
+def test_morph_profile_writes_a_tflite_profile(tmp_path):
+    path = tmp_path / "p.json"
+    result = CliRunner().invoke(cli, ["profile", "zoo:cnn", "--input-shape", "8,8,1",
+                                      "--threads", "1", "--repeats", "3", "--round-to", "8",
+                                      "-o", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.stdout)
+    data = json.loads(path.read_text())
+    assert data["format"] == profiles.FORMAT and data["version"] == profiles.VERSION
+    assert (data["runtime"], data["threads"], data["round_to"]) == ("tflite", 1, 8)
+    assert printed["measured_s"] == data["model"]["measured_s"] > 0
+    assert printed["distinct_units"] == len(data["tables"])
+    # Refuses to overwrite what exists, in one line.
+    again = CliRunner().invoke(cli, ["profile", "zoo:cnn", "--input-shape", "8,8,1",
+                                     "-o", str(path)])
+    assert again.exit_code == 2 and "exists" in again.output
+
+
+def test_step_of_a_sweep():
+    widths = list(range(32, 65))
+    steps16 = [1e-5 * math.ceil(w / 16) for w in widths]
+    assert measure.step_of(widths, steps16) == 16
+    assert measure.step_of(widths, [1e-5 * math.ceil(w / 32) for w in widths]) == 32
+    assert measure.step_of(widths, [1e-7 * w for w in widths]) == 1  # smooth: no step
+
+
+def test_round_to_auto_is_the_profile_step(tmp_path):
+    graph = build_graph(_model())
+    assert round_to_of("auto", _synthetic(graph, TABLES, round_to=4)) == 4
+    assert round_to_of("auto", get_hardware("T4")) == 1
+    assert round_to_of(8, get_hardware("T4")) == 8
+
+
+def test_expand_on_a_profile_lands_on_the_measured_budget(tmp_path):
+    model = _model()
+    path = tmp_path / "tiny.keras"
+    model.save(path)
+    graph = build_graph(model)
+    # A bilinear device: t = 1e-7 · in · out for both convs, measured on a grid.
+    tables = {name: (grid_in, grid_out, [[1e-7 * a * b for b in grid_out] for a in grid_in])
+              for name, grid_in, grid_out in [("c1", [2], [2, 4, 8, 16]),
+                                             ("c2", [2, 4, 8, 16], [1, 2, 4, 8])]}
+    prof = _write(tmp_path, _synthetic(graph, tables, round_to=2))
+    out = tmp_path / "half.keras"
+    result = CliRunner().invoke(cli, ["expand", str(path), "--target", "latency=60%",
+                                      "--hardware", f"profile:{prof}", "--round-to", "auto",
+                                      "-o", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    widths = [g["width_after"] for g in record["groups"]]
+    assert all(w % 2 == 0 for w in widths), widths  # round_to auto: the profile's step
+    small = keras.models.load_model(out)
+    priced = CostModel(build_graph(small), profiles.load(prof)).total("latency")
+    seed = CostModel(graph, profiles.load(prof)).total("latency")
+    assert priced <= 0.6 * seed
+
+
+def test_a_profile_from_another_machine_is_flagged(tmp_path):
+    graph = build_graph(_model())
+    other = {**profiles.machine(), "tensorflow": "2.0.0", "cpu": "Phone SoC", "cores": 8}
+    prof = _write(tmp_path, _synthetic(graph, TABLES, device=other))
+    model = tmp_path / "tiny.keras"
+    _model().save(model)
+    result = CliRunner().invoke(cli, ["report", str(model), "--hardware", f"profile:{prof}",
+                                      "--json"])
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert any("TensorFlow 2.0.0" in w for w in warnings)
+    assert any("Phone SoC (8 cores), not this machine" in w for w in warnings)
+    notes = json.loads(result.stdout)["notes"]
+    assert any("Phone SoC" in n for n in notes)
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"version": 99}, "has format version 99"),
+    ({"format": "something-else"}, "is not a morphcli profile"),
+    ({"tables": [{"key": "k", "widths_in": [1], "widths_out": [2, 1],
+                  "seconds": [[1, 2]]}]}, "widths must increase"),
+])
+def test_a_profile_of_another_format_is_refused(tmp_path, change, message):
+    graph = build_graph(_model())
+    prof = _write(tmp_path, _synthetic(graph, TABLES), **change)
+    result = CliRunner().invoke(cli, ["report", "zoo:cnn", "--hardware", f"profile:{prof}"])
+    assert result.exit_code == 2
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_a_profile_of_another_model_is_refused(tmp_path):
+    prof = _write(tmp_path, _synthetic(build_graph(_model()), TABLES))
+    result = CliRunner().invoke(cli, ["report", "zoo:cnn", "--hardware", f"profile:{prof}"])
+    assert result.exit_code == 2
+    assert "has no measurement for" in result.output and "morph profile" in result.output
+    missing = CliRunner().invoke(cli, ["report", "zoo:cnn", "--hardware", "profile:nope.json"])
+    assert missing.exit_code == 2 and "does not exist" in missing.output
