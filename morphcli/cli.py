@@ -132,19 +132,14 @@ def _library_warnings() -> None:
 @click.option("--hardware", default="cpu", show_default=True,
               help="Device for latency: profile:PATH (measured by `morph profile`), or a "
                    "roofline estimate on K80, P4, T4, P100, V100, TPUv2, A100, H100, H200, cpu.")
-@click.option("--compare", "other", metavar="OTHER_MODEL", default=None,
-              help="A second model (e.g. the shrunk one) to show side by side with ratios.")
+@click.option("--compare", "other", metavar="OTHER", help="A second model, side by side.")
 @click.option("--structure", "structure_path", type=click.Path(dir_okay=False), default=None,
               help="Price MODEL with the widths in a structure.json, without rebuilding it.")
-@click.option("--json", "as_json", is_flag=True,
-              help="Print one JSON object on stdout (totals, layers, groups) and nothing else.")
-@click.option("--markdown", type=click.Path(dir_okay=False), default=None,
-              help="Also write the report as Markdown to this file.")
-@click.option("--plot", type=click.Path(dir_okay=False), default=None,
-              help="Also write a PNG bar chart of channels per layer to this file.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout only.")
+@click.option("--markdown", type=click.Path(dir_okay=False), help="Also write Markdown here.")
+@click.option("--plot", type=click.Path(dir_okay=False), help="Also write a PNG of widths.")
 @click.option("--all", "all_layers", is_flag=True, help="List every layer, not the top 25.")
-@click.option("--groups/--no-groups", default=True, show_default=True,
-              help="Show the table of channel groups.")
+@click.option("--groups/--no-groups", default=True, help="Show the channel groups.")
 def report(model, input_shape, classes, trust_code, hardware, other, structure_path, as_json,
            markdown, plot, all_layers, groups):
     """Per-layer and total FLOPs, MACs, params and latency of MODEL.
@@ -321,10 +316,12 @@ def _show_shrink(out, err, ctx, result, as_json: bool) -> None:
               help="below: never above the target (default); nearest: closest either side.")
 @click.option("--structure", "structure_path", type=click.Path(dir_okay=False),
               help="Scale a structure.json learned on MODEL (the seed), not MODEL's widths.")
+@click.option("--measure", is_flag=True, default=None,
+              help="Latency: time candidates here and correct until the clock agrees.")
 @click.option("--json", "as_json", is_flag=True, help="Print the expansion record on stdout.")
 @_model_options
 def expand(model, target, config_path, out_path, hardware, round_to, mode, structure_path,
-           as_json, input_shape, classes, trust_code):
+           measure, as_json, input_shape, classes, trust_code):
     """Scale every prunable width of MODEL by one multiplier to land on a budget.
 
     Solves for the width multiplier w so that the cost of MODEL with every
@@ -348,8 +345,8 @@ def expand(model, target, config_path, out_path, hardware, round_to, mode, struc
 
     out, err = _consoles()
     conf = _resolve(config_path, {k: v for k, v in {
-        "target.hardware": hardware, "expand.round_to": round_to, "expand.mode": mode}.items()
-        if v is not None}, {})
+        "target.hardware": hardware, "expand.round_to": round_to, "expand.mode": mode,
+        "expand.measure": measure}.items() if v is not None}, {})
     if target:
         metric, quantity = cfg.parse_target(target)
     elif config_path:
@@ -365,7 +362,7 @@ def expand(model, target, config_path, out_path, hardware, round_to, mode, struc
     result = expand_step(seed, metric, quantity,
                          round_to=round_to_of(conf.expand.round_to, seed.costs.hardware),
                          mode=conf.expand.mode, base_widths=base, model_path=out_path,
-                         record_path=record_path)
+                         record_path=record_path, measure=conf.expand.measure)
     if as_json:
         click.echo(_dumps(result.record))
         return
@@ -376,6 +373,9 @@ def expand(model, target, config_path, out_path, hardware, round_to, mode, struc
     err.print(f"width multiplier {expansion.multiplier:.4f}: {metric} {expansion.achieved:,.6g} "
               f"for target {expansion.target:,.6g} ({expansion.error:+.2%}); wrote {out_path}",
               markup=False, highlight=False)
+    if m := result.record.get("measured"):
+        err.print(f"measured {m['latency_s'] * 1e3:.4g} ms here ({m['runtime']}) for target "
+                  f"{m['target_s'] * 1e3:.4g} ms ({m['error']:+.1%})", markup=False)
 
 
 def _beside(path: str) -> str:

@@ -103,17 +103,6 @@ def test_pricing_on_a_synthetic_profile_equals_hand_interpolation():
                                 costs.total("latency", {g1: 3, g2: 5})])
 
 
-def test_a_profile_step_rounds_conv_outputs_up():
-    graph = build_graph(_model())
-    costs = CostModel(graph, _synthetic(graph, TABLES, round_to=4, scale=1.0, overhead=0.0))
-    g1 = next(g.id for g in graph.groups.values() if "c1" in g.sources)
-    # 5 outputs cost what 8 do (the next multiple of 4); 8 what 8 does; the 1-D
-    # per-channel layers are not stepped.
-    assert costs.per_layer("latency", {g1: 5})[0] == pytest.approx(5e-6)
-    assert costs.per_layer("latency", {g1: 8})[0] == pytest.approx(5e-6)
-    assert costs.per_layer("latency", {g1: 3})[0] == pytest.approx(2e-6)  # rounded to 4
-
-
 def test_latency_regularizer_weights_are_the_profile_slopes():
     graph = build_graph(_model())
     costs = CostModel(graph, _synthetic(graph, TABLES))
@@ -214,7 +203,8 @@ def test_expand_on_a_profile_lands_on_the_measured_budget(tmp_path):
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout)
     widths = [g["width_after"] for g in record["groups"]]
-    assert all(w % 2 == 0 for w in widths), widths  # round_to auto: the profile's step
+    # round_to auto: the profile's step (or the floor of one channel).
+    assert all(w % 2 == 0 or w == 1 for w in widths) and any(w > 1 for w in widths), widths
     small = keras.models.load_model(out)
     priced = CostModel(build_graph(small), profiles.load(prof)).total("latency")
     seed = CostModel(graph, profiles.load(prof)).total("latency")
@@ -258,3 +248,45 @@ def test_a_profile_of_another_model_is_refused(tmp_path):
     assert "has no measurement for" in result.output and "morph profile" in result.output
     missing = CliRunner().invoke(cli, ["report", "zoo:cnn", "--hardware", "profile:nope.json"])
     assert missing.exit_code == 2 and "does not exist" in missing.output
+
+
+def test_expand_measure_corrects_the_multiplier_until_the_clock_agrees(monkeypatch):
+    """A clock that adds a tenth of the seed's predicted latency to every model: half
+    the measured seed is then 0.55 of its prediction, which the profile alone misses
+    (its structure measures 0.6) and the loop must find."""
+    from morphcli.core.quantities import Quantity
+    from morphcli.steps import expand as ex
+    from morphcli.steps import export
+
+    model = _model()
+    graph = build_graph(model)
+    tables = {name: (grid_in, grid_out, [[1e-7 * a * b for b in grid_out] for a in grid_in])
+              for name, grid_in, grid_out in [("c1", [2], [2, 4, 8, 16]),
+                                             ("c2", [2, 4, 8, 16], [1, 2, 4, 8])]}
+    prof = _synthetic(graph, tables, overhead=0.0, scale=1.0)
+    predicted_seed = CostModel(graph, prof).total("latency")
+
+    def clock(models, hardware, repeats=50):
+        times = [CostModel(build_graph(m), prof).total("latency") + 0.1 * predicted_seed
+                 for m in models]
+        return times, {"runtime": "keras", "threads": None, "batch": 1, "repeats": repeats}
+
+    monkeypatch.setattr(export, "latencies", clock)
+    result = ex.expand(ex.Priced.of(model, prof), "latency", Quantity(0.5, True),
+                       measure=True)
+    measured = result.record["measured"]
+    goal = 0.55 * predicted_seed
+    assert measured["target_s"] == pytest.approx(goal)
+    first = measured["candidates"][0]
+    assert first["measured_s"] == pytest.approx(first["predicted_s"] + 0.1 * predicted_seed)
+    assert first["predicted_s"] <= 0.5 * predicted_seed  # the profile alone's structure...
+    assert first["measured_s"] > goal * 1.02  # ...is too slow on this clock
+    got = clock([result.expanded.model], prof)[0][0]
+    assert got == pytest.approx(measured["latency_s"])
+    assert goal * 0.95 <= got <= goal * 1.02
+
+
+def test_expand_measure_is_for_latency_targets(tmp_path):
+    result = CliRunner().invoke(cli, ["expand", "zoo:cnn", "--target", "flops=50%",
+                                      "--measure", "-o", str(tmp_path / "x.keras")])
+    assert result.exit_code == 2 and "Measuring checks latency targets" in result.output

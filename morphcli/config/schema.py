@@ -149,6 +149,9 @@ class ExpandConfig:
                                "of a profile:PATH device (1 otherwise)")
     mode: str = _opt("below", c.choice(*EXPAND_MODES),
                      "below (never above the target) | nearest")
+    measure: bool = _opt(False, c.boolean,
+                         "latency targets: time each candidate on this machine and correct "
+                         "the multiplier until the measured latency lands on the target")
 
 
 @dataclass(frozen=True)

@@ -293,7 +293,7 @@ class CostModel:
         overhead on the first node."""
         out = np.zeros(sw.shape[:-1] + (len(self.graph.nodes),))
         for unit in self.units:
-            out[..., unit.nodes[0]] = self.profile.scale * unit.seconds(sw, self.profile.round_to)
+            out[..., unit.nodes[0]] = self.profile.scale * unit.seconds(sw)
         out[..., 0] += self.profile.overhead_s
         return out
 

@@ -12,10 +12,11 @@ built from the profiled one is priced without measuring it again:
 
 where `table_u` interpolates bilinearly between the measured medians (and
 grows in proportion to a width past the largest measured one). Tables are made non-decreasing in each width
-when they are measured, so the width-multiplier solver can bisect on them;
-a conv's or dense layer's output width is first rounded up to the profile's
-`round_to`, the step its latency falls in. `scale` is fitted once, on the
-profiled model measured whole (see `Profile.scale`).
+when they are measured, so the width-multiplier solver can bisect on them.
+Their grids sit on multiples of the profile's `round_to`, the channel step
+latency falls in, so a structure rounded to it (`round_to: auto`) is priced at
+measured widths. `scale` is fitted once, on the profiled model measured whole
+(see `Profile.scale`).
 
 The file is JSON, versioned (`FORMAT`, `VERSION`), and records the device it
 was measured on; `load` refuses another format or version and `warnings()`
@@ -34,7 +35,6 @@ from pathlib import Path
 
 import numpy as np
 
-from morphcli.core.terms import Kind
 from morphcli.errors import MorphError
 
 FORMAT = "morphcli-profile"
@@ -306,17 +306,9 @@ class PricedUnit:
     table: Table
     space_in: int
     space_out: int
-    # A conv or dense kernel, whose latency falls in steps of the profile's
-    # `round_to` output channels: priced at its output width rounded up to one.
-    stepped: bool = False
-
-    def seconds(self, sw: np.ndarray, step: int) -> np.ndarray:
+    def seconds(self, sw: np.ndarray) -> np.ndarray:
         """Latency at space widths `sw` (..., spaces + 1)."""
         width_in, width_out = sw[..., self.space_in], sw[..., self.space_out]
-        if self.stepped and step > 1 and self.space_out >= 0:
-            last = float(self.table.widths_out[-1])
-            rounded = np.minimum(np.ceil(width_out / step) * step, last)
-            width_out = np.where(width_out <= last, np.maximum(rounded, width_out), width_out)
         return self.table.at(width_in, width_out)
 
 
@@ -337,8 +329,7 @@ def bind(graph, profile: Profile, space_index) -> list[PricedUnit]:
         inp = lead.inputs[0] if lead.inputs and len(table.widths_in) > 1 else None
         out = last.outputs[0] if last.outputs and len(table.widths_out) > 1 else None
         bound.append(PricedUnit(unit, table, space_index(inp) if inp else -1,
-                                space_index(out) if out else -1,
-                                lead.rule is not None and lead.kind == Kind.SOURCE))
+                                space_index(out) if out else -1))
     if missing:
         first = missing[0]
         raise MorphError(

@@ -9,11 +9,13 @@ what the solver predicted, and write the model and its expansion record.
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from morphcli.core.solver import Expansion, resolve_target, solve_multiplier
+from morphcli.errors import MorphError
 from morphcli.steps.context import Priced
 
 
@@ -29,7 +31,7 @@ class ExpandResult:
 def expand(source: Priced, metric: str, quantity, *, round_to: int = 1, mode: str = "below",
            base_widths: Mapping[int, int] | None = None, strategy=None,
            model_path: str | Path | None = None,
-           record_path: str | Path | None = None) -> ExpandResult:
+           record_path: str | Path | None = None, measure: bool = False) -> ExpandResult:
     """Scales `source`'s prunable widths by one multiplier to meet a budget.
 
     Args:
@@ -44,6 +46,8 @@ def expand(source: Priced, metric: str, quantity, *, round_to: int = 1, mode: st
         strategy: Build the new model in this strategy's scope (it trains next).
         model_path: Where to write the expanded `.keras` model, if anywhere.
         record_path: Where to write the expansion record (JSON), if anywhere.
+        measure: For a latency target, time candidates on this machine and correct
+            the multiplier until the measured latency lands on the target (`_measured`).
 
     Returns:
         An `ExpandResult`; the new model has fresh weights.
@@ -58,16 +62,32 @@ def expand(source: Priced, metric: str, quantity, *, round_to: int = 1, mode: st
 
     target = (float(quantity) if isinstance(quantity, int | float)
               else resolve_target(source.costs, metric, quantity))
-    expansion = solve_multiplier(source.costs, metric, target, round_to=round_to, mode=mode,
-                                 base_widths=base_widths)
-    with strategy.scope() if strategy is not None else contextlib.nullcontext():
-        model = resize(source.model, expansion.widths, source.graph)
+    def solve(goal: float):
+        return solve_multiplier(source.costs, metric, goal, round_to=round_to, mode=mode,
+                                base_widths=base_widths)
+
+    def build(expansion):
+        with strategy.scope() if strategy is not None else contextlib.nullcontext():
+            return resize(source.model, expansion.widths, source.graph)
+
+    expansion = solve(target)
+    measured = None
+    if measure:
+        if metric != "latency":
+            raise MorphError(f"Measuring checks latency targets; this target is {metric}. "
+                             "Received: measure=true", hint="drop --measure.")
+        expansion, model, measured = _measured(source, quantity, target, expansion, solve,
+                                               build, mode)
+    else:
+        model = build(expansion)
     expanded = Priced.of(model, source.costs.hardware)
     rebuilt = expanded.costs.total(metric)
     if not math.isclose(rebuilt, expansion.achieved, rel_tol=1e-9):
         raise AssertionError(f"expanded model costs {rebuilt!r}, the solver predicted "
                              f"{expansion.achieved!r}")
     record = expansion.to_dict(source.graph)
+    if measured is not None:
+        record["measured"] = measured
     if model_path is not None:
         files.save_model(model, model_path)
     if record_path is not None:
@@ -75,8 +95,68 @@ def expand(source: Priced, metric: str, quantity, *, round_to: int = 1, mode: st
     return ExpandResult(expanded, expansion, record)
 
 
+MEASURE_ROUNDS = 6  # candidates timed at most
+MEASURE_TOLERANCE = 0.02  # a measured latency this close to the target is on it
+
+
+def _measured(source: Priced, quantity, target: float, expansion, solve, build, mode: str):
+    """Closes the loop on the clock: builds the solved structure, times it (and the
+    source, for a relative target) on this machine, and re-solves for a cost-model
+    target corrected by measured / target, up to `MEASURE_ROUNDS` candidates.
+    Keeps the candidate closest to the target (mode `below`: the closest not above
+    it by more than `MEASURE_TOLERANCE`, else the fastest)."""
+    from morphcli.steps.export import latencies
+
+    hardware = source.costs.hardware
+    relative = not isinstance(quantity, int | float) and quantity.relative
+    seeds, tried = [], []
+    for _ in range(MEASURE_ROUNDS):
+        model = build(expansion)
+        times, how = latencies([model, source.model] if relative else [model], hardware)
+        if relative:
+            seeds.append(times[1])
+        goal = quantity.value * statistics.median(seeds) if relative else target
+        tried.append((expansion, model, times[0]))
+        if abs(times[0] / goal - 1) <= MEASURE_TOLERANCE:
+            break
+        try:
+            following = solve(_next_goal(tried, goal))
+        except MorphError:  # the correction asks for more than the model can reach
+            break
+        if any(following.widths == t[0].widths for t in tried):
+            break
+        expansion = following
+    goal = quantity.value * statistics.median(seeds) if relative else target
+    fits = [t for t in tried if t[2] <= goal * (1 + MEASURE_TOLERANCE)] if mode == "below" \
+        else tried
+    chosen = (min(fits, key=lambda t: abs(t[2] - goal)) if fits
+              else min(tried, key=lambda t: t[2]))
+    record = {**how, "target_s": goal, "latency_s": chosen[2],
+              "error": chosen[2] / goal - 1,
+              "source_s": statistics.median(seeds) if seeds else None,
+              "candidates": [{"multiplier": e.multiplier, "predicted_s": e.achieved,
+                              "measured_s": t} for e, _, t in tried]}
+    return chosen[0], chosen[1], record
+
+
+def _next_goal(tried, goal: float) -> float:
+    """The cost-model target of the next candidate: between the nearest candidates
+    measured below and above the goal, interpolated (predicted against measured);
+    with candidates on one side only, the nearest one's target times goal / measured."""
+    below = [(e.achieved, t) for e, _, t in tried if t <= goal]
+    above = [(e.achieved, t) for e, _, t in tried if t > goal]
+    if below and above:
+        (p0, t0), (p1, t1) = max(below, key=lambda x: x[1]), min(above, key=lambda x: x[1])
+        if t1 > t0:
+            return p0 + (goal - t0) * (p1 - p0) / (t1 - t0)
+    predicted, measured = min(((e.achieved, t) for e, _, t in tried),
+                              key=lambda x: abs(x[1] - goal))
+    return predicted * goal / measured
+
+
 def expand_model(model, target_metric: str, quantity, *, hardware=None, round_to: int = 1,
-                 mode: str = "below", base_widths: Mapping[int, int] | None = None):
+                 mode: str = "below", base_widths: Mapping[int, int] | None = None,
+                 measure: bool = False):
     """`expand` for a bare Keras model: returns `(new_model, expansion)`.
 
     Example:
@@ -87,5 +167,5 @@ def expand_model(model, target_metric: str, quantity, *, hardware=None, round_to
     from morphcli.core.costs import get_hardware
 
     result = expand(Priced.of(model, get_hardware(hardware)), target_metric, quantity,
-                    round_to=round_to, mode=mode, base_widths=base_widths)
+                    round_to=round_to, mode=mode, base_widths=base_widths, measure=measure)
     return result.expanded.model, result.expansion

@@ -296,6 +296,21 @@ def bench(target, *, batch: int = 1, threads: int | None = None, warmup: int = 1
                        q[0], q[-1])
 
 
+MEASURE_REPEATS = 50  # timed calls per model when a step measures latency
+
+
+def latencies(models: list, hardware, repeats: int = MEASURE_REPEATS
+              ) -> tuple[list[float], dict]:
+    """Each model's median end-to-end latency on this machine, measured in turn,
+    with the runtime a measured device (`profile:`) names, else Keras; and how."""
+    runtime = getattr(hardware, "runtime", "keras")
+    threads = getattr(hardware, "threads", None) if runtime == "tflite" else None
+    batch = getattr(hardware, "batch", 1)
+    times = [bench(m, batch=batch, threads=threads, warmup=10, repeats=repeats,
+                   runtime=runtime).median_s for m in models]
+    return times, {"runtime": runtime, "threads": threads, "batch": batch, "repeats": repeats}
+
+
 def _file_runner(path, runtime: str, threads: int | None, trust_code: bool):
     """(runner, input shape) of a model file of `runtime`."""
     if runtime == "tflite":

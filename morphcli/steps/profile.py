@@ -40,6 +40,9 @@ from morphcli.errors import MorphError
 RUNTIMES = ("tflite", "keras")
 FRACTIONS = (0.125, 0.25, 0.5, 0.75, 1.0)
 SWEEP = 32  # output widths swept above a multiple of SWEEP to find the rounding step
+SWEEP_PASSES = 2  # the sweep is timed twice and each width's least median kept
+MIN_TIME = 0.05  # seconds of timed calls per measurement, at least
+MAX_REPEATS = 2000
 STEPS = (32, 16, 8, 4, 2)  # rounding steps tried, largest first
 STEP_TOLERANCE = 0.05  # a step must change latency by more than this share
 STEP_SHARE = 0.25  # widths inside a step save less than this share of it on average
@@ -88,10 +91,15 @@ class _Clock:
                   enumerate(model.inputs)]
         x = inputs[0] if len(inputs) == 1 else inputs
         call = self.runner(model) if len(inputs) == 1 else self._multi(model)
-        for _ in range(self.warmup):
+        start = time.perf_counter()
+        for _ in range(max(1, self.warmup)):
             call(x)
+        each = (time.perf_counter() - start) / max(1, self.warmup)
+        # Short calls are repeated for MIN_TIME at least: their median is then as
+        # steady as a long call's.
+        repeats = int(min(MAX_REPEATS, max(self.repeats, MIN_TIME / max(each, 1e-7))))
         times = []
-        for _ in range(self.repeats):
+        for _ in range(repeats):
             start = time.perf_counter()
             call(x)
             times.append(time.perf_counter() - start)
@@ -347,9 +355,12 @@ def _measure_step(clock, graph, sweep, tick) -> tuple[int, dict]:
     """The rounding step read from a sweep of one unit's output width."""
     unit, base = sweep
     widths = list(range(base, base + SWEEP + 1))
-    seconds = []
-    for w in widths:
-        seconds.append(clock.time(unit_model(graph, unit, None, w)).median)
+    models = [unit_model(graph, unit, None, w) for w in widths]
+    runs = [[clock.time(m).median for m in models]]
+    for _ in range(1, SWEEP_PASSES):  # a second pass, the least of the two kept
+        runs.append([clock.time(m).median for m in models])
+    seconds = np.min(runs, axis=0).tolist()
+    for _ in widths:
         tick("rounding sweep")
     step = step_of(widths, seconds)
     return step, {"layer": graph.nodes[unit[0]].name, "widths": widths,

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from morphcli.steps.context import Priced, RunContext, make_context, round_to_of
+from morphcli.steps.export import latencies
 
 Progress = Callable[[str, int], object]  # (title, epochs) -> Keras callback
 
@@ -91,6 +92,7 @@ class _Runner:
         conf, metric, target = self.ctx.conf, self.ctx.metric, self.ctx.target
         result = expand(source, metric, target,
                         round_to=round_to_of(conf.expand.round_to, source.costs.hardware),
+                        measure=conf.expand.measure,
                         mode=conf.expand.mode, strategy=self.ctx.strategy,
                         model_path=outdir / "expanded.keras",
                         record_path=outdir / "expand.json")
@@ -148,23 +150,6 @@ def run(ctx: RunContext, rundir: str | Path | None = None, *, progress: Progress
     return RunResult(rundir, final, baseline, report, runner.skipped)
 
 
-MEASURE_REPEATS = 50  # timed calls per model for the measured-latency column
-
-
-def measure_latencies(models: list, hardware) -> tuple[list[float], dict]:
-    """Each model's median end-to-end latency on this machine, measured in turn,
-    with the runtime a measured device (`profile:`) names, else Keras; and how."""
-    from morphcli.steps.export import bench
-
-    runtime = getattr(hardware, "runtime", "keras")
-    threads = getattr(hardware, "threads", None) if runtime == "tflite" else None
-    batch = getattr(hardware, "batch", 1)
-    times = [bench(m, batch=batch, threads=threads, warmup=10, repeats=MEASURE_REPEATS,
-                   runtime=runtime).median_s for m in models]
-    return times, {"runtime": runtime, "threads": threads, "batch": batch,
-                   "repeats": MEASURE_REPEATS}
-
-
 def write_report(ctx: RunContext, rundir: Path, final_model: Priced, final: dict,
                  uniform: Priced | None, baseline: dict | None) -> dict:
     """report.json, report.md and widths.png comparing seed, MorphNet and baseline."""
@@ -176,7 +161,7 @@ def write_report(ctx: RunContext, rundir: Path, final_model: Priced, final: dict
     reports = [seed, morph] + ([uniform.report(name="uniform baseline")] if uniform else [])
     accuracies = [None, final.get("val_accuracy"), (baseline or {}).get("val_accuracy")]
     models = [ctx.seed.model, final_model.model] + ([uniform.model] if uniform else [])
-    measured, how = measure_latencies(models, ctx.hardware)
+    measured, how = latencies(models, ctx.hardware)
     data = {
         "target": {"metric": ctx.metric, "value": ctx.target},
         "models": {r.name: {**r.totals, "measured_latency_s": m, "val_accuracy": acc}
