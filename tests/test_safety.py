@@ -320,6 +320,8 @@ def test_a_run_killed_after_structure_json_resumes_to_the_same_outputs(tmp_path,
         a, b = (json.loads((d / name).read_text()) for d in (out, whole))
         for volatile in ("train_seconds", "epochs_resumed_from"):
             a.pop(volatile, None), b.pop(volatile, None)
+        for row in [*a.get("models", {}).values(), *b.get("models", {}).values()]:
+            assert row.pop("measured_latency_s") > 0  # timed afresh by every run
         assert a == b, name
 
 

@@ -338,3 +338,53 @@ def test_layer_norm_groups_are_reported_approximate():
     assert result["approximate"] == {gid: "`ln` normalizes over the channel axis: removing "
                                           "channels changes the survivors"}
     assert result["max_abs_delta"] > 1e-3
+
+
+# --- 2b. EinsumDense as a dense layer on the last axis ----------------------------------
+
+
+def einsum_net() -> keras.Model:
+    """A token MLP as Keras' transformer examples write it: EinsumDense on (tokens, d)."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((5, 6))
+    x = layers.EinsumDense("abc,cd->abd", output_shape=(5, 12), bias_axes="d",
+                           activation="relu", name="up")(inputs)
+    x = layers.EinsumDense("abc,cd->abd", output_shape=(5, 6), name="down")(x)
+    x = layers.GlobalAveragePooling1D()(x)
+    return keras.Model(inputs, layers.Dense(3, name="head")(x))
+
+
+def test_einsum_dense_is_a_prunable_dense():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from tf_profiler import profiler_flops
+
+    from morphcli.core.costs import CostModel
+
+    model = einsum_net()
+    graph = build_graph(model)
+    up = graph.node("up").outputs[0].groups[0]
+    assert graph.groups[up].prunable and graph.groups[up].width == 12
+    costs = CostModel(graph)
+    assert costs.total("flops") == profiler_flops(model)  # the oracle: TF's profiler
+    assert costs.total("params") == model.count_params()
+    alive = alive_from_counts(graph, {up: 7})
+    rebuilt = apply_structure(model, alive, graph)
+    assert rebuilt.get_layer("up").kernel.shape == (6, 7)
+    assert rebuilt.get_layer("down").kernel.shape == (7, 6)
+    assert CostModel(build_graph(rebuilt)).total("flops") == profiler_flops(rebuilt)
+    masked = einsum_net()
+    zero_dead_channels(masked, alive, build_graph(masked))
+    x = np.random.default_rng(0).random((4, 5, 6)).astype("float32")
+    np.testing.assert_allclose(rebuilt(x).numpy(), masked(x).numpy(), atol=1e-6)
+
+
+def test_einsum_dense_of_another_shape_is_a_boundary():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((5, 6))
+    x = layers.EinsumDense("abc,cde->abde", output_shape=(5, 2, 4), name="heads")(inputs)
+    model = keras.Model(inputs, layers.Flatten()(x))
+    node = build_graph(model).node("heads")
+    assert node.note == "EinsumDense equation abc,cde->abde is not a dense layer on the last axis"

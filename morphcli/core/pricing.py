@@ -107,6 +107,35 @@ def dense_flops(node) -> list[Term]:
     return [Term(coef, (node.inputs[0], node.outputs[0]))] + _bias_act_terms(node)
 
 
+def _einsum_bias(node) -> bool:
+    return bool(_cfg(node, "bias_axes"))
+
+
+def einsum_dense_flops(node) -> list[Term]:
+    """A dense-like `EinsumDense` (last axis in, last axis out): what `dense_flops`
+    counts (the profiler sees a MatMul or BatchMatMulV2 and a BiasAdd)."""
+    coef = 2 * positions(_out(node))
+    per_output = int(_einsum_bias(node)) + _activation(node)
+    return [Term(coef, (node.inputs[0], node.outputs[0]))] + _per_output(node, per_output)
+
+
+def einsum_dense_params(node) -> list[Term]:
+    bias = [Term(1, (node.outputs[0],))] if _einsum_bias(node) else []
+    return [Term(1, (node.inputs[0], node.outputs[0]), kernel=True)] + bias
+
+
+def einsum_dense_weights(node) -> list[dict[int, str]]:
+    return [{0: IN, 1: OUT}] + ([{0: OUT}] if _einsum_bias(node) else [])
+
+
+def resize_einsum_dense(config, width_in, width_out, node=None) -> dict:
+    """Sets the last entry of `output_shape` (an int for a 2-D output)."""
+    shape = config["output_shape"]
+    if isinstance(shape, int):
+        return {**config, "output_shape": width_out}
+    return {**config, "output_shape": [*list(shape)[:-1], width_out]}
+
+
 def depthwise_flops(node) -> list[Term]:
     """2 · kh·kw · positions per channel (linear in the width), plus bias and activation."""
     coef = 2 * _kernel_area(node) * _conv_positions(node) * _cfg(node, "depth_multiplier", 1)

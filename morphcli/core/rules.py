@@ -49,6 +49,9 @@ from morphcli.core.pricing import (  # the pricers, weight specs and resizers of
     depthwise_macs,
     depthwise_params,
     depthwise_weights,
+    einsum_dense_flops,
+    einsum_dense_params,
+    einsum_dense_weights,
     elementwise_flops,
     elu_flops,
     global_average_flops,
@@ -64,6 +67,7 @@ from morphcli.core.pricing import (  # the pricers, weight specs and resizers of
     positions,
     prelu_flops,
     relu_flops,
+    resize_einsum_dense,
     resize_group_norm,
     resize_grouped,
     resize_key,
@@ -211,6 +215,27 @@ def _flatten_layout(node) -> str | None:
     return None
 
 
+def _dense_like(node) -> str | None:
+    """An `EinsumDense` is a Dense on the last axis when its equation reads
+    `<x>a,ab-><x>b` (e.g. `abc,cd->abd`, `...b,bc->...c`): one 2-D kernel from the
+    input's last axis to the output's, and a bias, if any, on the output axis."""
+    equation = str(_cfg(node, "equation", "")).replace(" ", "")
+    try:
+        operands, result = equation.split("->")
+        x, kernel = operands.split(",")
+    except ValueError:
+        return f"EinsumDense equation {equation!r} is not `input,kernel->output`"
+    dense = (len(kernel) == 2 and x and result and kernel[0] == x[-1] and kernel[1] == result[-1]
+             and x[:-1] == result[:-1] and kernel[0] not in result and kernel[1] not in x)
+    if not dense:
+        return f"EinsumDense equation {equation} is not a dense layer on the last axis"
+    if _cfg(node, "bias_axes") not in (None, "", kernel[1]):
+        return f"EinsumDense bias on axes {_cfg(node, 'bias_axes')!r}, not the output axis"
+    if _cfg(node, "lora_rank"):
+        return "EinsumDense with a LoRA adapter"
+    return None
+
+
 def _all(*checks) -> Callable:
     def check(node) -> str | Rule | None:
         for c in checks:
@@ -239,6 +264,9 @@ register(
 )
 register("Dense", Rule(Kind.SOURCE, dense_flops, dense_params, dense_weights,
                        resize_key("units"), macs=dense_macs))
+register("EinsumDense", Rule(Kind.SOURCE, einsum_dense_flops, einsum_dense_params,
+                             einsum_dense_weights, resize_einsum_dense, macs=dense_macs,
+                             check=_dense_like))
 register(
     ["DepthwiseConv1D", "DepthwiseConv2D"],
     Rule(Kind.PASS, depthwise_flops, depthwise_params, depthwise_weights, macs=depthwise_macs,
