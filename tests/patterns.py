@@ -313,6 +313,8 @@ PROBES: dict[str, Probe] = {
     "Conv2D:dilated": Probe("Conv2D", _layer(
         layers.Conv2D, filters=4, kernel_size=3, padding="same", dilation_rate=2)),
     "Dense:positions": Probe("Dense", _layer(layers.Dense, units=4)),  # on 5x4 positions
+    "EinsumDense:positions": Probe("EinsumDense", _layer(  # a Dense written as an einsum
+        layers.EinsumDense, equation="abcd,de->abce", output_shape=(5, 4, 4), bias_axes="e")),
     "DepthwiseConv1D": Probe("DepthwiseConv1D", _layer(
         layers.DepthwiseConv1D, kernel_size=3, padding="same"), rank=1),
     "SeparableConv1D": Probe("SeparableConv1D", _layer(

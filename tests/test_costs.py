@@ -371,6 +371,7 @@ PROBE_COSTS = {
     # Dilation 2 "same": still 9 taps at each of the 20 output positions.
     "Conv2D:dilated": lambda c, o: conv(9, 20, c, o),
     "Dense:positions": lambda c, o: conv(1, 20, c, o),  # a 1x1 conv in all but name
+    "EinsumDense:positions": lambda c, o: conv(1, 20, c, o),  # the same Dense, as an einsum
     "DepthwiseConv1D": lambda c, o: depthwise(3, 7, c),
     "SeparableConv1D": lambda c, o: depthwise(3, 7, c, bias=False) + conv(1, 7, c, o),
     # Without gamma and beta: 2 per value, 5 per channel; moving mean and variance.

@@ -97,27 +97,32 @@ def expand(source: Priced, metric: str, quantity, *, round_to: int = 1, mode: st
 
 MEASURE_ROUNDS = 6  # candidates timed at most
 MEASURE_TOLERANCE = 0.02  # a measured latency this close to the target is on it
+MEASURE_PASSES = 3  # interleaved timings of a candidate (and the source)
 
 
 def _measured(source: Priced, quantity, target: float, expansion, solve, build, mode: str):
-    """Closes the loop on the clock: builds the solved structure, times it (and the
-    source, for a relative target) on this machine, and re-solves for a cost-model
-    target corrected by measured / target, up to `MEASURE_ROUNDS` candidates.
-    Keeps the candidate closest to the target (mode `below`: the closest not above
-    it by more than `MEASURE_TOLERANCE`, else the fastest)."""
+    """Closes the loop on the clock: builds the solved structure, times it on this
+    machine (interleaved with the source, `MEASURE_PASSES` times, for a relative
+    target: the median ratio of the two is what counts, so the machine's drift
+    cancels), and re-solves for a corrected cost-model target, up to
+    `MEASURE_ROUNDS` candidates. Keeps the candidate closest to the target (mode
+    `below`: the closest not above it by more than `MEASURE_TOLERANCE`, else the
+    fastest)."""
     from morphcli.steps.export import latencies
 
     hardware = source.costs.hardware
     relative = not isinstance(quantity, int | float) and quantity.relative
+    goal = quantity.value if relative else target  # a share of the source, or seconds
     seeds, tried = [], []
     for _ in range(MEASURE_ROUNDS):
         model = build(expansion)
-        times, how = latencies([model, source.model] if relative else [model], hardware)
-        if relative:
-            seeds.append(times[1])
-        goal = quantity.value * statistics.median(seeds) if relative else target
-        tried.append((expansion, model, times[0]))
-        if abs(times[0] / goal - 1) <= MEASURE_TOLERANCE:
+        values = []
+        for _ in range(MEASURE_PASSES):
+            times, how = latencies([model, source.model] if relative else [model], hardware)
+            values.append(times[0] / times[1] if relative else times[0])
+            seeds += times[1:]
+        tried.append((expansion, model, statistics.median(values)))
+        if abs(tried[-1][2] / goal - 1) <= MEASURE_TOLERANCE:
             break
         try:
             following = solve(_next_goal(tried, goal))
@@ -126,16 +131,16 @@ def _measured(source: Priced, quantity, target: float, expansion, solve, build, 
         if any(following.widths == t[0].widths for t in tried):
             break
         expansion = following
-    goal = quantity.value * statistics.median(seeds) if relative else target
     fits = [t for t in tried if t[2] <= goal * (1 + MEASURE_TOLERANCE)] if mode == "below" \
         else tried
     chosen = (min(fits, key=lambda t: abs(t[2] - goal)) if fits
               else min(tried, key=lambda t: t[2]))
-    record = {**how, "target_s": goal, "latency_s": chosen[2],
-              "error": chosen[2] / goal - 1,
-              "source_s": statistics.median(seeds) if seeds else None,
+    unit = statistics.median(seeds) if relative else 1.0  # shares to seconds
+    record = {**how, "passes": MEASURE_PASSES, "target_s": goal * unit,
+              "latency_s": chosen[2] * unit, "error": chosen[2] / goal - 1,
+              "source_s": unit if relative else None,
               "candidates": [{"multiplier": e.multiplier, "predicted_s": e.achieved,
-                              "measured_s": t} for e, _, t in tried]}
+                              "measured_s": v * unit} for e, _, v in tried]}
     return chosen[0], chosen[1], record
 
 
