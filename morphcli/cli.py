@@ -366,13 +366,13 @@ def expand(model, target, config_path, out_path, hardware, round_to, mode, struc
     if as_json:
         click.echo(_dumps(result.record))
         return
-    from morphcli import report as rep
+    from morphcli.report import compare_table
 
-    out.print(rep.compare_table(seed.report(), result.expanded.report(name="expanded")))
+    out.print(compare_table(seed.report(), result.expanded.report(name="expanded")))
     expansion = result.expansion
-    err.print(f"width multiplier {expansion.multiplier:.4f}: {metric} {expansion.achieved:,.6g} "
-              f"for target {expansion.target:,.6g} ({expansion.error:+.2%}); wrote {out_path}",
-              markup=False, highlight=False)
+    err.print(f"width multiplier {expansion.multiplier:.4f}{expansion.held_note}: {metric} "
+              f"{expansion.achieved:,.6g} for target {expansion.target:,.6g} "
+              f"({expansion.error:+.2%}); wrote {out_path}", markup=False, highlight=False)
     if m := result.record.get("measured"):
         err.print(f"measured {m['latency_s'] * 1e3:.4g} ms here ({m['runtime']}) for target "
                   f"{m['target_s'] * 1e3:.4g} ms ({m['error']:+.1%})", markup=False)

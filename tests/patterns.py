@@ -315,6 +315,8 @@ PROBES: dict[str, Probe] = {
     "Dense:positions": Probe("Dense", _layer(layers.Dense, units=4)),  # on 5x4 positions
     "EinsumDense:positions": Probe("EinsumDense", _layer(  # a Dense written as an einsum
         layers.EinsumDense, equation="abcd,de->abce", output_shape=(5, 4, 4), bias_axes="e")),
+    "MultiHeadAttention": Probe("MultiHeadAttention", lambda *xs: layers.MultiHeadAttention(
+        num_heads=2, key_dim=3, output_shape=4, name="probe")(xs[0], xs[0]), rank=1),
     "DepthwiseConv1D": Probe("DepthwiseConv1D", _layer(
         layers.DepthwiseConv1D, kernel_size=3, padding="same"), rank=1),
     "SeparableConv1D": Probe("SeparableConv1D", _layer(

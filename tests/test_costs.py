@@ -372,6 +372,11 @@ PROBE_COSTS = {
     "Conv2D:dilated": lambda c, o: conv(9, 20, c, o),
     "Dense:positions": lambda c, o: conv(1, 20, c, o),  # a 1x1 conv in all but name
     "EinsumDense:positions": lambda c, o: conv(1, 20, c, o),  # the same Dense, as an einsum
+    # Self-attention on 7 steps, 2 heads of key and value width 3: three projections
+    # c -> 6 and the output 6 -> o; 2 * 7 * 7 scores, each scaled (1) and softmaxed (5)
+    # and dotted with a key and a value row (3 + 3 MACs: Einsums, no profiler flops).
+    "MultiHeadAttention": lambda c, o: (conv(1, 7, c, 6) + conv(1, 7, c, 6) + conv(1, 7, c, 6)
+                                        + conv(1, 7, 6, o) + Cost(flops=6 * 98, macs=6 * 98)),
     "DepthwiseConv1D": lambda c, o: depthwise(3, 7, c),
     "SeparableConv1D": lambda c, o: depthwise(3, 7, c, bias=False) + conv(1, 7, c, o),
     # Without gamma and beta: 2 per value, 5 per channel; moving mean and variance.

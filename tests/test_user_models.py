@@ -214,45 +214,41 @@ def test_inception_resnet_v2_trunks_are_prunable():
 # --- 2. layers without a rule are priced by the profiler ----------------------------------
 
 
-def timeseries_transformer(blocks: int = 2) -> keras.Model:
-    """The gallery's time-series transformer (examples/timeseries/
-    timeseries_classification_transformer), small: MultiHeadAttention, LayerNormalization
-    and a Conv1D feed-forward per block."""
+def dot_product_attention_net() -> keras.Model:
+    """A Conv1D net with a `keras.layers.Attention` (dot-product attention over a
+    list of tensors, a layer the rule table does not know) between two convs."""
     x = inputs = keras.Input((24, 3))
-    for _ in range(blocks):
-        y = layers.LayerNormalization(epsilon=1e-6)(x)
-        y = layers.MultiHeadAttention(key_dim=8, num_heads=2, dropout=0.1)(y, y)
-        x = layers.Add()([layers.Dropout(0.1)(y), x])
-        y = layers.LayerNormalization(epsilon=1e-6)(x)
-        y = layers.Conv1D(4, 1, activation="relu")(y)
-        x = layers.Add()([layers.Conv1D(3, 1)(layers.Dropout(0.1)(y)), x])
-    x = layers.GlobalAveragePooling1D(data_format="channels_last")(x)
-    x = layers.Dense(16, activation="relu")(x)
-    return keras.Model(inputs, layers.Dense(2, activation="softmax")(x), name="transformer")
+    x = layers.Conv1D(8, 3, padding="same", activation="relu")(x)
+    x = layers.Attention()([x, x])
+    x = layers.Conv1D(16, 1, activation="relu")(x)
+    x = layers.Dense(16, activation="relu")(layers.GlobalAveragePooling1D()(x))
+    return keras.Model(inputs, layers.Dense(2, activation="softmax")(x), name="attention_net")
 
 
 def test_layers_without_rule_are_priced_by_the_profiler(tmp_path):
     from tf_profiler import profiler_flops
 
-    model = timeseries_transformer()
-    path = tmp_path / "transformer.keras"
+    model = dot_product_attention_net()
+    path = tmp_path / "attention.keras"
     model.save(path)
     data = json.loads(morph("report", str(path), "--json").stdout)
-    # Every layer counted: the whole model's profiler count, MultiHeadAttention included.
+    # Every layer counted: the whole model's profiler count, the Attention included.
     assert data["totals"]["flops"] == profiler_flops(model)
-    attention = [r for r in data["layers"] if r["type"] == "MultiHeadAttention"]
-    assert len(attention) == 2 and all(r["priced_by"] == "profiler" for r in attention)
-    assert all(r["flops"] > 10_000 for r in attention)
-    assert data["notes"] == ["priced by the profiler, frozen: no channel rule: "
-                             "multi_head_attention, multi_head_attention_1"]
-    # The attention is counted, and frozen: the smallest structure (the Conv1D and Dense
-    # groups at one channel) costs 98.2% of the seed, so half is impossible, 99% is not.
-    error = morph("expand", str(path), "--target", "flops=0.5", "-o",
-                  str(tmp_path / "half.keras"), code=2).output
+    attention = [r for r in data["layers"] if r["type"] == "Attention"]
+    # Scores 2·24·24·8, softmax 5·24·24, weighted sum 2·24·24·8 (the profiler's count).
+    assert len(attention) == 1 and attention[0]["priced_by"] == "profiler"
+    assert attention[0]["flops"] == profiler_flops(keras.Sequential(
+        [keras.Input((24, 8)), layers.Lambda(lambda t: layers.Attention()([t, t]))]))
+    assert data["notes"] == ["priced by the profiler, frozen: no channel rule: attention"]
+    # The attention is counted, and freezes the conv before it: the smallest structure
+    # (the second conv and the dense at one channel) keeps the first conv and the
+    # attention, so a target below their share is impossible.
+    error = morph("expand", str(path), "--target", "flops=0.2", "-o",
+                  str(tmp_path / "small.keras"), code=2).output
     assert "Impossible target for flops" in error
-    info = json.loads(morph("expand", str(path), "--target", "flops=0.99", "-o",
+    info = json.loads(morph("expand", str(path), "--target", "flops=0.9", "-o",
                             str(tmp_path / "e.keras"), "--json").stdout)
-    assert -0.01 < info["relative_error"] <= 0  # 2 small groups, steps of ~0.14% of the cost
+    assert -0.01 < info["relative_error"] <= 0  # 2 small groups: coarse steps
     table = morph("report", str(path), "--no-groups").stdout
     assert "priced by the profiler, frozen: no channel rule" in table
 
@@ -388,3 +384,33 @@ def test_einsum_dense_of_another_shape_is_a_boundary():
     model = keras.Model(inputs, layers.Flatten()(x))
     node = build_graph(model).node("heads")
     assert node.note == "EinsumDense equation abc,cde->abde is not a dense layer on the last axis"
+
+
+# --- a softmax over the channels keeps them -------------------------------------------
+
+
+def test_softmax_over_channels_passes_them_on_frozen():
+    # MobileNet's classifier is conv (1000) -> reshape -> softmax: the logits are the
+    # model's output classes, one frozen group, not internal channels lost to a boundary.
+    x = inputs = keras.Input((4, 4, 3))
+    x = layers.Conv2D(8, 3, padding="same", name="conv")(x)
+    x = layers.Softmax(name="mix")(x)  # in the middle: frozen, and read on by `logits`
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    x = layers.Dense(5, name="logits")(x)
+    model = keras.Model(inputs, layers.Activation("softmax", name="predictions")(x))
+    graph = build_graph(model)
+    conv = graph.node("conv").outputs[0]
+    assert graph.node("mix").outputs == [conv] == graph.node("gap").inputs
+    assert graph.groups[conv.groups[0]].frozen == [
+        "touches `mix` (softmax over the channel axis couples channels)"]
+    logits = graph.node("logits").outputs[0]
+    assert graph.node("predictions").outputs == [logits]
+    assert graph.groups[logits.groups[0]].frozen == [
+        "touches `predictions` (softmax over the channel axis couples channels)",
+        "model output"]
+    assert len(graph.groups) == 3  # input, conv, logits
+    for app in ("MobileNet", "MobileNetV3Small"):
+        seed = getattr(keras.applications, app)(weights=None, input_shape=(96, 96, 3))
+        frozen = {"; ".join(g.frozen) for g in build_graph(seed).groups.values() if g.frozen}
+        assert frozen == {"model input", "touches `predictions` (softmax over the channel "
+                                         "axis couples channels); model output"}

@@ -293,9 +293,29 @@ class CostModel:
         overhead on the first node."""
         out = np.zeros(sw.shape[:-1] + (len(self.graph.nodes),))
         for unit in self.units:
-            out[..., unit.nodes[0]] = self.profile.scale * unit.seconds(sw)
+            out[..., unit.nodes[0]] = self.profile.scale * unit.seconds(sw) * self._inner_ratio(
+                unit, sw)
         out[..., 0] += self.profile.overhead_s
         return out
+
+    def _inner_ratio(self, unit, sw: np.ndarray):
+        """A layer with inner spaces (an attention's key and value widths) was measured
+        at the inner widths its table records: the table is scaled by the layer's FLOPs
+        at `sw` over its FLOPs with the inner spaces at those widths (1 for others)."""
+        node = unit.nodes[0]
+        inner = self.graph.nodes[node].inner
+        if not inner:
+            return 1.0
+        t = self._terms["flops"]
+        rows = t.node == node
+        coef, a, b = t.coef[rows], t.a[rows], t.b[rows]
+        seed = sw.copy()
+        measured = unit.table.inner or [self.graph.width(s) for s in inner]
+        for space, width in zip(inner, measured, strict=True):
+            seed[..., self._space_index[space]] = width
+        now = (coef * sw[..., a] * sw[..., b]).sum(-1)
+        then = (coef * seed[..., a] * seed[..., b]).sum(-1)
+        return np.where(then > 0, now / np.maximum(then, 1e-30), 1.0)
 
     def space_matrix(self) -> np.ndarray:
         return self._matrix

@@ -109,10 +109,26 @@ class LayerNode:
     note: str | None = None
     # FLOPs of a layer without a rule, as TensorFlow's profiler counts its call alone.
     profiled_flops: int | None = None
+    # Channel spaces inside the layer, on no tensor (an attention's per-head key and
+    # value widths), named by `inner_names`; see `rules.Rule.inner`.
+    inner: list[Space] = field(default_factory=list)
+    inner_names: list[str] = field(default_factory=list)
+    # The argument each input was passed as ("0", "1", "key"...), None if unknown.
+    arguments: list[str] | None = None
+    options: dict = field(default_factory=dict)  # plain keyword options of the call
 
     @property
     def type(self) -> str:
         return type(self.layer).__name__
+
+    def space(self, role: str) -> Space:
+        """The channel space a weight axis role (`rules.IN`, `OUT`, `input_role(i)`,
+        `inner_role(i)`) stands for."""
+        if role == rules.OUT:
+            return self.outputs[0]
+        if role.startswith("inner"):
+            return self.inner[int(role[5:])]
+        return self.inputs[int(role[2:] or 0)]
 
 
 class ChannelGraph:
@@ -129,6 +145,21 @@ class ChannelGraph:
 
     def node(self, name: str) -> LayerNode:
         return self._by_name[name]
+
+    def source_space(self, source: str) -> Space:
+        """The space a group's source creates: a layer's output, or for a source
+        named `layer:inner` the layer's inner space of that name.
+
+        Raises:
+            KeyError: No such layer or inner space.
+        """
+        if source in self._by_name:
+            return self._by_name[source].outputs[0]
+        name, _, inner = str(source).rpartition(":")
+        node = self._by_name[name]
+        if inner not in node.inner_names:
+            raise KeyError(source)
+        return node.inner[node.inner_names.index(inner)]
 
     def prunable_groups(self) -> list[Group]:
         return [g for g in self.groups.values() if g.prunable]
@@ -317,6 +348,8 @@ class _Builder:
             in_shapes=[_static(t.shape, name) for t in knode.input_tensors],
             out_shapes=[_static(t.shape, name) for t in knode.output_tensors],
             inputs=ins,
+            arguments=keras_adapter.argument_names(knode),
+            options=keras_adapter.call_options(knode),
         )
         if rule is None:
             node.note = f"no channel rule for {type(layer).__name__}"
@@ -327,6 +360,12 @@ class _Builder:
             else:
                 node.kind, node.note = Kind.BOUNDARY, verdict
         node.outputs = self.propagate(node)
+        if node.rule is not None and node.rule.couples and node.kind != Kind.BOUNDARY:
+            self.freeze(node.inputs[0], f"touches `{name}` ({node.rule.couples})")
+        if node.rule is not None and node.rule.inner and node.kind != Kind.BOUNDARY:
+            for label, width in node.rule.inner(node):
+                node.inner.append(self.new_group(width, f"{name}:{label}", source=True))
+                node.inner_names.append(label)
         if node.rule is not None and node.rule.granularity and node.kind != Kind.BOUNDARY:
             self.set_block(node, node.rule.granularity(node))
         self.tie_calls(node)
@@ -373,7 +412,8 @@ class _Builder:
         first = self.first_call.setdefault(id(node.layer), node)
         if first is node:
             return
-        for a, b in zip(first.inputs + first.outputs, node.inputs + node.outputs, strict=True):
+        for a, b in zip(first.inputs + first.outputs + first.inner,
+                        node.inputs + node.outputs + node.inner, strict=True):
             if self.seg_widths(a) == self.seg_widths(b):
                 for ga, gb in zip(self.expand(a).groups, self.expand(b).groups, strict=True):
                     self.union(ga, gb)
@@ -438,6 +478,7 @@ class _Builder:
         for node in self.nodes:
             node.inputs = [resolve(s) for s in node.inputs]
             node.outputs = [resolve(s) for s in node.outputs]
+            node.inner = [resolve(s) for s in node.inner]
         submodels = {k: [resolve(s) for s in v] for k, v in self.submodels.items()}
         groups = {}
         for old, group in roots.items():

@@ -122,6 +122,28 @@ def spec_built_model_class():
     return SpecBuilt
 
 
+def argument_names(node) -> list[str] | None:
+    """The argument each input tensor of a call node was passed as, in the node's
+    input order: its position ("0", "1"...) or keyword ("key", "attention_mask");
+    None when a tensor sits inside a nested argument or the order cannot be told."""
+    from keras.src.backend import KerasTensor
+
+    arguments = node.arguments
+    named = [(str(i), a) for i, a in enumerate(arguments.args)]
+    named += sorted(arguments.kwargs.items())  # flattened as a dict: by key
+    named = [(k, v) for k, v in named if isinstance(v, KerasTensor)]
+    tensors = list(node.input_tensors)
+    if [id(v) for _, v in named] != [id(t) for t in tensors]:
+        return None
+    return [k for k, _ in named]
+
+
+def call_options(node) -> dict:
+    """The plain keyword options of a call (`use_causal_mask=True`), not its tensors."""
+    return {k: v for k, v in node.arguments.kwargs.items()
+            if isinstance(v, bool | int | float | str)}
+
+
 def profiled_flops(layer, node) -> int:
     """FLOPs TensorFlow's profiler counts for one call of a layer at batch 1.
 

@@ -46,7 +46,7 @@ FOLLOWERS = {"BatchNormalization", "ReLU", "Activation", "Dropout", "Identity", 
 TRANSPARENT = {"ChannelGate"}
 # Config keys that do not change what a layer computes at inference for given widths.
 _WIDTH_KEYS = {"filters", "units", "groups", "target_shape", "name", "trainable", "momentum",
-               "dtype"}
+               "dtype", "output_shape", "key_dim", "value_dim"}
 _IGNORED_SUFFIXES = ("_initializer", "_regularizer", "_constraint")
 
 
@@ -153,6 +153,9 @@ class Table:
     seconds: list[list[float]]
     spread: float = 0.0  # largest (p90 - p10) / median over the table's points
     layers: list[str] = field(default_factory=list)  # where it was measured
+    # Widths of the lead layer's inner spaces when measured (an attention's key and
+    # value widths), which the table does not vary: see `CostModel._inner_ratio`.
+    inner: list[int] = field(default_factory=list)
 
     def at(self, width_in, width_out) -> np.ndarray:
         """The latency at arrays of widths (broadcast together)."""

@@ -22,10 +22,12 @@ and the report says why.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from morphcli.core import attention
 from morphcli.core.pricing import (  # the pricers, weight specs and resizers of the table
     _cfg,
     _in,
@@ -116,6 +118,21 @@ class Rule:
     # Whether running the layer reads and writes activations (roofline latency);
     # False for views such as Flatten, Reshape, Dropout at inference.
     moves_memory: bool = True
+    # Channel spaces inside the layer, on no tensor: (name, seed width) of each; they
+    # become groups of their own (an attention's per-head key and value widths), and
+    # `weights` names them `inner_role(i)`, `resize` gets their widths as `inner`.
+    inner: Callable[[LayerNode], list[tuple[str, int]]] | None = None
+    # After surgery copied the surviving weights: `(node, new layer, width of each
+    # inner space)` corrects what depends on a width (an attention's 1/sqrt(key_dim)).
+    rescale: Callable[..., None] | None = None
+    # Folds a constant that dead channels carry into the layer: `(node, new layer,
+    # which input, the constant on every channel of it (0 where alive), kept indices
+    # of each inner space)`. Without it a single-input kernel's response is folded
+    # into its bias (surgery._fold_constants).
+    fold: Callable[..., None] | None = None
+    # Why the channels that pass through the layer may not be pruned (a softmax over
+    # them): the channels stay the same channels, frozen, instead of a boundary.
+    couples: str | None = None
     # A closer look at one layer's config: returns None (the rule holds), a
     # reason why the layer is a boundary here, or another rule to use instead.
     check: Callable[[LayerNode], str | Rule | None] | None = field(default=None)
@@ -178,12 +195,15 @@ def _last_axis(node) -> str | None:
     return None
 
 
-def _across_channels(node) -> str | None:
-    """Softmax over the channel axis mixes channels: removing one changes the rest."""
+def _across_channels(node) -> Rule | None:
+    """Softmax over the channel axis mixes channels: removing one changes the rest.
+    Its channels are still its input's (a classifier's logits become the model's
+    output classes), so it passes them on, frozen."""
     axis = _cfg(node, "axis", -1)
     softmax_layer = "axis" in node.config and axis in (-1, len(_out(node)))
     if softmax_layer or _cfg(node, "activation") == "softmax":
-        return "softmax over the channel axis couples channels"
+        return dataclasses.replace(node.rule, check=None,
+                                   couples="softmax over the channel axis couples channels")
     return None
 
 
@@ -277,6 +297,13 @@ register(
     Rule(Kind.SOURCE, separable_flops, separable_params, separable_weights,
          resize_key("filters"), macs=separable_macs,
          check=_all(_single_multiplier, _channels_last)),
+)
+
+register(  # per-head key and value widths as groups of their own: see core/attention.py
+    "MultiHeadAttention",
+    Rule(Kind.SOURCE, attention.flops, attention.params, attention.weights, attention.resize,
+         macs=attention.macs, inner=attention.inner, rescale=attention.rescale,
+         fold=attention.fold, check=attention.check),
 )
 
 # Per-channel layers with weights. Batch norm at inference is x * a + b with

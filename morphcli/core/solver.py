@@ -18,7 +18,12 @@ below it (each one group-step smaller than the one before), and keeps the
 closest result. When the model has few prunable groups, every structure
 within `WINDOW` of the one at `w` is priced at once (`CostModel.totals`) and
 the closest competes too: trading a step of one group for steps of another
-reaches costs the one-way fix-up cannot.
+reaches costs the one-way fix-up cannot. When all that still misses the target
+by more than 0.1% because a few groups move in steps that are coarse next to it
+(an attention's key width, 1.5% of the cost per channel), those groups are
+held a step either side and the others' multiplier is solved again (`_refit`,
+reported as `held`): the widths of the others keep their proportions, at a
+multiplier up to 2x from the first one.
 
 What is reachable: with `round_to=1` and a handful of groups of tens of
 channels, within 1% of the target (tests/test_expand.py); on ResNet50 within
@@ -37,6 +42,8 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -56,6 +63,12 @@ STARTS = 4
 # there are at most EXACT_LIMIT of them (e.g. 2 groups of tens of channels: ~100).
 WINDOW = 0.1
 EXACT_LIMIT = 200_000
+# When the best candidate is further than this from the target, the few groups
+# whose steps are coarsest are held a step either side while the rest is solved
+# again (`_refit`): up to 3 ** REFIT_GROUPS more solves.
+REFIT_ERROR = 1e-3
+REFIT_GROUPS = 3
+REFIT_RANGE = 2.0
 # Bisection stops when the bracket on `w` is this small relative to `w`:
 # far below the distance between two width changes of any real model.
 _TOLERANCE = 1e-12
@@ -72,6 +85,9 @@ class Expansion:
         achieved: Cost of the chosen widths.
         resource: The resource priced (flops, macs, params, kernel_params, latency).
         base_widths: Width of each prunable group the multiplier scaled.
+        held: Groups whose steps were too coarse for the budget, held one step
+            from the structure at the first multiplier while the multiplier of
+            the others was solved again (`_refit`; empty most of the time).
     """
 
     multiplier: float
@@ -80,6 +96,12 @@ class Expansion:
     achieved: float
     resource: str
     base_widths: dict[int, int] = field(default_factory=dict)
+    held: list[int] = field(default_factory=list)
+
+    @property
+    def held_note(self) -> str:
+        """`", 2 coarse group(s) held a step off it"`, or "" when none was held."""
+        return f", {len(self.held)} coarse group(s) held a step off it" if self.held else ""
 
     @property
     def error(self) -> float:
@@ -95,7 +117,7 @@ class Expansion:
         groups = [
             {"id": gid, "layers": list(graph.groups[gid].members),
              "width_before": int(self.base_widths.get(gid, graph.groups[gid].width)),
-             "width_after": int(width)}
+             "width_after": int(width), **({"held": True} if gid in self.held else {})}
             for gid, width in sorted(self.widths.items())
         ]
         return {"multiplier": float(self.multiplier), "resource": self.resource,
@@ -118,6 +140,8 @@ class _Problem:
     # `floor` (min_channels, rounded up to whole blocks).
     step: np.ndarray | None = None
     floor: np.ndarray | None = None
+    # Groups held at a width whatever `w` (`_refit`): index -> width.
+    pinned: dict[int, float] = field(default_factory=dict)
 
     def __post_init__(self):
         blocks = np.array([self.costs.graph.groups[int(g)].block for g in self.ids], dtype=int)
@@ -126,7 +150,10 @@ class _Problem:
 
     def widths(self, w: float) -> np.ndarray:
         steps = np.floor(w * self.base / self.step + 0.5)
-        return np.maximum(self.floor, steps * self.step)
+        widths = np.maximum(self.floor, steps * self.step)
+        for i, width in self.pinned.items():
+            widths[i] = width
+        return widths
 
     def cost(self, widths: np.ndarray) -> float:
         vec = self.costs.width_vector()
@@ -193,13 +220,24 @@ def solve_multiplier(costs, resource: str, target: float, *,
     exact = _exact(problem, problem.widths(lo), above=mode == "nearest")
     if exact is not None:
         candidates.append((lo, exact))
+
+    def gap(candidate) -> float:
+        return abs(problem.cost(candidate[1]) - target)
+
+    below = [c for c in candidates if problem.cost(c[1]) <= target]
+    if not below or gap(min(below, key=gap)) > REFIT_ERROR * target:
+        # Both modes try what "below" would, so "nearest" is never further away.
+        candidates += _refit(problem, problem.widths(lo), above=False)
+        if mode == "nearest":
+            candidates += _refit(problem, problem.widths(lo), above=True)
     # Ties go to the first candidate: the one below the target.
-    w, widths = min(candidates, key=lambda c: abs(problem.cost(c[1]) - target))
+    w, widths, *held = min(candidates, key=gap)
     return Expansion(
         multiplier=float(w),
         widths={int(g): int(x) for g, x in zip(problem.ids, widths, strict=True)},
         target=float(target), achieved=problem.cost(widths), resource=resource,
         base_widths={int(g): int(b) for g, b in zip(problem.ids, problem.base, strict=True)},
+        held=[int(problem.ids[i]) for i in (held[0] if held else [])],
     )
 
 
@@ -325,6 +363,41 @@ def _exact(p: _Problem, center: np.ndarray, above: bool) -> np.ndarray | None:
         costs <= p.target, p.target - costs, np.inf)
     best = int(np.argmin(gaps))
     return grid[best] if np.isfinite(gaps[best]) else None
+
+
+def _refit(p: _Problem, center: np.ndarray, above: bool) -> list[tuple]:
+    """Candidates for when a few groups' steps are coarse next to the budget (an
+    attention's key width, where each channel is 1.5% of the cost): those
+    `REFIT_GROUPS` groups whose one step costs most (and more than `REFIT_ERROR`
+    of the target) are held one step down, where they are or one step up, and the
+    others' multiplier is bisected again for each such choice, within a factor
+    `REFIT_RANGE` of the common one, then fixed up. The held groups move one step
+    from the common multiplier; the others keep their relative widths."""
+    now = p.cost(center)
+    deltas = []
+    for i in range(len(center)):
+        trial = center.copy()
+        trial[i] = p.step_up(trial[i], i)
+        deltas.append(p.cost(trial) - now)
+    order = np.argsort(deltas)[::-1][:REFIT_GROUPS]
+    top = [int(i) for i in order if deltas[i] > REFIT_ERROR * p.target]
+    if not top or len(top) == len(center):
+        return []  # nothing coarse, or nothing left to refit around it
+    w = float(np.median(center / p.base))
+    found = []
+    for offsets in itertools.product((-1, 0, 1), repeat=len(top)):
+        pinned = {i: max(p.floor[i], center[i] + o * p.step[i])
+                  for i, o in zip(top, offsets, strict=True)}
+        held = dataclasses.replace(p, pinned=pinned)
+        lo, hi = w / REFIT_RANGE, w * REFIT_RANGE
+        if held.cost_at(lo) > p.target:
+            continue
+        if held.cost_at(hi) > p.target:
+            lo, _ = _bisect(held, lo, hi)
+        else:
+            lo = hi
+        found.append((lo, _fix_up(held, held.widths(lo), above), top))
+    return found
 
 
 def _fix_up(p: _Problem, widths: np.ndarray, above: bool) -> np.ndarray:

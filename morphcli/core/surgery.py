@@ -88,7 +88,9 @@ def _clone(model, graph: ChannelGraph, widths: Mapping[int, int]):
         if node is not None and node.rule is not None and node.rule.resize is not None:
             width_in = int(graph.width(node.inputs[0], widths))
             width_out = int(graph.width(node.outputs[0], widths))
-            config = node.rule.resize(config, width_in, width_out, node)
+            inner = {"inner": [int(graph.width(s, widths)) for s in node.inner]} if (
+                node.inner) else {}
+            config = node.rule.resize(config, width_in, width_out, node, **inner)
         return keras_adapter.from_config_trusted(layer, config)
 
     try:
@@ -104,7 +106,7 @@ def _weight_specs(node: LayerNode) -> list[dict[int, str]]:
 
 
 def _space(node: LayerNode, role: str) -> Space:
-    return node.inputs[0] if role == IN else node.outputs[0]
+    return node.space(role)
 
 
 def _first_calls(graph: ChannelGraph):
@@ -159,22 +161,37 @@ def rebuild(model, alive: Mapping[int, np.ndarray], graph: ChannelGraph | None =
             if value.shape != tuple(new.shape):
                 raise AssertionError(f"{node.name}: sliced {value.shape} into {new.shape}")
             new.assign(value)
+        if node.rule is not None and node.rule.rescale is not None:
+            node.rule.rescale(node, new_layer, *(int(graph.width(s, widths)) for s in node.inner))
     if fold_constants:
         _fold_constants(model, graph, alive, new_model, new_graph)
     return new_model, new_graph
 
 
-def _readers(graph: ChannelGraph, alive) -> list[tuple[LayerNode, np.ndarray]]:
-    """Top-level kernels (called once) that read dead channels, with the dead indices."""
+def _readers(graph: ChannelGraph, alive) -> list[tuple[LayerNode, int, np.ndarray]]:
+    """Top-level kernels (called once) that read dead channels: (node, which input,
+    the dead indices). An attention reads up to three inputs, each a reader."""
     found = []
     for node in _first_calls(graph):
         if node.kind != Kind.SOURCE or "/" in node.name or "#" in node.name:
             continue
-        width = int(graph.width(node.inputs[0]))
-        dead = np.setdiff1d(np.arange(width), graph.indices(node.inputs[0], alive))
-        if dead.size:
-            found.append((node, dead))
+        if len(node.inputs) != 1 and not (node.rule and node.rule.fold):
+            continue
+        seen = set()
+        for index, space in enumerate(node.inputs):
+            if space in seen:  # the same tensor twice (self-attention): once
+                continue
+            seen.add(space)
+            width = int(graph.width(space))
+            dead = np.setdiff1d(np.arange(width), graph.indices(space, alive))
+            if dead.size:
+                found.append((node, index, dead))
     return found
+
+
+def _input_tensor(node: LayerNode, index: int):
+    inputs = node.layer.input
+    return inputs[index] if isinstance(inputs, list | tuple) else inputs
 
 
 def _carried(model, graph: ChannelGraph, alive, readers) -> list[np.ndarray | None]:
@@ -188,7 +205,7 @@ def _carried(model, graph: ChannelGraph, alive, readers) -> list[np.ndarray | No
     try:
         zero_dead_channels(model, alive, graph, readers=False)
         inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
-        probe = keras.Model(inputs, [node.layer.input for node, _ in readers])
+        probe = keras.Model(inputs, [_input_tensor(node, i) for node, i, _ in readers])
         rng = np.random.default_rng(0)
         x = [rng.random((2, *t.shape[1:])).astype("float32") for t in model.inputs]
         values = probe(x[0] if len(x) == 1 else x, training=False)
@@ -199,7 +216,7 @@ def _carried(model, graph: ChannelGraph, alive, readers) -> list[np.ndarray | No
             weight.assign(value)
     values = values if isinstance(values, list | tuple) else [values]
     carried = []
-    for (_, dead), value in zip(readers, values, strict=True):
+    for (_, _, dead), value in zip(readers, values, strict=True):
         flat = np.asarray(value).reshape(-1, np.shape(value)[-1])[:, dead]
         const = flat.mean(axis=0)
         steady = np.abs(flat - const).max(axis=0) <= CONSTANT_TOLERANCE * (1 + np.abs(const))
@@ -217,9 +234,14 @@ def _fold_constants(model, graph, alive, new_model, new_graph) -> None:
     readers = _readers(graph, alive)
     if not readers:
         return
-    for (node, _), full in zip(readers, _carried(model, graph, alive, readers), strict=True):
+    for (node, index, _), full in zip(readers, _carried(model, graph, alive, readers),
+                                      strict=True):
         full = None if full is None else np.nan_to_num(full, nan=0.0)  # varying: not foldable
         if full is None or not np.any(full):
+            continue
+        if node.rule.fold is not None:  # the rule knows where its input's constant goes
+            node.rule.fold(node, new_graph.node(node.name).layer, index, full,
+                           [graph.indices(s, alive) for s in node.inner])
             continue
         # The reader's response to the constant alone, before its fused activation.
         shape = (1, *node.in_shapes[0])
@@ -313,8 +335,10 @@ def zero_dead_channels(model, alive: Mapping[int, np.ndarray],
         scale = getattr(node.layer, node.rule.scale, None) if node.rule and node.rule.scale else None
         for weight, spec in zip(node.layer.weights, _weight_specs(node), strict=True):
             if not readers:
+                # What the layer produces: its output, and its inner spaces'.
                 spec = {axis: role for axis, role in spec.items()
-                        if (producer and role == OUT) or (weight is scale and role == IN)}
+                        if (producer and (role == OUT or role.startswith("inner")))
+                        or (weight is scale and role == IN)}
                 if not spec:
                     continue
             value = np.array(weight.numpy())
@@ -356,15 +380,19 @@ def check(model, alive: Mapping[int, np.ndarray], rebuilt, graph: ChannelGraph |
                     approximate.setdefault(gid, f"`{node.name}` normalizes over the channel "
                                                 "axis: removing channels changes the survivors")
     readers = _readers(graph, alive)
-    for (node, _), full in zip(readers, _carried(model, graph, alive, readers), strict=True):
+    for (node, index, _), full in zip(readers, _carried(model, graph, alive, readers),
+                                      strict=True):
         if full is None:
             continue
         kernel = node.config.get("kernel_size", (1,))
         padded = node.config.get("padding") in ("same", "causal") and np.prod(kernel) > 1
         varying = np.flatnonzero(np.isnan(full))
-        constant = np.flatnonzero(np.nan_to_num(full, nan=0.0)) if padded else []
+        # A constant folds into a bias: none where the layer has none (or is padded).
+        unfoldable = padded or (node.rule.fold is not None
+                                and not node.config.get("use_bias", True))
+        constant = np.flatnonzero(np.nan_to_num(full, nan=0.0)) if unfoldable else []
         offset = 0
-        for gid in node.inputs[0].groups:
+        for gid in node.inputs[index].groups:
             width = graph.groups[gid].width
 
             def hits(index, lo=offset, hi=offset + width):
@@ -376,7 +404,8 @@ def check(model, alive: Mapping[int, np.ndarray], rebuilt, graph: ChannelGraph |
                                             "bias can fold")
             elif hits(constant):
                 approximate.setdefault(gid, f"dead channels carry a constant into `{node.name}`, "
-                                            "whose zero padding the fold cannot follow")
+                                            + ("whose zero padding the fold cannot follow"
+                                               if padded else "which has no bias to fold it into"))
             offset += width
     saved = [(w, w.numpy()) for n in _first_calls(graph) for w in n.layer.weights]
     rng = np.random.default_rng(1)

@@ -25,8 +25,18 @@ class Kind(enum.Enum):
     INPUT = "input"  # a model input (never pruned)
 
 
-# Axis roles in `weights` specs.
+# Axis roles in `weights` specs: the layer's first input and its output, another
+# input (`input_role(1)`: an attention's value) or a channel space inside the layer
+# (`inner_role(0)`: an attention's per-head key width), see `LayerNode.space`.
 IN, OUT = "in", "out"
+
+
+def input_role(index: int) -> str:
+    return IN if index == 0 else f"in{index}"
+
+
+def inner_role(index: int) -> str:
+    return f"inner{index}"
 
 
 @dataclass(frozen=True)

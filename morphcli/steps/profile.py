@@ -112,7 +112,8 @@ class _Clock:
             import tensorflow as tf
 
             fn = tf.function(lambda xs: model(xs, training=False))
-            return lambda xs: np.asarray(fn([tf.constant(x) for x in xs]))
+            return lambda xs: [np.asarray(t) for t in tf.nest.flatten(
+                fn([tf.constant(x) for x in xs]))]
         import tensorflow as tf
 
         from morphcli.steps.export import _quiet_interpreter
@@ -213,8 +214,14 @@ def unit_model(graph, unit: list[int], width_in: int | None, width_out: int | No
     if lead.rule is not None and lead.rule.resize is not None:
         config = lead.rule.resize(config, channels[0], out_w, lead)
     config.pop("name", None)
-    x = keras_adapter.from_config_trusted(lead.layer, config)(
-        feeds[0] if len(feeds) == 1 else feeds)
+    layer = keras_adapter.from_config_trusted(lead.layer, config)
+    if len(feeds) > 1 and lead.arguments is not None:  # separate arguments (an attention)
+        args = [f for name, f in zip(lead.arguments, feeds, strict=True) if name.isdigit()]
+        kwargs = {name: f for name, f in zip(lead.arguments, feeds, strict=True)
+                  if not name.isdigit()}
+        x = layer(*args, **kwargs, **lead.options)
+    else:
+        x = layer(feeds[0] if len(feeds) == 1 else feeds)
     for node in nodes[1:]:
         if node.type in profiles.TRANSPARENT:
             continue
@@ -328,7 +335,8 @@ def _measure_table(clock, graph, unit, key, widths_in, widths_out, tick) -> prof
     # becomes the least of itself and every wider point.
     seconds = np.minimum.accumulate(np.minimum.accumulate(seconds[::-1, ::-1], 0), 1)[::-1, ::-1]
     return profiles.Table(key, list(widths_in), list(widths_out), seconds.tolist(),
-                          round(float(spread), 4))
+                          round(float(spread), 4),
+                          inner=[int(graph.width(s)) for s in lead.inner])
 
 
 def _sweep_unit(graph, distinct) -> tuple[list[int], int] | None:

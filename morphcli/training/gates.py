@@ -382,8 +382,8 @@ def rekey(values: Mapping[int, T], graph: ChannelGraph, other: ChannelGraph) -> 
         name = group.sources[0] if group.sources else None
         try:
             # The source's output may hold several groups: the same part in both.
-            part = graph.node(name).outputs[0].groups.index(gid)
-            result[other.node(name).outputs[0].groups[part]] = value
+            part = graph.source_space(name).groups.index(gid)
+            result[other.source_space(name).groups[part]] = value
         except (KeyError, ValueError):
             raise ModelError(f"Group {gid} ({group.describe()}) has no source layer in the "
                              f"other model. Received: source={name}") from None

@@ -397,14 +397,24 @@ def _lasso_sources(reg: Regularizer, node) -> None:
     # The kernel that produces the output channels: the first multi-axis weight
     # with an output axis (a separable conv's pointwise kernel, not its depthwise one).
     # Its output may hold several groups (a conv tied to a concatenation).
-    for variable, spec in zip(node.layer.weights, node.rule.weights(node), strict=True):
+    specs = list(zip(node.layer.weights, node.rule.weights(node), strict=True))
+    for variable, spec in specs:
         if OUT in spec.values() and len(variable.shape) > 1:
             axis = next(ax for ax, role in spec.items() if role == OUT)
             for gid, index in _segments(reg.graph, node.outputs[0]):
                 if reg.graph.groups[gid].prunable:
                     reg.sources.setdefault(gid, []).append(
                         _Source(variable, axis, index, reduce=True))
-            return
+            break
+    # An inner space (an attention's key width): every kernel (a weight with another
+    # role beside it) that indexes it.
+    for variable, spec in specs:
+        for axis, role in spec.items():
+            if role.startswith("inner") and len(spec) > 1:
+                gid = node.space(role).groups[0]
+                if reg.graph.groups[gid].prunable:
+                    reg.sources.setdefault(gid, []).append(_Source(
+                        variable, axis, np.arange(reg.graph.groups[gid].width), reduce=True))
 
 
 def _gate_sources(reg: Regularizer, node) -> None:
