@@ -13,6 +13,26 @@ from morphcli.outputs import dumps as _dumps
 from morphcli.steps.export import FORMATS, QUANTIZATIONS
 
 
+def _new_output(model: str, out_path: str, overwrite: bool) -> None:
+    """Refuses an output that is an input, or that exists without --overwrite."""
+    from morphcli.errors import MorphError
+
+    check_outputs({"MODEL": model}, {"-o": out_path})
+    if Path(out_path).exists() and not overwrite:
+        raise MorphError(f"The output exists. Received: -o {out_path}",
+                         hint="pass --overwrite to replace it, or choose another path.")
+
+
+def _bar(err, label: str, described: bool = False):
+    """A transient progress bar of counted calls, under 80 columns (off when the
+    terminal is not one); `described` adds what is being measured."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    columns = [TextColumn(f"[bold]{label}"), BarColumn(bar_width=24 if described else 30),
+               MofNCompleteColumn()] + ([TextColumn("{task.description}")] if described else [])
+    return Progress(*columns, console=err, transient=True, disable=not err.is_terminal)
+
+
 @cli.command()
 @click.argument("model")
 @click.option("-o", "--output", "out_path", required=True, type=click.Path(),
@@ -37,14 +57,10 @@ def export(model, out_path, fmt, quantize, overwrite, as_json, input_shape, clas
       morph export final.keras --quantize int8 -o final-int8.tflite
       morph export final.keras --format saved_model -o final_saved_model
     """
-    from morphcli.errors import MorphError
     from morphcli.steps.export import export as export_step
 
     out, err = _consoles()
-    check_outputs({"MODEL": model}, {"-o": out_path})
-    if Path(out_path).exists() and not overwrite:
-        raise MorphError(f"The output exists. Received: -o {out_path}",
-                         hint="pass --overwrite to replace it, or choose another path.")
+    _new_output(model, out_path, overwrite)
     result = export_step(_load(model, input_shape, classes, trust_code), out_path, fmt, quantize)
     if as_json:
         click.echo(_dumps(vars(result)))
@@ -78,13 +94,10 @@ def bench(path, batch, threads, repeats, warmup, trust_code, as_json):
       morph bench final.tflite --threads 2
       morph bench runs/demo/retrain/final.keras --batch 8 --json
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
     from morphcli.steps.export import bench as bench_step
 
     out, err = _consoles()
-    with Progress(TextColumn("[bold]bench"), BarColumn(bar_width=30), MofNCompleteColumn(),
-                  console=err, transient=True, disable=not err.is_terminal) as bar:
+    with _bar(err, "bench") as bar:
         task = bar.add_task("bench", total=warmup + repeats)
         result = bench_step(path, batch=batch, threads=threads, warmup=warmup, repeats=repeats,
                             progress=lambda n: bar.advance(task, n), trust_code=trust_code)
@@ -133,21 +146,13 @@ def profile(model, out_path, runtime, batch, threads, repeats, warmup, round_to,
       morph expand zoo:resnet20 --target latency=50% \\
           --hardware profile:resnet20.profile.json -o fast.keras
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
     from morphcli import files
-    from morphcli.errors import MorphError
     from morphcli.steps.profile import profile as profile_step
 
     out, err = _consoles()
-    check_outputs({"MODEL": model}, {"-o": out_path})
-    if Path(out_path).exists() and not overwrite:
-        raise MorphError(f"The output exists. Received: -o {out_path}",
-                         hint="pass --overwrite to replace it, or choose another path.")
+    _new_output(model, out_path, overwrite)
     seed = _load(model, input_shape, classes, trust_code)
-    with Progress(TextColumn("[bold]profile"), BarColumn(bar_width=24), MofNCompleteColumn(),
-                  TextColumn("{task.description}"), console=err, transient=True,
-                  disable=not err.is_terminal) as bar:
+    with _bar(err, "profile", described=True) as bar:
         task = bar.add_task("", total=None)
         result = profile_step(
             seed, runtime=runtime, batch=batch, threads=threads, warmup=warmup,

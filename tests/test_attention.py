@@ -298,3 +298,29 @@ def test_a_constant_on_dead_channels_is_folded_into_the_projections():
         else:  # nowhere to fold it: approximate, and said so
             assert result["max_abs_delta"] > 1e-2
             assert "no bias to fold it into" in result["approximate"][by_key["embed"]]
+
+
+def test_gates_and_gammas_keep_the_inner_widths_whole_and_say_why():
+    from morphcli.training import gates
+    from morphcli.training.regularizers import make_regularizer
+
+    model = _normed_attention()
+    gated = gates.insert(model)
+    graph = build_graph(gated)
+    by_key = {g.key: g.id for g in graph.groups.values()}
+    for kind in ("gates", "gamma"):
+        reg = make_regularizer(graph, CostModel(graph), kind=kind)
+        assert {by_key["mha:query_key"], by_key["mha:value"]} <= set(reg.kept_whole)
+        assert "only group_lasso regularizes it" in reg.kept_whole[by_key["mha:value"]]
+    # The gate on the attention's output folds into its output projection.
+    reg = make_regularizer(graph, CostModel(graph), kind="gates")
+    assert by_key["mha"] in reg.groups
+    for layer in gated.layers:  # close every third channel of every gate
+        if type(layer).__name__ == "ChannelGate":
+            layer.score.assign(np.where(np.arange(layer.score.shape[0]) % 3 == 1, -20.0, 20.0))
+    alive = reg.alive_masks()
+    assert not alive[by_key["mha"]].all()
+    exported = gates.export(gated, alive, graph)
+    assert exported.get_layer("mha").output.shape[-1] == int(alive[by_key["mha"]].sum())
+    x = np.random.default_rng(0).random((2, 10, 4)).astype("float32")
+    np.testing.assert_allclose(exported(x).numpy(), gated(x).numpy(), atol=1e-5)

@@ -123,6 +123,25 @@ def test_latency_regularizer_weights_are_the_profile_slopes():
                                               rel=1e-5)
 
 
+def test_latency_regularizer_on_a_profile_runs_compiled():
+    # The train step is a tf.function: the table lookups and slopes must trace, and
+    # give there what they give eagerly, also after the widths change.
+    graph = build_graph(_model())
+    costs = CostModel(graph, _synthetic(graph, TABLES))
+    reg = make_regularizer(graph, costs, resource="latency")
+    compiled = tf.function(lambda: reg.term())
+    assert float(compiled()) == pytest.approx(float(reg.term()), rel=1e-6)
+    gamma = graph.node("c1_bn").layer.gamma
+    gamma.assign(np.where(np.arange(8) < 3, 1.0, 0.0).astype("float32"))  # 3 alive
+    assert float(compiled()) == pytest.approx(float(reg.term()), rel=1e-6)
+    with tf.GradientTape() as tape:
+        term = compiled()
+    grad = tape.gradient(term, gamma)
+    # The 3 alive channels carry c1's slope at 3 output channels (between 2 and 4).
+    assert float(grad[0]) == pytest.approx(reg.channel_weights()[
+        next(g.id for g in graph.groups.values() if "c1" in g.sources)], rel=1e-5)
+
+
 def test_profile_of_a_tiny_model_is_a_valid_file(tmp_path):
     model = _model()
     result = measure.profile(model, runtime="keras", warmup=1, repeats=3)

@@ -40,10 +40,6 @@ from morphcli.errors import MorphError
 FORMAT = "morphcli-profile"
 VERSION = 1
 PREFIX = "profile:"  # how a profile is named where a device is expected
-# Layers that run fused with (or as cheap epilogues of) the layer before them.
-FOLLOWERS = {"BatchNormalization", "ReLU", "Activation", "Dropout", "Identity", "ChannelGate"}
-# Followers the tool inserts and removes again: not part of a unit's identity.
-TRANSPARENT = {"ChannelGate"}
 # Config keys that do not change what a layer computes at inference for given widths.
 _WIDTH_KEYS = {"filters", "units", "groups", "target_shape", "name", "trainable", "momentum",
                "dtype", "output_shape", "key_dim", "value_dim"}
@@ -78,14 +74,25 @@ def _layer_signature(node) -> dict:
     return {"class": node.type, "config": config}
 
 
+def _fuses(node) -> bool:
+    """Whether the node runs fused with the one before it (its rule's `fuses`)."""
+    return node.rule is not None and node.rule.fuses
+
+
+def transparent(node) -> bool:
+    """A layer the tool inserts and removes again (a channel gate): not part of a
+    unit's identity, and not rebuilt when the unit is measured."""
+    return node.rule is not None and node.rule.gate
+
+
 def units(graph) -> list[list[int]]:
     """Node indices of every unit, in graph order: a leader and the followers
-    (`FOLLOWERS`) that take its output, one after the other."""
+    (layers whose rule `fuses`) that take its output, one after the other."""
     result: list[list[int]] = []
     nodes = graph.nodes
     for i, node in enumerate(nodes):
         prev = nodes[i - 1] if i else None
-        if (result and node.type in FOLLOWERS and len(node.inputs) == 1 and prev is not None
+        if (result and _fuses(node) and len(node.inputs) == 1 and prev is not None
                 and node.inputs[0] == prev.outputs[0]
                 and node.in_shapes[0] == prev.out_shapes[0]):
             result[-1].append(i)
@@ -99,7 +106,7 @@ def unit_key(graph, unit: Sequence[int]) -> str:
     without their widths, and the spatial shapes of its inputs and output."""
     nodes = [graph.nodes[i] for i in unit]
     lead = nodes[0]
-    parts = [_layer_signature(n) for n in nodes if n.type not in TRANSPARENT]
+    parts = [_layer_signature(n) for n in nodes if not transparent(n)]
     shapes = {"in": [list(s[:-1]) for s in lead.in_shapes],
               "out": [list(s[:-1]) for s in nodes[-1].out_shapes]}
     return json.dumps({"layers": parts, "shapes": shapes}, sort_keys=True, default=str)

@@ -130,6 +130,10 @@ class Rule:
     # of each inner space)`. Without it a single-input kernel's response is folded
     # into its bias (surgery._fold_constants).
     fold: Callable[..., None] | None = None
+    # Whether the layer runs fused with the layer before it (or as its cheap epilogue),
+    # as TFLite runs a batch norm or an activation: a latency profile times the two
+    # as one unit (morphcli.core.profile.units).
+    fuses: bool = False
     # Why the channels that pass through the layer may not be pruned (a softmax over
     # them): the channels stay the same channels, frozen, instead of a boundary.
     couples: str | None = None
@@ -312,7 +316,7 @@ register(  # per-head key and value widths as groups of their own: see core/atte
 register(
     "BatchNormalization",
     Rule(Kind.PASS, batch_norm_flops, per_channel_params, last_axis_weights, scale="gamma",
-         normalizes=True, check=_last_axis),
+         normalizes=True, fuses=True, check=_last_axis),
 )
 register(
     "LayerNormalization",
@@ -345,12 +349,13 @@ register(  # keras.applications.convnext.LayerScale: gamma of size projection_di
 register(  # morphcli.training.gates.ChannelGate: inserted for `regularizer.kind: gates`, folded
     # into the layer before it on export, so it costs nothing and moves no memory.
     "ChannelGate",
-    Rule(Kind.PASS, no_flops, no_flops, last_axis_weights, moves_memory=False, gate=True),
+    Rule(Kind.PASS, no_flops, no_flops, last_axis_weights, moves_memory=False, gate=True,
+         fuses=True),
 )
 
 # Per-channel layers without weights.
-register("Activation", Rule(Kind.PASS, activation_flops, check=_across_channels))
-register("ReLU", Rule(Kind.PASS, relu_flops))
+register("Activation", Rule(Kind.PASS, activation_flops, fuses=True, check=_across_channels))
+register("ReLU", Rule(Kind.PASS, relu_flops, fuses=True))
 register("LeakyReLU", Rule(Kind.PASS, no_flops))
 register("ELU", Rule(Kind.PASS, elu_flops))
 register("Softmax", Rule(Kind.PASS, softmax_flops, check=_across_channels))
@@ -358,7 +363,7 @@ register(["Rescaling"], Rule(Kind.PASS, elementwise_flops(2)))
 register(
     ["Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D",
      "GaussianNoise", "GaussianDropout", "AlphaDropout", "ActivityRegularization"],
-    Rule(Kind.PASS, no_flops, moves_memory=False),
+    Rule(Kind.PASS, no_flops, moves_memory=False, fuses=True),  # identities at inference
 )
 register(
     ["MaxPooling1D", "MaxPooling2D", "MaxPooling3D",

@@ -279,21 +279,36 @@ def bench(target, *, batch: int = 1, threads: int | None = None, warmup: int = 1
         runner = _tflite_runner(convert(target), threads)
     else:
         runtime, runner, shape = "keras", _keras_runner(target), _input_shape(target)
-    x = sample(shape, batch)
+    median, p10, p90, _ = time_calls(runner, sample(shape, batch), warmup=warmup,
+                                     repeats=repeats, progress=progress)
+    return BenchResult(label, runtime, batch, threads, repeats, median, p10, p90)
+
+
+def time_calls(call: Callable, x, *, warmup: int, repeats: int, min_time: float = 0.0,
+               max_repeats: int | None = None, progress: Callable[[int], None] | None = None
+               ) -> tuple[float, float, float, int]:
+    """Times `call(x)`: `warmup` untimed calls, then `repeats` timed ones, or more
+    when `min_time` asks for that many seconds of timed calls (at most
+    `max_repeats`). `progress(1)` after every call. Returns the median, the 10th
+    and 90th percentiles (seconds) and the number of timed calls."""
+    start = time.perf_counter()
     for _ in range(warmup):
-        runner(x)
+        call(x)
         if progress:
             progress(1)
+    each = (time.perf_counter() - start) / warmup if warmup else 0.0
+    if min_time > 0 and each > 0:
+        repeats = max(repeats, int(min_time / max(each, 1e-7)))
+    repeats = min(repeats, max_repeats) if max_repeats else repeats
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        runner(x)
+        call(x)
         times.append(time.perf_counter() - start)
         if progress:
             progress(1)
     q = statistics.quantiles(times, n=10) if len(times) > 1 else [times[0]] * 9
-    return BenchResult(label, runtime, batch, threads, repeats, statistics.median(times),
-                       q[0], q[-1])
+    return statistics.median(times), q[0], q[-1], len(times)
 
 
 MEASURE_REPEATS = 50  # timed calls per model when a step measures latency

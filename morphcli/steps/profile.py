@@ -15,8 +15,9 @@ are measured once.
 
 The grid of a prunable width `W` is `FRACTIONS · W`, on multiples of the
 profile's `round_to`, read first from a sweep of one expensive layer's output
-width: the largest multiple `m` such that no width between two multiples of
-`m` is faster than the multiple above it (latency falls in steps of `m`).
+width (`step_of`): the largest step `m` of `STEPS` such that, where latency
+falls between two multiples of `m`, the widths in between save on average
+less than a quarter of that fall (latency falls in steps of `m`, not smoothly).
 
 Finally the whole model is timed end to end, and the profile's prediction
 for it (`CostModel(graph, profile).total("latency")`) is stored beside the
@@ -26,8 +27,6 @@ measurement, so every profile carries its own check.
 from __future__ import annotations
 
 import math
-import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -76,35 +75,23 @@ class _Clock:
         if self.runtime == "keras":
             return _keras_runner(model)
 
-        try:
-            content = convert(model)
-        except Exception as err:  # noqa: BLE001 - the converter raises many kinds
-            raise MorphError(f"The TFLite converter failed on `{model.name}`: "
-                             f"{' '.join(str(err).split())[:200]}",
-                             hint="profile with --runtime keras.") from None
-        return _tflite_runner(content, self.threads)
+        return _tflite_runner(convert(model), self.threads)
 
     def time(self, model) -> Timing:
         from morphcli.steps.export import sample
 
         inputs = [sample(tuple(t.shape[1:]), self.batch, seed=k) for k, t in
                   enumerate(model.inputs)]
+        from morphcli.steps.export import time_calls
+
         x = inputs[0] if len(inputs) == 1 else inputs
         call = self.runner(model) if len(inputs) == 1 else self._multi(model)
-        start = time.perf_counter()
-        for _ in range(max(1, self.warmup)):
-            call(x)
-        each = (time.perf_counter() - start) / max(1, self.warmup)
         # Short calls are repeated for MIN_TIME at least: their median is then as
         # steady as a long call's.
-        repeats = int(min(MAX_REPEATS, max(self.repeats, MIN_TIME / max(each, 1e-7))))
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            call(x)
-            times.append(time.perf_counter() - start)
-        q = statistics.quantiles(times, n=10) if len(times) > 1 else [times[0]] * 9
-        return Timing(statistics.median(times), q[0], q[-1])
+        median, p10, p90, _ = time_calls(call, x, warmup=max(1, self.warmup),
+                                         repeats=self.repeats, min_time=MIN_TIME,
+                                         max_repeats=MAX_REPEATS)
+        return Timing(median, p10, p90)
 
     def _multi(self, model) -> Callable:
         """A runner for a model with several inputs (a join)."""
@@ -157,14 +144,23 @@ def prefix(x):
 
 
 def convert(model) -> bytes:
-    """A Keras model as TFLite float32, without the converter's chatter on stdout."""
+    """A Keras model as TFLite float32, without the converter's chatter on stdout.
+
+    Raises:
+        MorphError: The converter failed (in one line).
+    """
     import contextlib
     import io
 
     import tensorflow as tf
 
-    with contextlib.redirect_stdout(io.StringIO()):
-        return tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    except Exception as err:  # noqa: BLE001 - the converter raises many kinds
+        raise MorphError(f"The TFLite converter failed on `{model.name}`: "
+                         f"{' '.join(str(err).split())[:200]}",
+                         hint="measure with the keras runtime.") from None
 
 
 def _grid(width: int, step: int) -> list[int]:
@@ -223,7 +219,7 @@ def unit_model(graph, unit: list[int], width_in: int | None, width_out: int | No
     else:
         x = layer(feeds[0] if len(feeds) == 1 else feeds)
     for node in nodes[1:]:
-        if node.type in profiles.TRANSPARENT:
+        if profiles.transparent(node):
             continue
         config = node.layer.get_config()
         config.pop("name", None)
@@ -272,7 +268,8 @@ def profile(model, *, runtime: str = "tflite", batch: int = 1, threads: int | No
     # Grids use the rounding step, which the sweep measures first: plan with step 1's
     # grid sizes as an upper bound, then report the real count.
     grids = {key: _grids(graph, found[0], step) for key, found in distinct.items()}
-    total = sum(len(a) * len(b) for a, b in grids.values()) + (SWEEP + 1) * bool(sweep) + 1
+    total = (sum(len(a) * len(b) for a, b in grids.values())
+             + (SWEEP + 1) * SWEEP_PASSES * bool(sweep) + 1)
     if plan:
         plan(total)
     done = [0]
@@ -364,12 +361,15 @@ def _measure_step(clock, graph, sweep, tick) -> tuple[int, dict]:
     unit, base = sweep
     widths = list(range(base, base + SWEEP + 1))
     models = [unit_model(graph, unit, None, w) for w in widths]
-    runs = [[clock.time(m).median for m in models]]
-    for _ in range(1, SWEEP_PASSES):  # a second pass, the least of the two kept
-        runs.append([clock.time(m).median for m in models])
-    seconds = np.min(runs, axis=0).tolist()
-    for _ in widths:
+
+    def timed(model) -> float:
+        median = clock.time(model).median
         tick("rounding sweep")
+        return median
+
+    # SWEEP_PASSES passes, each width's least median kept.
+    runs = [[timed(m) for m in models] for _ in range(SWEEP_PASSES)]
+    seconds = np.min(runs, axis=0).tolist()
     step = step_of(widths, seconds)
     return step, {"layer": graph.nodes[unit[0]].name, "widths": widths,
                   "seconds": [round(s, 9) for s in seconds], "step": step}

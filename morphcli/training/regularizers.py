@@ -302,8 +302,10 @@ class Regularizer:
         return coef, tf.concat([a, b], 0), none
 
     def _tables(self):
-        """The bound tables, padded to one size, as TF constants (cached): widths in,
-        widths out, seconds, their real lengths, and the spaces of the two axes."""
+        """The bound tables, padded to one size, as TF constants: widths in, widths
+        out, seconds, their real lengths, and the spaces of the two axes. The arrays
+        are cached, the constants made at each call: a constant made while one
+        `tf.function` traces cannot be used eagerly or by another trace."""
         import tensorflow as tf
 
         if not hasattr(self, "_table_cache"):
@@ -315,13 +317,13 @@ class Regularizer:
                                 for u in units))
                 padded = [u.table.padded(size) for u in units]
                 self._table_cache = (
-                    *(tf.constant(np.stack([p[k] for p in padded]), tf.float32)
-                      for k in range(3)),
-                    *(tf.constant([p[k] for p in padded], tf.int32) for k in (3, 4)),
-                    tf.constant([u.space_in if u.space_in >= 0 else n for u in units], tf.int64),
-                    tf.constant([u.space_out if u.space_out >= 0 else n for u in units],
-                                tf.int64))
-        return self._table_cache
+                    *(np.stack([p[k] for p in padded]).astype(np.float32) for k in range(3)),
+                    *(np.array([p[k] for p in padded], np.int32) for k in (3, 4)),
+                    np.array([u.space_in if u.space_in >= 0 else n for u in units], np.int64),
+                    np.array([u.space_out if u.space_out >= 0 else n for u in units], np.int64))
+        if self._table_cache is None:
+            return None
+        return tuple(tf.constant(a) for a in self._table_cache)
 
 
 def make_regularizer(graph: ChannelGraph, costs: CostModel, kind: str = "gamma",
@@ -354,7 +356,11 @@ def make_regularizer(graph: ChannelGraph, costs: CostModel, kind: str = "gamma",
         collector.collect(reg, node)
     for group in graph.prunable_groups():
         if group.id not in reg.sources:
-            reg.kept_whole[group.id] = collector.kept_whole
+            inner = group.sources and group.sources[0] not in {n.name for n in graph.nodes}
+            reg.kept_whole[group.id] = (
+                "a width inside a layer (an attention's key or value width): only "
+                "group_lasso regularizes it" if inner and kind != "group_lasso"
+                else collector.kept_whole)
     if not reg.sources:
         raise MorphError(
             f"Nothing to regularize with kind={kind}: no prunable channel group has "
