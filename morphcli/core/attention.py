@@ -35,7 +35,20 @@ from morphcli.core.terms import OUT, Term, inner_role, input_role
 # Where each argument of `MultiHeadAttention.call` arrives: positional or keyword.
 _ARGUMENTS = {"0": "query", "query": "query", "1": "value", "value": "value",
               "2": "key", "key": "key"}
-INNER = ("query_key", "value")
+INNER = ("query_key", "value")  # the names of the two inner spaces, in order
+
+
+def _part(weight) -> tuple[str, str]:
+    """("query", "kernel") for the weight `.../query/kernel`: which projection, which
+    weight of it."""
+    sub, kind = weight.path.split("/")[-2:]
+    return sub, kind
+
+
+def _query_factor(node, key_dim: int) -> float:
+    """What the query projection is multiplied by when `key_dim` of the seed's key
+    widths are left: the scores are divided by sqrt(key_dim)."""
+    return math.sqrt(key_dim / int(_cfg(node, "key_dim")))
 
 
 def _inputs(node) -> dict[str, int]:
@@ -71,7 +84,7 @@ def _fused(node) -> bool:
 
 def inner(node) -> list[tuple[str, int]]:
     key_dim = int(_cfg(node, "key_dim"))
-    return [("query_key", key_dim), ("value", int(_cfg(node, "value_dim") or key_dim))]
+    return list(zip(INNER, (key_dim, int(_cfg(node, "value_dim") or key_dim)), strict=True))
 
 
 def _shapes(node):
@@ -147,7 +160,7 @@ def weights(node) -> list[dict[int, str]]:
                 "gate": inner_role(1)}
     specs = []
     for weight in node.layer.weights:
-        sub, kind = weight.path.split("/")[-2:]
+        sub, kind = _part(weight)
         if sub == "attention_output":
             specs.append({1: inner_role(1), 2: OUT} if kind == "kernel" else {0: OUT})
         elif kind == "kernel":
@@ -158,14 +171,15 @@ def weights(node) -> list[dict[int, str]]:
 
 
 def rescale(node, layer, key_dim: int, value_dim: int) -> None:
-    """After surgery left `key_dim` of the seed's key widths in `layer`: the scores
-    are scaled by 1/sqrt(key_dim), so the query projection is scaled by
-    sqrt(key_dim / seed's key_dim) to keep every score what it was."""
-    factor = math.sqrt(key_dim / int(_cfg(node, "key_dim")))
+    """After surgery left `key_dim` of the seed's key widths in `layer` (and
+    `value_dim` value widths, which change no scale): the scores are scaled by
+    1/sqrt(key_dim), so the query projection is scaled by `_query_factor` to keep
+    every score what it was."""
+    factor = _query_factor(node, key_dim)
     if factor == 1.0:
         return
     for weight in layer.weights:
-        if weight.path.split("/")[-2] == "query":
+        if _part(weight)[0] == "query":
             weight.assign(weight.numpy() * factor)
 
 
@@ -178,13 +192,11 @@ def fold(node, layer, index: int, constant, kept) -> None:
     space = node.inputs[index]  # self-attention: the same tensor is all three inputs
     readers = [sub for sub, arg in (("query", "query"), ("key", "key"), ("value", "value"),
                                     ("gate", "query")) if node.inputs[found[arg]] == space]
-    seed = {w.path.split("/")[-2:][0] + "/" + w.path.split("/")[-1]: w
-            for w in node.layer.weights}
-    biases = {w.path.split("/")[-2]: w for w in layer.weights
-              if w.path.split("/")[-1] == "bias"}
-    factor = math.sqrt(len(kept[0]) / int(_cfg(node, "key_dim")))
+    kernels = {_part(w)[0]: w for w in node.layer.weights if _part(w)[1] == "kernel"}
+    biases = {_part(w)[0]: w for w in layer.weights if _part(w)[1] == "bias"}
+    factor = _query_factor(node, len(kept[0]))
     for sub in readers:
-        kernel = seed.get(f"{sub}/kernel")
+        kernel = kernels.get(sub)
         if kernel is None or sub not in biases:
             continue  # no such projection, or no bias to fold into
         shift = np.einsum("d,dhk->hk", constant, np.asarray(kernel.numpy()))

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from morphcli.core import keras_adapter, rules
+from morphcli.core import keras_adapter, rules, terms
 from morphcli.core.rules import Kind
 from morphcli.errors import ModelError
 
@@ -126,8 +126,8 @@ class LayerNode:
         `inner_role(i)`) stands for."""
         if role == rules.OUT:
             return self.outputs[0]
-        if role.startswith("inner"):
-            return self.inner[int(role[5:])]
+        if terms.is_inner(role):
+            return self.inner[int(role[len("inner"):])]
         return self.inputs[int(role[2:] or 0)]
 
 

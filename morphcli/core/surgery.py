@@ -31,6 +31,7 @@ import numpy as np
 from morphcli.core import keras_adapter
 from morphcli.core.graph import ChannelGraph, LayerNode, Space, build_graph
 from morphcli.core.rules import IN, OUT, Kind
+from morphcli.core.terms import is_inner
 from morphcli.errors import ModelError
 
 # A dead channel carries a constant when its values over a random batch and all
@@ -337,7 +338,7 @@ def zero_dead_channels(model, alive: Mapping[int, np.ndarray],
             if not readers:
                 # What the layer produces: its output, and its inner spaces'.
                 spec = {axis: role for axis, role in spec.items()
-                        if (producer and (role == OUT or role.startswith("inner")))
+                        if (producer and (role == OUT or is_inner(role)))
                         or (weight is scale and role == IN)}
                 if not spec:
                     continue

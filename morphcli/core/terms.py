@@ -39,6 +39,10 @@ def inner_role(index: int) -> str:
     return f"inner{index}"
 
 
+def is_inner(role: str) -> bool:
+    return role.startswith("inner")
+
+
 @dataclass(frozen=True)
 class Term:
     """One monomial of a cost: `coef * prod(width(space) for space in spaces)`.

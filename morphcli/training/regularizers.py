@@ -32,6 +32,7 @@ import numpy as np
 from morphcli.core.costs import CostModel
 from morphcli.core.graph import ChannelGraph
 from morphcli.core.rules import OUT, Kind
+from morphcli.core.terms import is_inner
 from morphcli.errors import MorphError
 
 KIND_NAMES = ("gamma", "group_lasso", "gates")
@@ -354,9 +355,10 @@ def make_regularizer(graph: ChannelGraph, costs: CostModel, kind: str = "gamma",
     collector = _COLLECTORS[kind]
     for node in graph.nodes:
         collector.collect(reg, node)
+    layers = {n.name for n in graph.nodes}
     for group in graph.prunable_groups():
         if group.id not in reg.sources:
-            inner = group.sources and group.sources[0] not in {n.name for n in graph.nodes}
+            inner = group.sources and group.sources[0] not in layers  # `layer:query_key`
             reg.kept_whole[group.id] = (
                 "a width inside a layer (an attention's key or value width): only "
                 "group_lasso regularizes it" if inner and kind != "group_lasso"
@@ -416,7 +418,7 @@ def _lasso_sources(reg: Regularizer, node) -> None:
     # role beside it) that indexes it.
     for variable, spec in specs:
         for axis, role in spec.items():
-            if role.startswith("inner") and len(spec) > 1:
+            if is_inner(role) and len(spec) > 1:
                 gid = node.space(role).groups[0]
                 if reg.graph.groups[gid].prunable:
                     reg.sources.setdefault(gid, []).append(_Source(
