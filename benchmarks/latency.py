@@ -9,9 +9,10 @@ weights, no download):
    profile alone; and to half the seed's latency with `--measure` (candidates
    timed on this machine until the clock agrees), widths rounded to 8.
 3. Export the seed and the three models to TFLite with `morph export`'s code and
-   time the files with `morph bench`'s code, interleaved (seed, FLOPs, latency,
-   measured, seed, ...) for `--rounds` rounds; the median of each file's round
-   medians is its latency and the smallest and largest round medians its spread.
+   time the files with `morph bench`'s code, interleaved call by call (seed,
+   seed, FLOPs, latency, measured, seed, ...) for `--repeats` rounds. A model's
+   share of the seed is the median of its per-round ratios to the seed, with
+   their 10th-90th percentiles; the seed's second copy gives the noise floor.
 
 Printed per model: the profile's time; the measured speed-up of the FLOPs-50%
 model beside its FLOPs speed-up (2x); the latency-50% model's measured latency
@@ -21,14 +22,14 @@ its measurement (goal: within 10%). The
 conclusions printed last are computed from this run.
 
 Usage: .venv/bin/python benchmarks/latency.py [--models resnet50,mobilenetv2,resnet20]
-       [--threads 2] [--rounds 5] [--repeats 50]
+       [--threads 2] [--repeats 300]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -40,7 +41,7 @@ from morphcli.core.costs import CostModel  # noqa: E402
 from morphcli.core.graph import build_graph  # noqa: E402
 from morphcli.core.quantities import Quantity  # noqa: E402
 from morphcli.steps.expand import expand_model  # noqa: E402
-from morphcli.steps.export import bench, export  # noqa: E402
+from morphcli.steps.export import bench_many, export  # noqa: E402
 from morphcli.steps.profile import profile  # noqa: E402
 
 MODELS = {"resnet50": "applications:ResNet50", "mobilenetv2": "applications:MobileNetV2",
@@ -68,17 +69,25 @@ def measure(name: str, spec: str, args, work: Path) -> dict:
         costs = CostModel(build_graph(model), prof)
         predicted[kind] = costs.total("latency")
         flops[kind] = CostModel(build_graph(model)).total("flops")
-    rounds: dict[str, list[float]] = {kind: [] for kind in files}
-    for _ in range(args.rounds):  # interleaved: seed, flops, latency, seed, ...
-        for kind, path in files.items():
-            rounds[kind].append(bench(str(path), threads=args.threads, warmup=10,
-                                      repeats=args.repeats).median_s)
-    measured = {k: statistics.median(v) for k, v in rounds.items()}
-    spread = {k: (min(v), max(v)) for k, v in rounds.items()}
+    # All files timed interleaved call by call, the seed twice: the second seed's
+    # ratio to the first is the noise floor of every share below.
+    order = ["seed", "seed", *[k for k in files if k != "seed"]]
+    found = bench_many([str(files[k]) for k in order], threads=args.threads, warmup=10,
+                       repeats=args.repeats)
+    measured = {"seed": found[0].median_s, "noise": found[1].ratio}
+    share = {"noise": (found[1].ratio, found[1].ratio_p10, found[1].ratio_p90)}
+    for kind, result in zip(order[2:], found[2:], strict=True):
+        measured[kind] = result.median_s
+        share[kind] = (result.ratio, result.ratio_p10, result.ratio_p90)
     return {"name": name, "profile_s": profile_s, "round_to": prof.round_to,
             "scale": prof.scale, "units": prof.model["units"],
-            "distinct": prof.model["distinct_units"], "measured": measured, "spread": spread,
+            "distinct": prof.model["distinct_units"], "measured": measured, "share": share,
             "predicted": predicted, "flops": flops}
+
+
+def share_cell(shares: dict, kind: str) -> str:
+    median, low, high = shares[kind]
+    return f"{median:.3f} [{low:.3f}-{high:.3f}]"
 
 
 def ms(seconds: float) -> str:
@@ -89,8 +98,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--repeats", type=int, default=300)
     args = parser.parse_args()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -100,30 +108,39 @@ def main() -> None:
             print(f"[{name}] profiled in {r['profile_s'] / 60:.1f} min "
                   f"({r['distinct']} distinct of {r['units']} layers, step {r['round_to']}, "
                   f"scale {r['scale']:.3f})", flush=True)
-    print(f"\nTFLite float32, {args.threads} threads, batch 1; medians of {args.rounds} "
-          f"interleaved rounds of {args.repeats} calls [min-max of the round medians]\n")
-    print("| model | seed ms | FLOPs 50%: ms | measured / FLOPs speed-up | latency 50%, "
-          "profile: ms | / seed | latency 50%, --measure: ms | / seed "
-          "| predicted / measured (seed, FLOPs, latency, --measure) |")
+    print(f"\nTFLite float32, {args.threads} threads, batch 1; all files of a model timed "
+          f"interleaved call by call, {args.repeats} calls each; a share is the median of "
+          "the per-round ratios to the seed [10th-90th percentile]; 'noise' is the seed's "
+          "own second copy\n")
+    print("| model | seed ms | noise | FLOPs 50%: share | measured / FLOPs speed-up "
+          "| latency 50%, profile: share | latency 50%, --measure: share "
+          "| predicted / measured (seed, FLOPs, latency, --measure) "
+          "| predicted share / measured share (FLOPs, latency, --measure) |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    met, ratios, errors = [], [], []
+    met, ratios, errors, relative = [], [], [], []
+    kinds = ("flops", "latency", "measured")
     for r in results:
-        m, s, p, f = r["measured"], r["spread"], r["predicted"], r["flops"]
-        speedup, flops_speedup = m["seed"] / m["flops"], f["seed"] / f["flops"]
-        share, closed = m["latency"] / m["seed"], m["measured"] / m["seed"]
-        pred = {k: p[k] / m[k] for k in m}
-        met.append((abs(share - FRACTION) / FRACTION <= GOAL["target"],
-                    abs(closed - FRACTION) / FRACTION <= GOAL["target"]))
-        ratios.append((r["name"], speedup / flops_speedup, m["flops"] / m["seed"]))
+        m, sh, p, f = r["measured"], r["share"], r["predicted"], r["flops"]
+        flops_speedup = f["seed"] / f["flops"]
+        speedup = 1 / sh["flops"][0]
+        pred = {k: p[k] / m[k] for k in ("seed", *kinds)}
+        rel = {k: (p[k] / p["seed"]) / sh[k][0] for k in kinds}
+        met.append(tuple(abs(sh[k][0] - FRACTION) / FRACTION <= GOAL["target"]
+                         for k in ("latency", "measured")))
+        ratios.append((r["name"], speedup / flops_speedup, sh["flops"][0]))
         errors += [abs(v - 1) for v in pred.values()]
-        print(f"| {r['name']} | {ms(m['seed'])} [{ms(s['seed'][0])}-{ms(s['seed'][1])}] "
-              f"| {ms(m['flops'])} [{ms(s['flops'][0])}-{ms(s['flops'][1])}] "
+        relative += [abs(v - 1) for v in rel.values()]
+        cell = functools.partial(share_cell, sh)
+        print(f"| {r['name']} | {ms(m['seed'])} | {cell('noise')} | {cell('flops')} "
               f"| {speedup:.2f}x / {flops_speedup:.2f}x = {speedup / flops_speedup:.2f} "
-              f"| {ms(m['latency'])} [{ms(s['latency'][0])}-{ms(s['latency'][1])}] "
-              f"| {share:.3f} "
-              f"| {ms(m['measured'])} [{ms(s['measured'][0])}-{ms(s['measured'][1])}] "
-              f"| {closed:.3f} | " + ", ".join(f"{pred[k]:.2f}" for k in m) + " |")
+              f"| {cell('latency')} | {cell('measured')} | "
+              + ", ".join(f"{pred[k]:.2f}" for k in pred) + " | "
+              + ", ".join(f"{rel[k]:.2f}" for k in rel) + " |")
     print("\nConclusions (from this run):")
+    noise = max(max(abs(r["share"]["noise"][1] - 1), abs(r["share"]["noise"][2] - 1))
+                for r in results)
+    print(f"- noise floor: the seed against its own copy varies by up to {noise:.1%} "
+          "per round (10th-90th percentile)")
     for k, how in enumerate(("the profile alone", "--measure")):
         print(f"- latency target ({FRACTION:.0%} of the seed's measured latency, within "
               f"{GOAL['target']:.0%}) with {how}: met on {sum(x[k] for x in met)} of "
@@ -135,10 +152,10 @@ def main() -> None:
               f"(measured speed-up / FLOPs speed-up = {ratio:.2f}); the FLOPs target "
               f"{'misses' if abs(kept - FRACTION) / FRACTION > GOAL['target'] else 'meets'} "
               "a 50% latency target")
-    worst = max(errors)
-    print(f"- the profile's predictions are within {worst:.1%} of the measurements "
-          f"(goal {GOAL['prediction']:.0%}: {'met' if worst <= GOAL['prediction'] else 'missed'})")
-
+    worst, worst_rel = max(errors), max(relative)
+    print(f"- the profile's predictions are within {worst:.1%} of the measured times "
+          f"(goal {GOAL['prediction']:.0%}: {'met' if worst <= GOAL['prediction'] else 'missed'})"
+          f"; its predicted shares of the seed within {worst_rel:.1%} of the measured shares")
 
 if __name__ == "__main__":
     main()

@@ -71,42 +71,54 @@ def export(model, out_path, fmt, quantize, overwrite, as_json, input_shape, clas
 
 
 @cli.command()
-@click.argument("path")
+@click.argument("paths", nargs=-1, required=True, metavar="PATH...")
 @click.option("--batch", type=click.IntRange(1), default=1, show_default=True,
               help="Examples per call.")
 @click.option("--threads", type=click.IntRange(1), default=None,
               help="TFLite interpreter threads (default: TFLite's).")
 @click.option("--repeats", type=click.IntRange(1), default=50, show_default=True,
-              help="Timed calls.")
+              help="Timed calls (of each model).")
 @click.option("--warmup", type=click.IntRange(0), default=10, show_default=True,
               help="Untimed calls first.")
 @click.option("--trust-code", is_flag=True, help="Allow custom code in a .keras file (unsafe).")
-@click.option("--json", "as_json", is_flag=True, help="Print the measurement on stdout.")
-def bench(path, batch, threads, repeats, warmup, trust_code, as_json):
-    """Measure the end-to-end latency of a .keras, .tflite or SavedModel on this machine.
+@click.option("--json", "as_json", is_flag=True, help="Print the measurements on stdout.")
+def bench(paths, batch, threads, repeats, warmup, trust_code, as_json):
+    """Measure the end-to-end latency of .keras, .tflite or SavedModel files here.
 
     Times one call at a time on a random batch, after warm-up calls, and prints
-    the median with the 10th and 90th percentiles. The machine's other load
-    shows in the spread: compare models in interleaved runs.
+    the median with the 10th and 90th percentiles. Given several models, it
+    times them interleaved call by call (A, B, A, B), so that they meet the
+    machine's other load alike, and prints each one's latency relative to the
+    first (the median of the per-round ratios): compare models this way.
 
     \b
     Examples:
       morph bench final.tflite --threads 2
+      morph bench seed.tflite small.tflite --threads 2 --repeats 200
       morph bench runs/demo/retrain/final.keras --batch 8 --json
     """
-    from morphcli.steps.export import bench as bench_step
+    from morphcli.steps.export import bench_many
 
     out, err = _consoles()
     with _bar(err, "bench") as bar:
-        task = bar.add_task("bench", total=warmup + repeats)
-        result = bench_step(path, batch=batch, threads=threads, warmup=warmup, repeats=repeats,
-                            progress=lambda n: bar.advance(task, n), trust_code=trust_code)
+        task = bar.add_task("bench", total=(warmup + repeats) * len(paths))
+        results = bench_many(list(paths), batch=batch, threads=threads, warmup=warmup,
+                             repeats=repeats, progress=lambda n: bar.advance(task, n),
+                             trust_code=trust_code)
     if as_json:
-        click.echo(_dumps(result.to_dict()))
+        found = [r.to_dict() for r in results]
+        click.echo(_dumps(found[0] if len(found) == 1 else found))
         return
-    out.print(f"{result.runtime}, batch {batch}: median {result.median_s * 1e3:.3f} ms "
-              f"(10th-90th percentile {result.p10_s * 1e3:.3f}-{result.p90_s * 1e3:.3f} ms, "
-              f"{repeats} calls)", markup=False, highlight=False)
+    for result in results:
+        line = (f"{result.runtime}, batch {batch}: median {result.median_s * 1e3:.3f} ms "
+                f"(10th-90th percentile {result.p10_s * 1e3:.3f}-{result.p90_s * 1e3:.3f} ms, "
+                f"{repeats} calls)")
+        if len(results) > 1:
+            line = f"{result.path}: {line}"
+        if result.ratio is not None:
+            line += (f"; {result.ratio:.3f}x the first (10th-90th percentile "
+                     f"{result.ratio_p10:.3f}-{result.ratio_p90:.3f})")
+        out.print(line, markup=False, highlight=False)
 
 
 @cli.command()
@@ -163,7 +175,8 @@ def profile(model, out_path, runtime, batch, threads, repeats, warmup, round_to,
     result.path = out_path
     files.write_json(out_path, result.to_dict())
     summary = {"path": out_path, "runtime": runtime, "threads": threads, "batch": batch,
-               "round_to": result.round_to, "scale": result.scale, **result.model}
+               "round_to": result.round_to, "scale": result.scale, "fixed_s": result.fixed_s,
+               **result.model}
     if as_json:
         click.echo(_dumps(summary))
         return
@@ -173,5 +186,10 @@ def profile(model, out_path, runtime, batch, threads, repeats, warmup, round_to,
               markup=False, highlight=False)
     out.print(f"{m['name']}: measured {m['measured_s'] * 1e3:.3f} ms (10th-90th percentile "
               f"{m['p10_s'] * 1e3:.3f}-{m['p90_s'] * 1e3:.3f}); sum of its layers "
-              f"{m['unscaled_s'] * 1e3:.3f} ms, so the profile scales layers by "
-              f"{result.scale:.3f}", markup=False, highlight=False)
+              f"{m['unscaled_s'] * 1e3:.3f} ms", markup=False, highlight=False)
+    if "narrow" in m:
+        out.print(f"a version at {m['narrow']['flops_share']:.0%} of its FLOPs: measured "
+                  f"{m['narrow']['measured_s'] * 1e3:.3f} ms, sum of its layers "
+                  f"{m['narrow']['unscaled_s'] * 1e3:.3f} ms", markup=False, highlight=False)
+    out.print(f"so the profile prices a model as {result.scale:.3f} x its layers + "
+              f"{result.fixed_s * 1e3:.3f} ms per call", markup=False, highlight=False)

@@ -79,6 +79,37 @@ def test_bench_times_every_runtime_on_the_same_input(cnn, tmp_path):
     assert ex.runtime_of(path) == "keras" and ex.runtime_of(tmp_path / "m.tflite") == "tflite"
 
 
+def test_bench_many_interleaves_call_by_call_and_takes_ratios_per_round(cnn, tmp_path,
+                                                                        monkeypatch):
+    order = []
+    rounds = ex.time_rounds([lambda x: order.append(("a", x)), lambda x: order.append(("b", x))],
+                            [1, 2], warmup=1, repeats=3)
+    assert order == [("a", 1), ("b", 2)] * 4 and [len(t) for t in rounds] == [3, 3]
+    # The ratio is the median of the per-round ratios (2, 1.5, 1, 1.1: 1.3), not the
+    # ratio of the medians (3.5 / 3).
+    fake = [[1.0, 2.0, 4.0, 10.0], [2.0, 3.0, 4.0, 11.0]]
+    monkeypatch.setattr(ex, "time_rounds", lambda *a, **k: fake)
+    model, path = cnn
+    first, second = ex.bench_many([str(path), str(path)], repeats=4, warmup=0)
+    assert first.ratio is None and (first.median_s, second.median_s) == (3.0, 3.5)
+    assert second.ratio == pytest.approx(1.3) and second.ratio_p10 <= 1.3 <= second.ratio_p90
+
+
+def test_cli_bench_of_two_models_prints_both_and_the_ratio(cnn, tmp_path):
+    model, path = cnn
+    ex.export(model, tmp_path / "m.tflite")
+    result = CliRunner().invoke(cli, ["bench", str(tmp_path / "m.tflite"), str(path),
+                                      "--repeats", "6", "--warmup", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    first, second = json.loads(result.stdout)
+    assert (first["runtime"], second["runtime"]) == ("tflite", "keras")
+    assert first["ratio"] is None
+    assert second["ratio_p10"] <= second["ratio"] <= second["ratio_p90"]
+    text = CliRunner().invoke(cli, ["bench", str(tmp_path / "m.tflite"), str(path),
+                                    "--repeats", "3", "--warmup", "0"])
+    assert text.exit_code == 0 and "x the first" in text.output
+
+
 def test_dynamic_input_is_refused(tmp_path):
     inputs = keras.Input((None, None, 3))
     model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(

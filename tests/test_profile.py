@@ -103,6 +103,24 @@ def test_pricing_on_a_synthetic_profile_equals_hand_interpolation():
                                 costs.total("latency", {g1: 3, g2: 5})])
 
 
+def test_a_tiled_table_prices_an_output_width_at_its_next_multiple_of_the_step():
+    # Measured on multiples of 16 (16: 1 µs, 32: 3 µs, 48: 4 µs); the seed width 56
+    # is no multiple of 16.
+    table = profiles.Table("k", [8], [16, 32, 48, 56], [[1e-6, 3e-6, 4e-6, 4.5e-6]], step=16)
+    widths = [1, 16, 17, 31, 32, 40, 49, 56, 112, 113]
+    # 1..16 -> 16; 17..32 -> 32; 33..48 -> 48; 49..56 -> 56 (capped at the widest
+    # measured width inside the grid); past it the next multiple, grown in proportion.
+    expected = [1e-6, 1e-6, 3e-6, 3e-6, 3e-6, 4e-6, 4.5e-6, 4.5e-6, 4.5e-6 * 112 / 56,
+                4.5e-6 * 128 / 56]
+    np.testing.assert_allclose(table.at(8, widths), expected, rtol=1e-12)
+    # Without the step the same table interpolates between its points.
+    smooth = profiles.Table("k", [8], [16, 32, 48, 56], [[1e-6, 3e-6, 4e-6, 4.5e-6]])
+    assert smooth.at(8, 24) == pytest.approx(2e-6) and table.at(8, 24) == pytest.approx(3e-6)
+    # The input axis stays linear: only output channels come in tiles.
+    both = profiles.Table("k", [16, 32], [16, 32], [[1e-6, 2e-6], [3e-6, 4e-6]], step=16)
+    assert both.at(24, 17) == pytest.approx((2e-6 + 4e-6) / 2)
+
+
 def test_latency_regularizer_weights_are_the_profile_slopes():
     graph = build_graph(_model())
     costs = CostModel(graph, _synthetic(graph, TABLES))
@@ -165,11 +183,37 @@ def test_profile_of_a_tiny_model_is_a_valid_file(tmp_path):
         secs = np.asarray(table.seconds)
         assert (secs >= 0).all()
         assert (np.diff(secs, axis=0) >= 0).all() and (np.diff(secs, axis=1) >= 0).all()
+    # Layers that compute output channels in tiles are priced on the step; pooling not.
+    steps = {t.layers[0]: t.step for t in loaded.tables.values()}
+    assert steps == {"c1": step, "c2": step, "pool": 1, "head": step}
     whole = loaded.model
     assert whole["name"] == "tiny" and whole["measured_s"] > 0
+    # The whole model is timed in passes spread over the profile; the median counts.
+    assert len(whole["passes_s"]) == measure.WHOLE_PASSES
+    assert whole["measured_s"] == pytest.approx(float(np.median(whole["passes_s"])), rel=1e-6)
+    # A narrower version was timed beside it; where the two give a fit with a fixed
+    # cost, the profile predicts both; else the scale is the seed's alone.
+    narrow = whole["narrow"]
+    assert narrow["measured_s"] > 0 and narrow["unscaled_s"] < whole["unscaled_s"]
+    if loaded.fixed_s > 0:
+        assert narrow["predicted_s"] == pytest.approx(narrow["measured_s"], rel=1e-3)
     # The scale is fitted so that the profile predicts the profiled model's own time.
     assert whole["predicted_s"] == pytest.approx(whole["measured_s"], rel=1e-3)
     assert CostModel(graph, loaded).total("latency") == pytest.approx(whole["predicted_s"])
+
+
+def test_scale_and_fixed_cost_fit_two_whole_models():
+    # Units sum to 10 and 4 (overhead aside); the models measure 25 and 13: 2 x + 5.
+    assert measure._calibrate(25.0, 10.0, 13.0, 4.0) == (2.0, 5.0)
+    # 25 and 4 would need a negative fixed cost: the seed's ratio alone, no fixed cost.
+    assert measure._calibrate(25.0, 10.0, 4.0, 4.0) == (2.5, 0.0)
+    assert measure._calibrate(25.0, 10.0, None, None) == (2.5, 0.0)
+    # Priced: overhead + fixed + scale x the tables.
+    graph = build_graph(_model())
+    prof = _synthetic(graph, TABLES)
+    before = CostModel(graph, prof).total("latency")
+    prof.fixed_s = 3e-6
+    assert CostModel(graph, prof).total("latency") == pytest.approx(before + 3e-6)
 
 
 def test_morph_profile_writes_a_tflite_profile(tmp_path):
@@ -196,6 +240,14 @@ def test_step_of_a_sweep():
     assert measure.step_of(widths, steps16) == 16
     assert measure.step_of(widths, [1e-5 * math.ceil(w / 32) for w in widths]) == 32
     assert measure.step_of(widths, [1e-7 * w for w in widths]) == 1  # smooth: no step
+    # The sweep's span: two steps of 32. A staircase of 16 with 8% noise (RMS) on every
+    # width, as this shared machine gives, is still read as 16, and its exact misfit is 0.
+    widths = list(range(32, 97))
+    stairs = np.array([1e-5 * (1 + math.ceil(w / 16)) for w in widths])
+    assert measure.misfits(widths, list(stairs))[16] == pytest.approx(0, abs=1e-12)
+    noisy = stairs * (1 + 0.08 * np.random.default_rng(0).standard_normal(len(widths)))
+    assert measure.step_of(widths, list(noisy)) == 16
+    assert measure.step_of(widths, [1e-5] * len(widths)) == 1  # flat: nothing to read
 
 
 def test_round_to_auto_is_the_profile_step(tmp_path):

@@ -290,12 +290,12 @@ class CostModel:
     def _measured(self, sw: np.ndarray) -> np.ndarray:
         """Profile latency per node, for space widths `sw` (..., spaces + 1): each
         unit's table (times the profile's scale) on its leader, the per-call
-        overhead on the first node."""
+        overhead and the fixed cost of a whole model on the first node."""
         out = np.zeros(sw.shape[:-1] + (len(self.graph.nodes),))
         for unit in self.units:
             out[..., unit.nodes[0]] = self.profile.scale * unit.seconds(sw) * self._inner_ratio(
                 unit, sw)
-        out[..., 0] += self.profile.overhead_s
+        out[..., 0] += self.profile.overhead_s + self.profile.fixed_s
         return out
 
     def _inner_ratio(self, unit, sw: np.ndarray):

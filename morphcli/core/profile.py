@@ -8,15 +8,16 @@ units predicts the whole model. Units with the same layer configuration and
 spatial shapes share one table (`unit_key`), so a narrower or wider model
 built from the profiled one is priced without measuring it again:
 
-    latency(widths) = overhead + scale · sum over units of table_u(width_in, width_out)
+    latency(widths) = overhead + fixed + scale · sum over units of table_u(width_in, width_out)
 
 where `table_u` interpolates bilinearly between the measured medians (and
 grows in proportion to a width past the largest measured one). Tables are made non-decreasing in each width
 when they are measured, so the width-multiplier solver can bisect on them.
 Their grids sit on multiples of the profile's `round_to`, the channel step
 latency falls in, so a structure rounded to it (`round_to: auto`) is priced at
-measured widths. `scale` is fitted once, on the profiled model measured whole
-(see `Profile.scale`).
+measured widths; a layer that computes output channels in tiles prices any
+other output width at the next multiple (`Table.step`). `scale` and `fixed` are fitted once, on the profiled model and a narrower
+version of it measured whole (see `Profile.scale`).
 
 The file is JSON, versioned (`FORMAT`, `VERSION`), and records the device it
 was measured on; `load` refuses another format or version and `warnings()`
@@ -152,7 +153,10 @@ class Table:
     Between measured widths it is interpolated bilinearly; below the smallest it
     stays at its value there; past the largest it grows in proportion to the
     width (as a layer's work does), so it is never negative and never falls
-    when a width grows."""
+    when a width grows. A unit whose kernels compute output channels in tiles
+    (`Rule.tiled`) has the profile's rounding step as `step`: an output width is
+    priced at the next multiple of it (no more than the widest measured one
+    inside the grid), as the device charges for the whole tile."""
 
     key: str
     widths_in: list[int]
@@ -163,6 +167,7 @@ class Table:
     # Widths of the lead layer's inner spaces when measured (an attention's key and
     # value widths), which the table does not vary: see `CostModel._inner_ratio`.
     inner: list[int] = field(default_factory=list)
+    step: int = 1  # output widths cost what the next multiple of it costs
 
     def at(self, width_in, width_out) -> np.ndarray:
         """The latency at arrays of widths (broadcast together)."""
@@ -173,6 +178,9 @@ class Table:
             t = np.concatenate([t, t], 0)
         if len(gout) == 1:
             t = np.concatenate([t, t], 1)
+        if self.step > 1 and len(gout) > 1:
+            tiles = np.ceil(y / self.step) * self.step
+            y = np.where(y <= gout[-1], np.minimum(tiles, gout[-1]), tiles)
         i, u = _cell(gin, x)
         j, v = _cell(gout, y)
         inside = (t[i, j] * (1 - u) * (1 - v) + t[i + 1, j] * u * (1 - v)
@@ -211,12 +219,16 @@ class Profile:
     overhead_s: float
     tables: dict[str, Table]
     round_to: int = 1
-    # Measured / predicted time of the profiled model's units (its call overhead
-    # aside): what units measured one at a time miss of a whole model (caches,
-    # fusion across layers), applied to every unit when pricing.
+    # What units measured one at a time miss of a whole model (caches, fusion across
+    # layers, the runtime's threads meeting at every op), fitted on two whole models,
+    # the profiled one and a narrower one timed interleaved with it: their times
+    # (the call overhead aside) are `fixed + scale · (sum of their units)`. `fixed`
+    # is what every call of a whole model pays whatever its widths; it is 0 (and
+    # `scale` the seed's ratio alone) when the two points do not give a positive fit.
     scale: float = 1.0
     model: dict = field(default_factory=dict)  # the profiled model: name, measured, predicted
     rounding: dict = field(default_factory=dict)  # the width sweep round_to was read from
+    fixed_s: float = 0.0  # see `scale`
 
     @property
     def name(self) -> str:
@@ -245,6 +257,7 @@ class Profile:
         return {"format": FORMAT, "version": VERSION, "device": self.device,
                 "runtime": self.runtime, "batch": self.batch, "threads": self.threads,
                 "overhead_s": self.overhead_s, "round_to": self.round_to, "scale": self.scale,
+                "fixed_s": self.fixed_s,
                 "rounding": self.rounding, "model": self.model,
                 "tables": [vars(t) for t in self.tables.values()]}
 
@@ -284,12 +297,17 @@ def load(path: str | Path, warn: bool = False) -> Profile:
                                  f"{len(table.widths_out)} widths")
             if any(np.diff(table.widths_in) <= 0) or any(np.diff(table.widths_out) <= 0):
                 raise ValueError("widths must increase")
+            if int(table.step) < 1:
+                raise ValueError(f"step {table.step} is not a positive channel count")
             tables[table.key] = table
         profile = Profile(where, dict(data["device"]), str(data["runtime"]), int(data["batch"]),
                        data.get("threads"), float(data["overhead_s"]), tables,
                        int(data.get("round_to", 1)), float(data.get("scale", 1.0)),
                        dict(data.get("model", {})),
-                       dict(data.get("rounding", {})))
+                       dict(data.get("rounding", {})), float(data.get("fixed_s", 0.0)))
+        if profile.scale <= 0 or profile.fixed_s < 0:
+            raise ValueError(f"scale {profile.scale} must be positive and fixed_s "
+                             f"{profile.fixed_s} not negative")
     except (KeyError, TypeError, ValueError) as err:
         raise MorphError(f"Profile {where} is damaged: {err}") from None
     if warn and where not in _WARNED:

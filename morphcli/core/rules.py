@@ -134,6 +134,10 @@ class Rule:
     # as TFLite runs a batch norm or an activation: a latency profile times the two
     # as one unit (morphcli.core.profile.units).
     fuses: bool = False
+    # Whether the layer computes its output channels in tiles of the runtime's vector
+    # kernels (a convolution, a dense or depthwise layer): on a measured device its
+    # latency falls in steps of the profile's `round_to` (morphcli.core.profile.Table).
+    tiled: bool = False
     # Why the channels that pass through the layer may not be pruned (a softmax over
     # them): the channels stay the same channels, frozen, instead of a boundary.
     couples: str | None = None
@@ -275,31 +279,32 @@ def _all(*checks) -> Callable:
 # The table.
 
 _grouped_depthwise_rule = Rule(Kind.PASS, depthwise_flops, depthwise_params,
-                               grouped_depthwise_weights, resize_grouped, macs=depthwise_macs)
+                               grouped_depthwise_weights, resize_grouped, macs=depthwise_macs,
+                               tiled=True)
 register(
     ["Conv1D", "Conv2D", "Conv3D"],
     Rule(Kind.SOURCE, conv_flops, conv_params, conv_weights, resize_key("filters"),
-         macs=conv_macs, check=_grouped_conv),
+         macs=conv_macs, tiled=True, check=_grouped_conv),
 )
 register(
     ["Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose"],
     Rule(Kind.SOURCE, conv_transpose_flops, conv_params, conv_transpose_weights,
-         resize_key("filters"), macs=conv_transpose_macs, check=_channels_last),
+         resize_key("filters"), macs=conv_transpose_macs, tiled=True, check=_channels_last),
 )
 register("Dense", Rule(Kind.SOURCE, dense_flops, dense_params, dense_weights,
-                       resize_key("units"), macs=dense_macs))
+                       resize_key("units"), macs=dense_macs, tiled=True))
 register("EinsumDense", Rule(Kind.SOURCE, einsum_dense_flops, einsum_dense_params,
                              einsum_dense_weights, resize_einsum_dense, macs=dense_macs,
-                             check=_dense_like))
+                             tiled=True, check=_dense_like))
 register(
     ["DepthwiseConv1D", "DepthwiseConv2D"],
     Rule(Kind.PASS, depthwise_flops, depthwise_params, depthwise_weights, macs=depthwise_macs,
-         scale="kernel", check=_all(_single_multiplier, _channels_last)),
+         scale="kernel", tiled=True, check=_all(_single_multiplier, _channels_last)),
 )
 register(
     ["SeparableConv1D", "SeparableConv2D"],
     Rule(Kind.SOURCE, separable_flops, separable_params, separable_weights,
-         resize_key("filters"), macs=separable_macs,
+         resize_key("filters"), macs=separable_macs, tiled=True,
          check=_all(_single_multiplier, _channels_last)),
 )
 

@@ -59,6 +59,11 @@ class BenchResult:
     median_s: float
     p10_s: float
     p90_s: float
+    # For a target benched beside others (`bench_many`): the median of its per-round
+    # ratios to the first target, and their 10th and 90th percentiles.
+    ratio: float | None = None
+    ratio_p10: float | None = None
+    ratio_p90: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -260,28 +265,74 @@ def bench(target, *, batch: int = 1, threads: int | None = None, warmup: int = 1
         runtime: For a Keras model in memory: keras, or tflite (converted first, as
             `morph profile` converts).
     """
+    return bench_many([target], batch=batch, threads=threads, warmup=warmup, repeats=repeats,
+                      progress=progress, trust_code=trust_code, runtime=runtime)[0]
+
+
+def bench_many(targets: list, *, batch: int = 1, threads: int | None = None,
+               warmup: int = 10, repeats: int = 50,
+               progress: Callable[[int], None] | None = None, trust_code: bool = False,
+               runtime: str = "keras") -> list[BenchResult]:
+    """`bench` for several targets at once, interleaved call by call (A, B, A, B):
+    neighbouring calls meet the same load, so the ratio of each target to the
+    first is steadier than two separate runs. Each result after the first carries
+    the median of its per-round ratios to the first and their 10th-90th
+    percentiles. `progress(1)` after every call."""
     if batch < 1 or repeats < 1 or warmup < 0:
         raise MorphError("batch and repeats must be >= 1 and warmup >= 0. Received: "
                          f"batch={batch}, repeats={repeats}, warmup={warmup}")
-    label = "model"
+    runners = [_runner(t, batch, threads, trust_code, runtime) for t in targets]
+    rounds = time_rounds([r[2] for r in runners], [r[3] for r in runners], warmup=warmup,
+                         repeats=repeats, progress=progress)
+    results = []
+    for (label, kind, _, _), times in zip(runners, rounds, strict=True):
+        median, p10, p90 = quantiles(times)
+        result = BenchResult(label, kind, batch, threads, repeats, median, p10, p90)
+        if results:
+            result.ratio, result.ratio_p10, result.ratio_p90 = quantiles(
+                [a / b for a, b in zip(times, rounds[0], strict=True)])
+        results.append(result)
+    return results
+
+
+def _runner(target, batch: int, threads: int | None, trust_code: bool, runtime: str):
+    """(label, runtime, runner, input batch) of a model or model file."""
     if isinstance(target, str | Path):
-        label = str(target)
         runtime = runtime_of(target)
         try:
             runner, shape = _file_runner(target, runtime, threads, trust_code)
         except (ValueError, OSError, RuntimeError) as err:  # not a model of that kind
             raise ModelError(f"Could not load {target} as a {runtime} model: "
                              f"{' '.join(str(err).split())[:160]}") from None
-    elif runtime == "tflite":
+        return str(target), runtime, runner, sample(shape, batch)
+    shape = _input_shape(target)
+    if runtime == "tflite":
         from morphcli.steps.profile import convert
 
-        shape = _input_shape(target)
-        runner = _tflite_runner(convert(target), threads)
-    else:
-        runtime, runner, shape = "keras", _keras_runner(target), _input_shape(target)
-    median, p10, p90, _ = time_calls(runner, sample(shape, batch), warmup=warmup,
-                                     repeats=repeats, progress=progress)
-    return BenchResult(label, runtime, batch, threads, repeats, median, p10, p90)
+        return "model", "tflite", _tflite_runner(convert(target), threads), sample(shape, batch)
+    return "model", "keras", _keras_runner(target), sample(shape, batch)
+
+
+def quantiles(values: list[float]) -> tuple[float, float, float]:
+    """Median, 10th and 90th percentiles."""
+    q = statistics.quantiles(values, n=10) if len(values) > 1 else [values[0]] * 9
+    return statistics.median(values), q[0], q[-1]
+
+
+def time_rounds(calls: list[Callable], xs: list, *, warmup: int, repeats: int,
+                progress: Callable[[int], None] | None = None) -> list[list[float]]:
+    """Times `calls[k](xs[k])` interleaved: `warmup` untimed rounds, then `repeats`
+    rounds of one timed call of each. Returns each call's times (seconds)."""
+    times: list[list[float]] = [[] for _ in calls]
+    for r in range(warmup + repeats):
+        for call, x, found in zip(calls, xs, times, strict=True):
+            start = time.perf_counter()
+            call(x)
+            if r >= warmup:
+                found.append(time.perf_counter() - start)
+            if progress:
+                progress(1)
+    return times
 
 
 def time_calls(call: Callable, x, *, warmup: int, repeats: int, min_time: float = 0.0,
@@ -300,15 +351,8 @@ def time_calls(call: Callable, x, *, warmup: int, repeats: int, min_time: float 
     if min_time > 0 and each > 0:
         repeats = max(repeats, int(min_time / max(each, 1e-7)))
     repeats = min(repeats, max_repeats) if max_repeats else repeats
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call(x)
-        times.append(time.perf_counter() - start)
-        if progress:
-            progress(1)
-    q = statistics.quantiles(times, n=10) if len(times) > 1 else [times[0]] * 9
-    return statistics.median(times), q[0], q[-1], len(times)
+    times = time_rounds([call], [x], warmup=0, repeats=repeats, progress=progress)[0]
+    return (*quantiles(times), len(times))
 
 
 MEASURE_REPEATS = 50  # timed calls per model when a step measures latency
@@ -316,14 +360,17 @@ MEASURE_REPEATS = 50  # timed calls per model when a step measures latency
 
 def latencies(models: list, hardware, repeats: int = MEASURE_REPEATS
               ) -> tuple[list[float], dict]:
-    """Each model's median end-to-end latency on this machine, measured in turn,
-    with the runtime a measured device (`profile:`) names, else Keras; and how."""
+    """Each model's median end-to-end latency on this machine, measured
+    interleaved call by call (`bench_many`), with the runtime a measured device
+    (`profile:`) names, else Keras; and how."""
     runtime = getattr(hardware, "runtime", "keras")
     threads = getattr(hardware, "threads", None) if runtime == "tflite" else None
     batch = getattr(hardware, "batch", 1)
-    times = [bench(m, batch=batch, threads=threads, warmup=10, repeats=repeats,
-                   runtime=runtime).median_s for m in models]
-    return times, {"runtime": runtime, "threads": threads, "batch": batch, "repeats": repeats}
+    found = bench_many(models, batch=batch, threads=threads, warmup=10, repeats=repeats,
+                       runtime=runtime)
+    return [r.median_s for r in found], {"runtime": runtime, "threads": threads,
+                                         "batch": batch, "repeats": repeats,
+                                         "interleaved": True}
 
 
 def _file_runner(path, runtime: str, threads: int | None, trust_code: bool):

@@ -15,13 +15,18 @@ are measured once.
 
 The grid of a prunable width `W` is `FRACTIONS · W`, on multiples of the
 profile's `round_to`, read first from a sweep of one expensive layer's output
-width (`step_of`): the largest step `m` of `STEPS` such that, where latency
-falls between two multiples of `m`, the widths in between save on average
-less than a quarter of that fall (latency falls in steps of `m`, not smoothly).
+width over two steps of `SWEEP` (`step_of`: the staircase `a + b·ceil(w/s)·s`
+that fits the sweep best; XNNPack's float kernels on this AVX2 machine compute
+16 output channels at a time, so 17 cost what 32 cost). Tables of layers that
+compute their outputs in such tiles (`Rule.tiled`) price an output width at
+its next multiple of the step.
 
-Finally the whole model is timed end to end, and the profile's prediction
-for it (`CostModel(graph, profile).total("latency")`) is stored beside the
-measurement, so every profile carries its own check.
+The whole model and a version of it at `NARROW` of its FLOPs are timed end to
+end, interleaved call by call, `WHOLE_PASSES` times spread over the profile;
+their median passes fit the profile's `scale` and `fixed_s` (`_calibrate`),
+so that it predicts both. The profile's predictions for them
+(`CostModel(graph, profile).total("latency")`) are stored beside the
+measurements, so every profile carries its own check.
 """
 
 from __future__ import annotations
@@ -38,13 +43,14 @@ from morphcli.errors import MorphError
 
 RUNTIMES = ("tflite", "keras")
 FRACTIONS = (0.125, 0.25, 0.5, 0.75, 1.0)
-SWEEP = 32  # output widths swept above a multiple of SWEEP to find the rounding step
-SWEEP_PASSES = 2  # the sweep is timed twice and each width's least median kept
+SWEEP = 32  # the sweep starts at a multiple of SWEEP and covers two of its steps
+SWEEP_PASSES = 3  # the sweep is timed this many times and each width's least median kept
+WHOLE_PASSES = 5  # the whole model is timed this many times, spread over the profile
 MIN_TIME = 0.05  # seconds of timed calls per measurement, at least
 MAX_REPEATS = 2000
-STEPS = (32, 16, 8, 4, 2)  # rounding steps tried, largest first
-STEP_TOLERANCE = 0.05  # a step must change latency by more than this share
-STEP_SHARE = 0.25  # widths inside a step save less than this share of it on average
+STEPS = (32, 16, 8, 4, 2, 1)  # rounding steps tried, largest first
+STEP_TOLERANCE = 0.05  # the sweep must rise by more than this share to read a step
+STEP_MARGIN = 0.02  # a larger step wins if its misfit is within this share of the best
 
 
 @dataclass
@@ -77,21 +83,43 @@ class _Clock:
 
         return _tflite_runner(convert(model), self.threads)
 
-    def time(self, model) -> Timing:
+    def _call(self, model) -> tuple[Callable, object]:
+        """(runner, its input) of a model."""
         from morphcli.steps.export import sample
 
         inputs = [sample(tuple(t.shape[1:]), self.batch, seed=k) for k, t in
                   enumerate(model.inputs)]
+        if len(inputs) == 1:
+            return self.runner(model), inputs[0]
+        return self._multi(model), inputs
+
+    def time(self, model) -> Timing:
         from morphcli.steps.export import time_calls
 
-        x = inputs[0] if len(inputs) == 1 else inputs
-        call = self.runner(model) if len(inputs) == 1 else self._multi(model)
+        call, x = self._call(model)
         # Short calls are repeated for MIN_TIME at least: their median is then as
         # steady as a long call's.
         median, p10, p90, _ = time_calls(call, x, warmup=max(1, self.warmup),
                                          repeats=self.repeats, min_time=MIN_TIME,
                                          max_repeats=MAX_REPEATS)
         return Timing(median, p10, p90)
+
+    def time_together(self, models: list) -> list[Timing]:
+        """Times models interleaved call by call (A, B, A, B), so that they meet the
+        machine's load alike; as many rounds as `time` would give the slowest."""
+        import time
+
+        from morphcli.steps.export import quantiles, time_rounds
+
+        calls = [self._call(m) for m in models]
+        start = time.perf_counter()
+        time_rounds([c for c, _ in calls], [x for _, x in calls], warmup=max(1, self.warmup),
+                    repeats=0)
+        each = (time.perf_counter() - start) / max(1, self.warmup)
+        repeats = min(MAX_REPEATS, max(self.repeats, int(MIN_TIME / max(each, 1e-7))))
+        rounds = time_rounds([c for c, _ in calls], [x for _, x in calls], warmup=0,
+                             repeats=repeats)
+        return [Timing(*quantiles(times)) for times in rounds]
 
     def _multi(self, model) -> Callable:
         """A runner for a model with several inputs (a join)."""
@@ -269,7 +297,7 @@ def profile(model, *, runtime: str = "tflite", batch: int = 1, threads: int | No
     # grid sizes as an upper bound, then report the real count.
     grids = {key: _grids(graph, found[0], step) for key, found in distinct.items()}
     total = (sum(len(a) * len(b) for a, b in grids.values())
-             + (SWEEP + 1) * SWEEP_PASSES * bool(sweep) + 1)
+             + (2 * SWEEP + 1) * SWEEP_PASSES * bool(sweep) + WHOLE_PASSES)
     if plan:
         plan(total)
     done = [0]
@@ -283,24 +311,82 @@ def profile(model, *, runtime: str = "tflite", batch: int = 1, threads: int | No
     if sweep is not None:
         step, rounding = _measure_step(clock, graph, sweep, tick)
         grids = {key: _grids(graph, found[0], step) for key, found in distinct.items()}
+    # The whole model and a narrower version of it are timed together WHOLE_PASSES
+    # times, before, between and after the tables, and the median pass counts: one
+    # timing would carry the load of its moment into the scale of every unit.
+    narrow = _narrow(model)
+    wholes = [model] if narrow is None else [model, narrow]
+    passes: list[list[Timing]] = []
+    due = {round(k * len(distinct) / (WHOLE_PASSES - 1)) for k in range(WHOLE_PASSES)}
+
+    def time_whole():
+        passes.append(clock.time_together(wholes))
+        tick("whole model")
+
     tables = {}
-    for key, found in distinct.items():
+    for done_tables, (key, found) in enumerate(distinct.items()):
+        if done_tables in due:
+            time_whole()
         unit = found[0]
-        tables[key] = _measure_table(clock, graph, unit, key, *grids[key], tick)
+        tiled = step if graph.nodes[unit[0]].rule is not None and \
+            graph.nodes[unit[0]].rule.tiled else 1
+        tables[key] = _measure_table(clock, graph, unit, key, *grids[key], tick, tiled)
         tables[key].layers = [graph.nodes[u[0]].name for u in found]
+    while len(passes) < WHOLE_PASSES:
+        time_whole()
     overhead = clock.baseline((tuple(model.inputs[0].shape[1:]),))
-    whole = clock.time(model)
-    tick("whole model")
+    whole, *rest = [Timing(*(float(np.median([getattr(p[k], q) for p in passes]))
+                             for q in ("median", "p10", "p90"))) for k in range(len(wholes))]
     result = profiles.Profile("", profiles.machine(), runtime, batch, threads, overhead, tables,
                               step, rounding=rounding)
     raw = CostModel(graph, result).total("latency")
-    if raw > overhead and whole.median > overhead:
-        result.scale = round((whole.median - overhead) / (raw - overhead), 4)
+    raw_narrow = (CostModel(build_graph(narrow), result).total("latency") if rest else None)
+    result.scale, result.fixed_s = _calibrate(
+        whole.median - overhead, raw - overhead,
+        *((rest[0].median - overhead, raw_narrow - overhead) if rest else (None, None)))
     result.model = {"name": model.name, "measured_s": whole.median, "p10_s": whole.p10,
                     "p90_s": whole.p90, "unscaled_s": raw,
                     "predicted_s": CostModel(graph, result).total("latency"),
-                    "units": sum(map(len, distinct.values())), "distinct_units": len(distinct)}
+                    "units": sum(map(len, distinct.values())), "distinct_units": len(distinct),
+                    "passes_s": [round(p[0].median, 9) for p in passes]}
+    if rest:
+        result.model["narrow"] = {
+            "measured_s": rest[0].median, "unscaled_s": raw_narrow,
+            "predicted_s": CostModel(build_graph(narrow), result).total("latency"),
+            "flops_share": NARROW, "passes_s": [round(p[1].median, 9) for p in passes]}
     return result
+
+
+NARROW = 0.3  # FLOPs share of the narrower model the scale is fitted on (widths ~0.55)
+
+
+def _narrow(model):
+    """The profiled model with every prunable width scaled down to `NARROW` of its
+    FLOPs, or None if it has no prunable width."""
+    from morphcli.core.quantities import Quantity
+    from morphcli.steps.expand import expand_model
+
+    try:
+        narrow, _ = expand_model(model, "flops", Quantity(NARROW, True))
+    except MorphError:
+        return None
+    return narrow
+
+
+def _calibrate(measured: float, units: float, narrow_measured: float | None,
+               narrow_units: float | None) -> tuple[float, float]:
+    """(scale, fixed) such that `measured = fixed + scale · units` holds for the
+    profiled model and its narrower version (see `Profile.scale`); with one model,
+    or no fit with a positive scale and a fixed cost of at least 0, `fixed` is 0
+    and `scale` the profiled model's ratio alone."""
+    if narrow_units is not None and units > narrow_units > 0:
+        scale = (measured - narrow_measured) / (units - narrow_units)
+        fixed = measured - scale * units
+        if scale > 0 and fixed >= 0:
+            return round(scale, 4), max(0.0, round(measured - round(scale, 4) * units, 9))
+    if units > 0 and measured > 0:
+        return round(measured / units, 4), 0.0
+    return 1.0, 0.0
 
 
 def _grids(graph, unit, step) -> tuple[list[int], list[int]]:
@@ -310,7 +396,8 @@ def _grids(graph, unit, step) -> tuple[list[int], list[int]]:
             _grid(width_out, step) if width_out else [int(last.out_shapes[0][-1])])
 
 
-def _measure_table(clock, graph, unit, key, widths_in, widths_out, tick) -> profiles.Table:
+def _measure_table(clock, graph, unit, key, widths_in, widths_out, tick,
+                   step: int = 1) -> profiles.Table:
     lead = graph.nodes[unit[0]]
     vary_in, vary_out = len(widths_in) > 1, len(widths_out) > 1
     seconds = np.zeros((len(widths_in), len(widths_out)))
@@ -333,7 +420,7 @@ def _measure_table(clock, graph, unit, key, widths_in, widths_out, tick) -> prof
     seconds = np.minimum.accumulate(np.minimum.accumulate(seconds[::-1, ::-1], 0), 1)[::-1, ::-1]
     return profiles.Table(key, list(widths_in), list(widths_out), seconds.tolist(),
                           round(float(spread), 4),
-                          inner=[int(graph.width(s)) for s in lead.inner])
+                          inner=[int(graph.width(s)) for s in lead.inner], step=step)
 
 
 def _sweep_unit(graph, distinct) -> tuple[list[int], int] | None:
@@ -359,7 +446,7 @@ def _sweep_unit(graph, distinct) -> tuple[list[int], int] | None:
 def _measure_step(clock, graph, sweep, tick) -> tuple[int, dict]:
     """The rounding step read from a sweep of one unit's output width."""
     unit, base = sweep
-    widths = list(range(base, base + SWEEP + 1))
+    widths = list(range(base, base + 2 * SWEEP + 1))
     models = [unit_model(graph, unit, None, w) for w in widths]
 
     def timed(model) -> float:
@@ -367,27 +454,34 @@ def _measure_step(clock, graph, sweep, tick) -> tuple[int, dict]:
         tick("rounding sweep")
         return median
 
-    # SWEEP_PASSES passes, each width's least median kept.
+    # SWEEP_PASSES passes, each width's least median kept: load only adds time.
     runs = [[timed(m) for m in models] for _ in range(SWEEP_PASSES)]
     seconds = np.min(runs, axis=0).tolist()
     step = step_of(widths, seconds)
     return step, {"layer": graph.nodes[unit[0]].name, "widths": widths,
-                  "seconds": [round(s, 9) for s in seconds], "step": step}
+                  "seconds": [round(s, 9) for s in seconds], "step": step,
+                  "misfit": {str(k): round(v, 6) for k, v in misfits(widths, seconds).items()}}
+
+
+def misfits(widths: list[int], seconds: list[float]) -> dict[int, float]:
+    """For each step `s` of `STEPS`, the root-mean-square error of the best fit of
+    `a + b * ceil(w / s) * s` to the sweep, as a share of its mean latency."""
+    w, t = np.asarray(widths, float), np.asarray(seconds, float)
+    found = {}
+    for step in STEPS:
+        design = np.stack([np.ones_like(w), np.ceil(w / step) * step], 1)
+        coef, *_ = np.linalg.lstsq(design, t, rcond=None)
+        found[step] = float(np.sqrt(np.mean((design @ coef - t) ** 2)) / np.mean(t))
+    return found
 
 
 def step_of(widths: list[int], seconds: list[float]) -> int:
-    """The largest step in `STEPS` in which latency falls: between two multiples
-    of the step where it does fall (by more than `STEP_TOLERANCE`), widths cost
-    on average less than `STEP_SHARE` of the way from the multiple above down to
-    the one below (a smooth cost goes about half of it); 1 if no step does."""
-    at = dict(zip(widths, seconds, strict=True))
-    for step in STEPS:
-        ratios = []
-        for down in range(min(widths) - min(widths) % step, max(widths), step):
-            up = down + step
-            if down not in at or up not in at or at[up] - at[down] <= STEP_TOLERANCE * at[up]:
-                continue
-            ratios += [(at[up] - at[w]) / (at[up] - at[down]) for w in range(down + 1, up)]
-        if ratios and float(np.mean(ratios)) < STEP_SHARE:
-            return step
-    return 1
+    """The step latency falls in: of the staircases `a + b * ceil(w / s) * s` for `s`
+    in `STEPS` (1 is a straight line), the one that fits the sweep best (`misfits`);
+    a larger step wins when it fits within `STEP_MARGIN` of the best. 1 if latency
+    hardly changes over the sweep."""
+    if max(seconds) - min(seconds) <= STEP_TOLERANCE * max(seconds):
+        return 1
+    found = misfits(widths, seconds)
+    best = min(found.values())
+    return next(s for s in STEPS if found[s] <= best * (1 + STEP_MARGIN) + 1e-12)
