@@ -157,5 +157,6 @@ def main() -> None:
           f"(goal {GOAL['prediction']:.0%}: {'met' if worst <= GOAL['prediction'] else 'missed'})"
           f"; its predicted shares of the seed within {worst_rel:.1%} of the measured shares")
 
+
 if __name__ == "__main__":
     main()

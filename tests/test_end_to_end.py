@@ -123,7 +123,8 @@ def test_morph_run_end_to_end(tmp_path):
     # Every model is also timed on this machine (Keras: no profile named a runtime),
     # beside the roofline estimate the table already had.
     assert report["measured"] == {"runtime": "keras", "threads": None, "batch": 1,
-                                  "repeats": 50, "estimate": "roofline, cpu"}
+                                  "repeats": 50, "interleaved": True,
+                                  "estimate": "roofline, cpu"}
     assert all(0 < m["measured_latency_s"] < 1 for m in report["models"].values())
     assert "measured: median of 50 calls on this machine, keras" in (
         rundir / "report.md").read_text()

@@ -109,9 +109,11 @@ def test_a_tiled_table_prices_an_output_width_at_its_next_multiple_of_the_step()
     table = profiles.Table("k", [8], [16, 32, 48, 56], [[1e-6, 3e-6, 4e-6, 4.5e-6]], step=16)
     widths = [1, 16, 17, 31, 32, 40, 49, 56, 112, 113]
     # 1..16 -> 16; 17..32 -> 32; 33..48 -> 48; 49..56 -> 56 (capped at the widest
-    # measured width inside the grid); past it the next multiple, grown in proportion.
-    expected = [1e-6, 1e-6, 3e-6, 3e-6, 3e-6, 4e-6, 4.5e-6, 4.5e-6, 4.5e-6 * 112 / 56,
-                4.5e-6 * 128 / 56]
+    # measured width inside the grid); past it the next multiple, grown in proportion
+    # from the tile 56 is in (64): 57..64 cost what 56 costs.
+    widths.insert(-2, 64)
+    expected = [1e-6, 1e-6, 3e-6, 3e-6, 3e-6, 4e-6, 4.5e-6, 4.5e-6, 4.5e-6, 4.5e-6 * 112 / 64,
+                4.5e-6 * 128 / 64]
     np.testing.assert_allclose(table.at(8, widths), expected, rtol=1e-12)
     # Without the step the same table interpolates between its points.
     smooth = profiles.Table("k", [8], [16, 32, 48, 56], [[1e-6, 3e-6, 4e-6, 4.5e-6]])
@@ -179,6 +181,7 @@ def test_profile_of_a_tiny_model_is_a_valid_file(tmp_path):
     assert c2.widths_in == measure._grid(8, step) and c2.widths_out == measure._grid(4, step)
     assert measure._grid(64, 1) == [8, 16, 32, 48, 64]
     assert measure._grid(64, 32) == [8, 16, 32, 64]
+    assert measure._grid(40, 16) == [5, 10, 16, 32, 40]  # the seed width stays measured
     for table in loaded.tables.values():
         secs = np.asarray(table.seconds)
         assert (secs >= 0).all()
@@ -205,6 +208,8 @@ def test_profile_of_a_tiny_model_is_a_valid_file(tmp_path):
 def test_scale_and_fixed_cost_fit_two_whole_models():
     # Units sum to 10 and 4 (overhead aside); the models measure 25 and 13: 2 x + 5.
     assert measure._calibrate(25.0, 10.0, 13.0, 4.0) == (2.0, 5.0)
+    # A fixed cost over half the time is not believed (25 and 23 give x / 3 + 21.7).
+    assert measure._calibrate(25.0, 10.0, 23.0, 4.0) == (2.5, 0.0)
     # 25 and 4 would need a negative fixed cost: the seed's ratio alone, no fixed cost.
     assert measure._calibrate(25.0, 10.0, 4.0, 4.0) == (2.5, 0.0)
     assert measure._calibrate(25.0, 10.0, None, None) == (2.5, 0.0)

@@ -8,7 +8,7 @@ units predicts the whole model. Units with the same layer configuration and
 spatial shapes share one table (`unit_key`), so a narrower or wider model
 built from the profiled one is priced without measuring it again:
 
-    latency(widths) = overhead + fixed + scale · sum over units of table_u(width_in, width_out)
+    latency(widths) = overhead + fixed + scale · sum over units of table_u(w_in, w_out)
 
 where `table_u` interpolates bilinearly between the measured medians (and
 grows in proportion to a width past the largest measured one). Tables are made non-decreasing in each width
@@ -39,7 +39,8 @@ import numpy as np
 from morphcli.errors import MorphError
 
 FORMAT = "morphcli-profile"
-VERSION = 1
+VERSION = 2  # 2: tables may carry a channel step, profiles a fixed cost per call
+READS = (1, 2)  # versions `load` reads (1: no steps, no fixed cost)
 PREFIX = "profile:"  # how a profile is named where a device is expected
 # Config keys that do not change what a layer computes at inference for given widths.
 _WIDTH_KEYS = {"filters", "units", "groups", "target_shape", "name", "trainable", "momentum",
@@ -178,15 +179,18 @@ class Table:
             t = np.concatenate([t, t], 0)
         if len(gout) == 1:
             t = np.concatenate([t, t], 1)
+        last = gout[-1]  # the width past which a table grows in proportion
         if self.step > 1 and len(gout) > 1:
+            # Past the grid a width grows from the tile the widest point is in.
             tiles = np.ceil(y / self.step) * self.step
+            last = np.ceil(gout[-1] / self.step) * self.step
             y = np.where(y <= gout[-1], np.minimum(tiles, gout[-1]), tiles)
         i, u = _cell(gin, x)
         j, v = _cell(gout, y)
         inside = (t[i, j] * (1 - u) * (1 - v) + t[i + 1, j] * u * (1 - v)
                   + t[i, j + 1] * (1 - u) * v + t[i + 1, j + 1] * u * v)
         grow_in = np.maximum(1.0, x / gin[-1]) if len(gin) > 1 else 1.0
-        grow_out = np.maximum(1.0, y / gout[-1]) if len(gout) > 1 else 1.0
+        grow_out = np.maximum(1.0, y / last) if len(gout) > 1 else 1.0
         return inside * grow_in * grow_out
 
     def padded(self, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
@@ -283,7 +287,7 @@ def load(path: str | Path, warn: bool = False) -> Profile:
         raise MorphError(f"Could not read the profile {where}: {err}") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise MorphError(f"{where} is not a morphcli profile (no \"format\": \"{FORMAT}\").")
-    if data.get("version") != VERSION:
+    if data.get("version") not in READS:
         raise MorphError(f"Profile {where} has format version {data.get('version')}; this "
                          f"morphcli reads version {VERSION}.",
                          hint="measure it again with this version's `morph profile`.")
@@ -297,7 +301,8 @@ def load(path: str | Path, warn: bool = False) -> Profile:
                                  f"{len(table.widths_out)} widths")
             if any(np.diff(table.widths_in) <= 0) or any(np.diff(table.widths_out) <= 0):
                 raise ValueError("widths must increase")
-            if int(table.step) < 1:
+            table.step = int(table.step)
+            if table.step < 1:
                 raise ValueError(f"step {table.step} is not a positive channel count")
             tables[table.key] = table
         profile = Profile(where, dict(data["device"]), str(data["runtime"]), int(data["batch"]),

@@ -118,9 +118,13 @@ def _measured(source: Priced, quantity, target: float, expansion, solve, build, 
         model = build(expansion)
         values = []
         for _ in range(MEASURE_PASSES):
-            times, how = latencies([model, source.model] if relative else [model], hardware)
-            values.append(times[0] / times[1] if relative else times[0])
-            seeds += times[1:]
+            times, how = latencies([source.model, model] if relative else [model], hardware)
+            ratios = how.pop("ratios", None)
+            if relative:  # the per-round ratio where the clock gives it
+                values.append(ratios[0] if ratios else times[1] / times[0])
+            else:
+                values.append(times[0])
+            seeds += times[:1] if relative else []
         tried.append((expansion, model, statistics.median(values)))
         if abs(tried[-1][2] / goal - 1) <= MEASURE_TOLERANCE:
             break

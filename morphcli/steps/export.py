@@ -362,7 +362,8 @@ def latencies(models: list, hardware, repeats: int = MEASURE_REPEATS
               ) -> tuple[list[float], dict]:
     """Each model's median end-to-end latency on this machine, measured
     interleaved call by call (`bench_many`), with the runtime a measured device
-    (`profile:`) names, else Keras; and how."""
+    (`profile:`) names, else Keras; and how (`ratios`: each model after the first
+    to the first, the median of the per-round ratios)."""
     runtime = getattr(hardware, "runtime", "keras")
     threads = getattr(hardware, "threads", None) if runtime == "tflite" else None
     batch = getattr(hardware, "batch", 1)
@@ -370,7 +371,8 @@ def latencies(models: list, hardware, repeats: int = MEASURE_REPEATS
                        runtime=runtime)
     return [r.median_s for r in found], {"runtime": runtime, "threads": threads,
                                          "batch": batch, "repeats": repeats,
-                                         "interleaved": True}
+                                         "interleaved": True,
+                                         "ratios": [r.ratio for r in found[1:]]}
 
 
 def _file_runner(path, runtime: str, threads: int | None, trust_code: bool):

@@ -106,7 +106,8 @@ class _Clock:
 
     def time_together(self, models: list) -> list[Timing]:
         """Times models interleaved call by call (A, B, A, B), so that they meet the
-        machine's load alike; as many rounds as `time` would give the slowest."""
+        machine's load alike: `repeats` rounds at least, and `MIN_TIME` seconds of
+        rounds at least."""
         import time
 
         from morphcli.steps.export import quantiles, time_rounds
@@ -196,7 +197,7 @@ def _grid(width: int, step: int) -> list[int]:
     found = set()
     for f in FRACTIONS:
         w = round(f * width)
-        if step > 1 and w >= step:
+        if step > 1 and w >= step and f < 1:  # the seed width itself is always measured
             w = step * round(w / step)
         found.add(int(min(width, max(1, w))))
     return sorted(found)
@@ -358,6 +359,7 @@ def profile(model, *, runtime: str = "tflite", batch: int = 1, threads: int | No
 
 
 NARROW = 0.3  # FLOPs share of the narrower model the scale is fitted on (widths ~0.55)
+MAX_FIXED = 0.5  # largest share of the profiled model's time a fitted fixed cost may take
 
 
 def _narrow(model):
@@ -381,10 +383,12 @@ def _calibrate(measured: float, units: float, narrow_measured: float | None,
     and `scale` the profiled model's ratio alone."""
     if narrow_units is not None and units > narrow_units > 0:
         scale = (measured - narrow_measured) / (units - narrow_units)
+        scale = round(scale, 4)
         fixed = measured - scale * units
-        if scale > 0 and fixed >= 0:
-            return round(scale, 4), max(0.0, round(measured - round(scale, 4) * units, 9))
-    if units > 0 and measured > 0:
+        # A noisy pair can put most of the time in the fixed cost: not believed.
+        if scale > 0 and 0 <= fixed <= MAX_FIXED * measured:
+            return scale, max(0.0, round(fixed, 9))
+    if units > 0 and measured > 0 and round(measured / units, 4) > 0:
         return round(measured / units, 4), 0.0
     return 1.0, 0.0
 
