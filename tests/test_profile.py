@@ -22,9 +22,9 @@ from morphcli.steps.context import round_to_of
 from morphcli.training.regularizers import make_regularizer
 
 
-def _model():
+def _model(side: int = 4):
     keras.utils.set_random_seed(0)
-    inp = keras.Input((4, 4, 2), name="input")
+    inp = keras.Input((side, side, 2), name="input")
     x = keras.layers.Conv2D(8, 1, name="c1")(inp)
     x = keras.layers.BatchNormalization(name="c1_bn")(x)
     x = keras.layers.ReLU(name="c1_relu")(x)
@@ -163,7 +163,7 @@ def test_latency_regularizer_on_a_profile_runs_compiled():
 
 
 def test_profile_of_a_tiny_model_is_a_valid_file(tmp_path):
-    model = _model()
+    model = _model(32)  # at 4 x 4, Keras's per-call cost is most of the model's time
     result = measure.profile(model, runtime="keras", warmup=1, repeats=3)
     path = tmp_path / "tiny.profile.json"
     result.path = str(path)
@@ -342,10 +342,15 @@ def test_expand_measure_corrects_the_multiplier_until_the_clock_agrees(monkeypat
     prof = _synthetic(graph, tables, overhead=0.0, scale=1.0)
     predicted_seed = CostModel(graph, prof).total("latency")
 
-    def clock(models, hardware, repeats=50):
+    calls = []
+
+    def clock(models, hardware, repeats=50, runners=None):
+        calls.append((len(models), repeats))
         times = [CostModel(build_graph(m), prof).total("latency") + 0.1 * predicted_seed
                  for m in models]
-        return times, {"runtime": "keras", "threads": None, "batch": 1, "repeats": repeats}
+        found = [export.BenchResult("model", "keras", 1, None, repeats, t, t, t,
+                                    t / times[0] if k else None) for k, t in enumerate(times)]
+        return found, {"runtime": "keras", "threads": None, "batch": 1, "repeats": repeats}
 
     monkeypatch.setattr(export, "latencies", clock)
     result = ex.expand(ex.Priced.of(model, prof), "latency", Quantity(0.5, True),
@@ -357,12 +362,58 @@ def test_expand_measure_corrects_the_multiplier_until_the_clock_agrees(monkeypat
     assert first["measured_s"] == pytest.approx(first["predicted_s"] + 0.1 * predicted_seed)
     assert first["predicted_s"] <= 0.5 * predicted_seed  # the profile alone's structure...
     assert first["measured_s"] > goal * 1.02  # ...is too slow on this clock
-    got = clock([result.expanded.model], prof)[0][0]
+    got = clock([result.expanded.model], prof)[0][0].median_s
     assert got == pytest.approx(measured["latency_s"])
     assert goal * 0.95 <= got <= goal * 1.02
+    # A steady clock: 3 passes of the source and a candidate per candidate, then all
+    # candidates timed together once with the source, and the same figures there.
+    tried = len(measured["candidates"])
+    assert tried > 1
+    assert calls[:-2] == [(2, 50)] * 3 * tried and calls[-2] == (1 + tried, 150)
+    for c in measured["candidates"]:
+        assert c["passes"] == 3
+        assert c["measured_s"] == pytest.approx(c["measured_in_loop_s"])
 
 
 def test_expand_measure_is_for_latency_targets(tmp_path):
     result = CliRunner().invoke(cli, ["expand", "zoo:cnn", "--target", "flops=50%",
                                       "--measure", "-o", str(tmp_path / "x.keras")])
     assert result.exit_code == 2 and "Measuring checks latency targets" in result.output
+
+
+def test_expand_measure_adds_passes_while_they_disagree(monkeypatch):
+    """Every other timing of a candidate reads 6% high: the passes spread by more
+    than twice the tolerance, so each candidate gets `MAX_PASSES` of them; their
+    median (4 low, 3 high) is the true ratio, on which the profile's first candidate
+    lands."""
+    from morphcli.core.quantities import Quantity
+    from morphcli.steps import expand as ex
+    from morphcli.steps import export
+
+    model = _model()
+    graph = build_graph(model)
+    tables = {name: (grid_in, grid_out, [[1e-7 * a * b for b in grid_out] for a in grid_in])
+              for name, grid_in, grid_out in [("c1", [2], [2, 4, 8, 16]),
+                                             ("c2", [2, 4, 8, 16], [1, 2, 4, 8])]}
+    prof = _synthetic(graph, tables, overhead=0.0, scale=1.0)
+    count = [0]
+
+    def clock(models, hardware, repeats=50, runners=None):
+        count[0] += 1
+        noise = 1.06 if count[0] % 2 == 0 and len(models) == 2 else 1.0
+        times = [CostModel(build_graph(m), prof).total("latency") for m in models]
+        times[1:] = [t * noise for t in times[1:]]
+        found = [export.BenchResult("model", "keras", 1, None, repeats, t, t, t,
+                                    t / times[0] if k else None) for k, t in enumerate(times)]
+        return found, {"runtime": "keras", "threads": None, "batch": 1, "repeats": repeats}
+
+    monkeypatch.setattr(export, "latencies", clock)
+    result = ex.expand(ex.Priced.of(model, prof), "latency", Quantity(0.5, True),
+                       measure=True)
+    measured = result.record["measured"]
+    assert [c["passes"] for c in measured["candidates"]] == [ex.MAX_PASSES] == [7]
+    assert count[0] == 7 and measured["final_repeats"] is None
+    true = CostModel(build_graph(result.expanded.model), prof).total("latency")
+    assert measured["latency_s"] == pytest.approx(true)
+    for c in measured["candidates"]:
+        assert c["measured_in_loop_s"] == pytest.approx(c["predicted_s"])

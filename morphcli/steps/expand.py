@@ -97,34 +97,50 @@ def expand(source: Priced, metric: str, quantity, *, round_to: int = 1, mode: st
 
 MEASURE_ROUNDS = 6  # candidates timed at most
 MEASURE_TOLERANCE = 0.02  # a measured latency this close to the target is on it
-MEASURE_PASSES = 3  # interleaved timings of a candidate (and the source)
+MEASURE_PASSES = 3  # interleaved timings of a candidate (and the source), at least...
+MAX_PASSES = 7  # ...and more, up to this many, while they spread wider than 2 tolerances
+FINAL_REPEATS = 150  # rounds of the last timing, of every candidate together
+
+
+def _spread(values: list[float]) -> float:
+    return (max(values) - min(values)) / statistics.median(values)
 
 
 def _measured(source: Priced, quantity, target: float, expansion, solve, build, mode: str):
     """Closes the loop on the clock: builds the solved structure, times it on this
-    machine (interleaved with the source, `MEASURE_PASSES` times, for a relative
-    target: the median ratio of the two is what counts, so the machine's drift
-    cancels), and re-solves for a corrected cost-model target, up to
-    `MEASURE_ROUNDS` candidates. Keeps the candidate closest to the target (mode
-    `below`: the closest not above it by more than `MEASURE_TOLERANCE`, else the
-    fastest)."""
-    from morphcli.steps.export import latencies
+    machine (interleaved with the source, for a relative target, so that the median
+    per-round ratio of the two counts and the machine's drift cancels;
+    `MEASURE_PASSES` times, more while the passes disagree), and re-solves for a
+    corrected cost-model target, up to `MEASURE_ROUNDS` candidates. The candidates
+    are then timed once more, all together with the source, and the choice is made
+    on that one timing: on a loaded host a light model's share of the source moves
+    with the load, and candidates timed minutes apart met different loads. Keeps
+    the candidate closest to the target (mode `below`: the closest not above it by
+    more than `MEASURE_TOLERANCE`, else the fastest)."""
+    from morphcli.steps.export import MEASURE_REPEATS, latencies
 
     hardware = source.costs.hardware
     relative = not isinstance(quantity, int | float) and quantity.relative
     goal = quantity.value if relative else target  # a share of the source, or seconds
-    seeds, tried = [], []
+    lead = [source.model] if relative else []
+    runners: dict = {}  # each model converted once (the models live in `tried`)
+    seeds, tried, passes, hows = [], [], [], []
+
+    def timed(models: list, repeats: int) -> list[float]:
+        found, how = latencies(lead + models, hardware, repeats, runners=runners)
+        hows.append(how)
+        if relative:
+            seeds.append(found[0].median_s)
+            return [r.ratio for r in found[1:]]
+        return [r.median_s for r in found]
+
     for _ in range(MEASURE_ROUNDS):
         model = build(expansion)
-        values = []
-        for _ in range(MEASURE_PASSES):
-            times, how = latencies([source.model, model] if relative else [model], hardware)
-            ratios = how.pop("ratios", None)
-            if relative:  # the per-round ratio where the clock gives it
-                values.append(ratios[0] if ratios else times[1] / times[0])
-            else:
-                values.append(times[0])
-            seeds += times[:1] if relative else []
+        values: list[float] = []
+        while len(values) < MEASURE_PASSES or (
+                len(values) < MAX_PASSES and _spread(values) > 2 * MEASURE_TOLERANCE):
+            values += timed([model], MEASURE_REPEATS)
+        passes.append(len(values))
         tried.append((expansion, model, statistics.median(values)))
         if abs(tried[-1][2] / goal - 1) <= MEASURE_TOLERANCE:
             break
@@ -135,16 +151,24 @@ def _measured(source: Priced, quantity, target: float, expansion, solve, build, 
         if any(following.widths == t[0].widths for t in tried):
             break
         expansion = following
+    looped = [t[2] for t in tried]
+    if len(tried) > 1:
+        final = timed([m for _, m, _ in tried], FINAL_REPEATS)
+        tried = [(e, m, v) for (e, m, _), v in zip(tried, final, strict=True)]
     fits = [t for t in tried if t[2] <= goal * (1 + MEASURE_TOLERANCE)] if mode == "below" \
         else tried
     chosen = (min(fits, key=lambda t: abs(t[2] - goal)) if fits
               else min(tried, key=lambda t: t[2]))
     unit = statistics.median(seeds) if relative else 1.0  # shares to seconds
-    record = {**how, "passes": MEASURE_PASSES, "target_s": goal * unit,
+    record = {**hows[0], "final_repeats": FINAL_REPEATS if len(tried) > 1 else None,
+              "target_s": goal * unit,
               "latency_s": chosen[2] * unit, "error": chosen[2] / goal - 1,
               "source_s": unit if relative else None,
               "candidates": [{"multiplier": e.multiplier, "predicted_s": e.achieved,
-                              "measured_s": v * unit} for e, _, v in tried]}
+                              "measured_s": v * unit, "measured_in_loop_s": alone * unit,
+                              "passes": n}
+                             for (e, _, v), alone, n in zip(tried, looped, passes,
+                                                            strict=True)]}
     return chosen[0], chosen[1], record
 
 

@@ -272,20 +272,28 @@ def bench(target, *, batch: int = 1, threads: int | None = None, warmup: int = 1
 def bench_many(targets: list, *, batch: int = 1, threads: int | None = None,
                warmup: int = 10, repeats: int = 50,
                progress: Callable[[int], None] | None = None, trust_code: bool = False,
-               runtime: str = "keras") -> list[BenchResult]:
+               runtime: str = "keras", runners: dict | None = None) -> list[BenchResult]:
     """`bench` for several targets at once, interleaved call by call (A, B, A, B):
     neighbouring calls meet the same load, so the ratio of each target to the
     first is steadier than two separate runs. Each result after the first carries
     the median of its per-round ratios to the first and their 10th-90th
-    percentiles. `progress(1)` after every call."""
+    percentiles. `progress(1)` after every call; `runners` as in `latencies`."""
     if batch < 1 or repeats < 1 or warmup < 0:
         raise MorphError("batch and repeats must be >= 1 and warmup >= 0. Received: "
                          f"batch={batch}, repeats={repeats}, warmup={warmup}")
-    runners = [_runner(t, batch, threads, trust_code, runtime) for t in targets]
-    rounds = time_rounds([r[2] for r in runners], [r[3] for r in runners], warmup=warmup,
+    made = []
+    for t in targets:  # a target listed twice gets two runners, unless `runners` has it
+        key = (str(t) if isinstance(t, str | Path) else id(t), batch, threads, runtime)
+        if runners is None or key not in runners:
+            made.append(_runner(t, batch, threads, trust_code, runtime))
+            if runners is not None:
+                runners[key] = made[-1]
+        else:
+            made.append(runners[key])
+    rounds = time_rounds([r[2] for r in made], [r[3] for r in made], warmup=warmup,
                          repeats=repeats, progress=progress)
     results = []
-    for (label, kind, _, _), times in zip(runners, rounds, strict=True):
+    for (label, kind, _, _), times in zip(made, rounds, strict=True):
         median, p10, p90 = quantiles(times)
         result = BenchResult(label, kind, batch, threads, repeats, median, p10, p90)
         if results:
@@ -358,21 +366,20 @@ def time_calls(call: Callable, x, *, warmup: int, repeats: int, min_time: float 
 MEASURE_REPEATS = 50  # timed calls per model when a step measures latency
 
 
-def latencies(models: list, hardware, repeats: int = MEASURE_REPEATS
-              ) -> tuple[list[float], dict]:
-    """Each model's median end-to-end latency on this machine, measured
-    interleaved call by call (`bench_many`), with the runtime a measured device
-    (`profile:`) names, else Keras; and how (`ratios`: each model after the first
-    to the first, the median of the per-round ratios)."""
+def latencies(models: list, hardware, repeats: int = MEASURE_REPEATS,
+              runners: dict | None = None) -> tuple[list[BenchResult], dict]:
+    """Each model's end-to-end latency on this machine, timed interleaved call by
+    call (`bench_many`: each result after the first carries its per-round ratio to
+    the first), with the runtime a measured device (`profile:`) names, else Keras;
+    and how it was measured. `runners` (a dict the caller keeps, with the models
+    alive) reuses each model's converted runner across calls."""
     runtime = getattr(hardware, "runtime", "keras")
     threads = getattr(hardware, "threads", None) if runtime == "tflite" else None
     batch = getattr(hardware, "batch", 1)
     found = bench_many(models, batch=batch, threads=threads, warmup=10, repeats=repeats,
-                       runtime=runtime)
-    return [r.median_s for r in found], {"runtime": runtime, "threads": threads,
-                                         "batch": batch, "repeats": repeats,
-                                         "interleaved": True,
-                                         "ratios": [r.ratio for r in found[1:]]}
+                       runtime=runtime, runners=runners)
+    return found, {"runtime": runtime, "threads": threads, "batch": batch,
+                   "repeats": repeats, "interleaved": True}
 
 
 def _file_runner(path, runtime: str, threads: int | None, trust_code: bool):

@@ -74,6 +74,9 @@ class _Clock:
         self.runtime, self.batch, self.threads = runtime, batch, threads
         self.warmup, self.repeats = warmup, repeats
         self._baseline: dict[tuple, float] = {}
+        # Runners of models timed more than once (the sweep, the whole models), by
+        # id: their callers keep the models alive while the clock is used.
+        self._kept: dict[int, tuple[Callable, object]] = {}
 
     def runner(self, model) -> Callable:
         from morphcli.steps.export import _keras_runner, _tflite_runner
@@ -83,20 +86,28 @@ class _Clock:
 
         return _tflite_runner(convert(model), self.threads)
 
-    def _call(self, model) -> tuple[Callable, object]:
-        """(runner, its input) of a model."""
+    def _call(self, model, keep: bool = False) -> tuple[Callable, object]:
+        """(runner, its input) of a model; with `keep`, converted once and reused."""
         from morphcli.steps.export import sample
 
+        if keep:
+            if id(model) not in self._kept:
+                self._kept[id(model)] = self._call(model)
+            return self._kept[id(model)]
         inputs = [sample(tuple(t.shape[1:]), self.batch, seed=k) for k, t in
                   enumerate(model.inputs)]
         if len(inputs) == 1:
             return self.runner(model), inputs[0]
         return self._multi(model), inputs
 
-    def time(self, model) -> Timing:
+    def release(self) -> None:
+        """Drops the kept runners (before their models go)."""
+        self._kept.clear()
+
+    def time(self, model, keep: bool = False) -> Timing:
         from morphcli.steps.export import time_calls
 
-        call, x = self._call(model)
+        call, x = self._call(model, keep)
         # Short calls are repeated for MIN_TIME at least: their median is then as
         # steady as a long call's.
         median, p10, p90, _ = time_calls(call, x, warmup=max(1, self.warmup),
@@ -112,7 +123,7 @@ class _Clock:
 
         from morphcli.steps.export import quantiles, time_rounds
 
-        calls = [self._call(m) for m in models]
+        calls = [self._call(m, keep=True) for m in models]
         start = time.perf_counter()
         time_rounds([c for c, _ in calls], [x for _, x in calls], warmup=max(1, self.warmup),
                     repeats=0)
@@ -454,12 +465,13 @@ def _measure_step(clock, graph, sweep, tick) -> tuple[int, dict]:
     models = [unit_model(graph, unit, None, w) for w in widths]
 
     def timed(model) -> float:
-        median = clock.time(model).median
+        median = clock.time(model, keep=True).median
         tick("rounding sweep")
         return median
 
     # SWEEP_PASSES passes, each width's least median kept: load only adds time.
     runs = [[timed(m) for m in models] for _ in range(SWEEP_PASSES)]
+    clock.release()
     seconds = np.min(runs, axis=0).tolist()
     step = step_of(widths, seconds)
     return step, {"layer": graph.nodes[unit[0]].name, "widths": widths,

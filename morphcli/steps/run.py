@@ -161,8 +161,8 @@ def write_report(ctx: RunContext, rundir: Path, final_model: Priced, final: dict
     reports = [seed, morph] + ([uniform.report(name="uniform baseline")] if uniform else [])
     accuracies = [None, final.get("val_accuracy"), (baseline or {}).get("val_accuracy")]
     models = [ctx.seed.model, final_model.model] + ([uniform.model] if uniform else [])
-    measured, how = latencies(models, ctx.hardware)
-    how.pop("ratios", None)  # the per-model times are in the table
+    found, how = latencies(models, ctx.hardware)
+    measured = [r.median_s for r in found]
     data = {
         "target": {"metric": ctx.metric, "value": ctx.target},
         "models": {r.name: {**r.totals, "measured_latency_s": m, "val_accuracy": acc}
