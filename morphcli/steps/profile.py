@@ -47,6 +47,7 @@ SWEEP = 32  # the sweep starts at a multiple of SWEEP and covers two of its step
 SWEEP_PASSES = 3  # the sweep is timed this many times and each width's least median kept
 WHOLE_PASSES = 5  # the whole model is timed this many times, spread over the profile
 MIN_TIME = 0.05  # seconds of timed calls per measurement, at least
+WHOLE_TIME = 1.0  # seconds of rounds per pass of the whole models, at least
 MAX_REPEATS = 2000
 STEPS = (32, 16, 8, 4, 2, 1)  # rounding steps tried, largest first
 STEP_TOLERANCE = 0.05  # the sweep must rise by more than this share to read a step
@@ -115,9 +116,9 @@ class _Clock:
                                          max_repeats=MAX_REPEATS)
         return Timing(median, p10, p90)
 
-    def time_together(self, models: list) -> list[Timing]:
+    def time_together(self, models: list, min_time: float = MIN_TIME) -> list[Timing]:
         """Times models interleaved call by call (A, B, A, B), so that they meet the
-        machine's load alike: `repeats` rounds at least, and `MIN_TIME` seconds of
+        machine's load alike: `repeats` rounds at least, and `min_time` seconds of
         rounds at least."""
         import time
 
@@ -128,7 +129,7 @@ class _Clock:
         time_rounds([c for c, _ in calls], [x for _, x in calls], warmup=max(1, self.warmup),
                     repeats=0)
         each = (time.perf_counter() - start) / max(1, self.warmup)
-        repeats = min(MAX_REPEATS, max(self.repeats, int(MIN_TIME / max(each, 1e-7))))
+        repeats = min(MAX_REPEATS, max(self.repeats, int(min_time / max(each, 1e-7))))
         rounds = time_rounds([c for c, _ in calls], [x for _, x in calls], warmup=0,
                              repeats=repeats)
         return [Timing(*quantiles(times)) for times in rounds]
@@ -332,7 +333,7 @@ def profile(model, *, runtime: str = "tflite", batch: int = 1, threads: int | No
     due = {round(k * len(distinct) / (WHOLE_PASSES - 1)) for k in range(WHOLE_PASSES)}
 
     def time_whole():
-        passes.append(clock.time_together(wholes))
+        passes.append(clock.time_together(wholes, WHOLE_TIME))
         tick("whole model")
 
     tables = {}
