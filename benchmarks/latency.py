@@ -40,7 +40,8 @@ from morphcli.api import load_model  # noqa: E402
 from morphcli.core.costs import CostModel  # noqa: E402
 from morphcli.core.graph import build_graph  # noqa: E402
 from morphcli.core.quantities import Quantity  # noqa: E402
-from morphcli.steps.expand import expand_model  # noqa: E402
+from morphcli.steps.context import Priced  # noqa: E402
+from morphcli.steps.expand import expand, expand_model  # noqa: E402
 from morphcli.steps.export import bench_many, export  # noqa: E402
 from morphcli.steps.profile import profile  # noqa: E402
 
@@ -56,12 +57,15 @@ def measure(name: str, spec: str, args, work: Path) -> dict:
     prof = profile(seed, runtime="tflite", threads=args.threads)
     profile_s = time.perf_counter() - start
     prof.path = str(work / f"{name}.profile.json")
+    start = time.perf_counter()
+    looped = expand(Priced.of(seed, prof), "latency", Quantity(FRACTION, True), measure=True,
+                    round_to=8)
+    measure_s = time.perf_counter() - start
     models = {"seed": seed,
               "flops": expand_model(seed, "flops", Quantity(FRACTION, True))[0],
               "latency": expand_model(seed, "latency", Quantity(FRACTION, True),
                                       hardware=prof)[0],
-              "measured": expand_model(seed, "latency", Quantity(FRACTION, True),
-                                       hardware=prof, measure=True, round_to=8)[0]}
+              "measured": looped.expanded.model}
     files, predicted, flops = {}, {}, {}
     for kind, model in models.items():
         files[kind] = work / f"{name}-{kind}.tflite"
@@ -79,7 +83,11 @@ def measure(name: str, spec: str, args, work: Path) -> dict:
     for kind, result in zip(order[2:], found[2:], strict=True):
         measured[kind] = result.median_s
         share[kind] = (result.ratio, result.ratio_p10, result.ratio_p90)
+    loop = looped.record["measured"]
     return {"name": name, "profile_s": profile_s, "round_to": prof.round_to,
+            "measure_s": measure_s, "candidates": len(loop["candidates"]),
+            "loop_share": FRACTION * (1 + loop["error"]),
+            "drift": found[0].median_s / prof.model["measured_s"],
             "scale": prof.scale, "units": prof.model["units"],
             "distinct": prof.model["distinct_units"], "measured": measured, "share": share,
             "predicted": predicted, "flops": flops}
@@ -107,7 +115,9 @@ def main() -> None:
             r = results[-1]
             print(f"[{name}] profiled in {r['profile_s'] / 60:.1f} min "
                   f"({r['distinct']} distinct of {r['units']} layers, step {r['round_to']}, "
-                  f"scale {r['scale']:.3f})", flush=True)
+                  f"scale {r['scale']:.3f}); --measure took {r['measure_s'] / 60:.1f} min for "
+                  f"{r['candidates']} candidates and put its choice at {r['loop_share']:.3f} "
+                  "of the seed", flush=True)
     print(f"\nTFLite float32, {args.threads} threads, batch 1; all files of a model timed "
           f"interleaved call by call, {args.repeats} calls each; a share is the median of "
           "the per-round ratios to the seed [10th-90th percentile]; 'noise' is the seed's "
@@ -152,6 +162,10 @@ def main() -> None:
               f"(measured speed-up / FLOPs speed-up = {ratio:.2f}); the FLOPs target "
               f"{'misses' if abs(kept - FRACTION) / FRACTION > GOAL['target'] else 'meets'} "
               "a 50% latency target")
+    for r in results:
+        print(f"- {r['name']}: the seed's own time here is {r['drift']:.2f}x what its profile "
+              "measured minutes earlier; no absolute prediction from that profile can be "
+              "closer than this drift")
     worst, worst_rel = max(errors), max(relative)
     print(f"- the profile's predictions are within {worst:.1%} of the measured times "
           f"(goal {GOAL['prediction']:.0%}: {'met' if worst <= GOAL['prediction'] else 'missed'})"
