@@ -22,7 +22,7 @@ its measurement (goal: within 10%). The
 conclusions printed last are computed from this run.
 
 Usage: .venv/bin/python benchmarks/latency.py [--models resnet50,mobilenetv2,resnet20]
-       [--threads 2] [--repeats 300]
+       [--threads 2] [--repeats 300] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+from morphcli import files as files_  # noqa: E402
 from morphcli.api import load_model  # noqa: E402
 from morphcli.core.costs import CostModel  # noqa: E402
 from morphcli.core.graph import build_graph  # noqa: E402
@@ -57,6 +58,8 @@ def measure(name: str, spec: str, args, work: Path) -> dict:
     prof = profile(seed, runtime="tflite", threads=args.threads)
     profile_s = time.perf_counter() - start
     prof.path = str(work / f"{name}.profile.json")
+    if args.keep:
+        files_.write_json(Path(args.keep) / f"{name}.profile.json", prof.to_dict())
     start = time.perf_counter()
     looped = expand(Priced.of(seed, prof), "latency", Quantity(FRACTION, True), measure=True,
                     round_to=8)
@@ -107,7 +110,11 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=300)
+    parser.add_argument("--keep", metavar="DIR", help="write each profile and the results "
+                        "(results.json) into DIR")
     args = parser.parse_args()
+    if args.keep:
+        Path(args.keep).mkdir(parents=True, exist_ok=True)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
@@ -118,6 +125,8 @@ def main() -> None:
                   f"scale {r['scale']:.3f}); --measure took {r['measure_s'] / 60:.1f} min for "
                   f"{r['candidates']} candidates and put its choice at {r['loop_share']:.3f} "
                   "of the seed", flush=True)
+            if args.keep:
+                files_.write_json(Path(args.keep) / "results.json", results)
     print(f"\nTFLite float32, {args.threads} threads, batch 1; all files of a model timed "
           f"interleaved call by call, {args.repeats} calls each; a share is the median of "
           "the per-round ratios to the seed [10th-90th percentile]; 'noise' is the seed's "

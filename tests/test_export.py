@@ -95,6 +95,32 @@ def test_bench_many_interleaves_call_by_call_and_takes_ratios_per_round(cnn, tmp
     assert second.ratio == pytest.approx(1.3) and second.ratio_p10 <= 1.3 <= second.ratio_p90
 
 
+def test_bench_many_converts_each_model_once_across_calls_that_share_runners(cnn,
+                                                                             monkeypatch):
+    model, path = cnn
+    made = []
+    real = ex._runner
+
+    def counting(target, *args):
+        made.append(target)
+        return real(target, *args)
+
+    monkeypatch.setattr(ex, "_runner", counting)
+    # Alone, a target listed twice gets two runners (the benchmark's noise floor).
+    ex.bench_many([model, model], repeats=1, warmup=0, runtime="tflite")
+    assert made == [model, model]
+    made.clear()
+    runners: dict = {}
+    for _ in range(3):
+        ex.bench_many([model, str(path)], repeats=1, warmup=0, runtime="tflite",
+                      runners=runners)
+    assert made == [model, str(path)]
+    # Each runner is kept with its target, so the target's id cannot be reused.
+    assert {v[0] is model or v[0] == str(path) for v in runners.values()} == {True}
+    ex.bench_many([model], repeats=1, warmup=0, runtime="keras", runners=runners)
+    assert made == [model, str(path), model]  # another runtime: another runner
+
+
 def test_cli_bench_of_two_models_prints_both_and_the_ratio(cnn, tmp_path):
     model, path = cnn
     ex.export(model, tmp_path / "m.tflite")

@@ -381,39 +381,96 @@ def test_expand_measure_is_for_latency_targets(tmp_path):
     assert result.exit_code == 2 and "Measuring checks latency targets" in result.output
 
 
-def test_expand_measure_adds_passes_while_they_disagree(monkeypatch):
-    """Every other timing of a candidate reads 6% high: the passes spread by more
-    than twice the tolerance, so each candidate gets `MAX_PASSES` of them; their
-    median (4 low, 3 high) is the true ratio, on which the profile's first candidate
-    lands."""
+def _clock_on(prof, distort):
+    """A fake `latencies`: each model's price on `prof`, distorted by
+    `distort(call number, number of models, times)`; records its calls."""
+    from morphcli.steps import export
+
+    calls = []
+
+    def clock(models, hardware, repeats=50, runners=None):
+        calls.append((len(models), repeats))
+        times = distort(len(calls), len(models),
+                        [CostModel(build_graph(m), prof).total("latency") for m in models])
+        found = [export.BenchResult("model", "keras", 1, None, repeats, t, t, t,
+                                    t / times[0] if k else None) for k, t in enumerate(times)]
+        return found, {"runtime": "keras", "threads": None, "batch": 1, "repeats": repeats}
+
+    return clock, calls
+
+
+def _bilinear_profile(graph):
+    tables = {name: (grid_in, grid_out, [[1e-7 * a * b for b in grid_out] for a in grid_in])
+              for name, grid_in, grid_out in [("c1", [2], [2, 4, 8, 16]),
+                                             ("c2", [2, 4, 8, 16], [1, 2, 4, 8])]}
+    return _synthetic(graph, tables, overhead=0.0, scale=1.0)
+
+
+def test_expand_measure_adds_passes_until_most_agree(monkeypatch):
+    """A candidate's timings read 6% low, 6% high, then true: after three passes
+    their median deviation is 6%, after four 3%, after five 0 (three agree), so the
+    loop stops at five passes, on the true ratio, on which the profile's first
+    candidate lands."""
+    from morphcli.core.quantities import Quantity
+    from morphcli.steps import expand as ex
+    from morphcli.steps import export
+
+    model = _model()
+    prof = _bilinear_profile(build_graph(model))
+    noise = {1: 0.94, 2: 1.06}
+    clock, calls = _clock_on(prof, lambda n, k, t: [t[0]] + [v * noise.get(n, 1.0)
+                                                           for v in t[1:]])
+    monkeypatch.setattr(export, "latencies", clock)
+    result = ex.expand(ex.Priced.of(model, prof), "latency", Quantity(0.5, True),
+                       measure=True)
+    measured = result.record["measured"]
+    assert [c["passes"] for c in measured["candidates"]] == [5]
+    assert len(calls) == 5 and measured["final_repeats"] is None
+    assert ex._spread([0.94, 1.06, 1.0]) == pytest.approx(0.06)
+    assert ex._spread([0.94, 1.06, 1.0, 1.0]) == pytest.approx(0.03)
+    true = CostModel(build_graph(result.expanded.model), prof).total("latency")
+    assert measured["latency_s"] == pytest.approx(true)
+    # A candidate whose passes never agree gets MAX_PASSES of them.
+    clock_noisy, noisy_calls = _clock_on(prof, lambda n, k, t: [t[0]] + [
+        v * (0.94, 1.0, 1.06)[n % 3] for v in t[1:]])
+    monkeypatch.setattr(export, "latencies", clock_noisy)
+    result = ex.expand(ex.Priced.of(model, prof), "latency", Quantity(0.5, True),
+                       measure=True)
+    assert result.record["measured"]["candidates"][0]["passes"] == ex.MAX_PASSES == 7
+
+
+def test_expand_measure_chooses_on_the_final_timing_of_all_candidates(monkeypatch):
+    """In the loop every model pays a tenth of the seed's predicted latency more
+    (the profile's first candidate is then too slow, and the loop corrects it); in
+    the final timing of all candidates together the load is gone: there the last
+    candidate of the loop is far below the target, and the choice is the
+    candidate nearest the target in that timing."""
     from morphcli.core.quantities import Quantity
     from morphcli.steps import expand as ex
     from morphcli.steps import export
 
     model = _model()
     graph = build_graph(model)
-    tables = {name: (grid_in, grid_out, [[1e-7 * a * b for b in grid_out] for a in grid_in])
-              for name, grid_in, grid_out in [("c1", [2], [2, 4, 8, 16]),
-                                             ("c2", [2, 4, 8, 16], [1, 2, 4, 8])]}
-    prof = _synthetic(graph, tables, overhead=0.0, scale=1.0)
-    count = [0]
+    prof = _bilinear_profile(graph)
+    seed = CostModel(graph, prof).total("latency")
 
-    def clock(models, hardware, repeats=50, runners=None):
-        count[0] += 1
-        noise = 1.06 if count[0] % 2 == 0 and len(models) == 2 else 1.0
-        times = [CostModel(build_graph(m), prof).total("latency") for m in models]
-        times[1:] = [t * noise for t in times[1:]]
-        found = [export.BenchResult("model", "keras", 1, None, repeats, t, t, t,
-                                    t / times[0] if k else None) for k, t in enumerate(times)]
-        return found, {"runtime": "keras", "threads": None, "batch": 1, "repeats": repeats}
+    def distort(n, k, times):
+        final = k > 2
+        return [times[0]] + [t if final else t + 0.1 * seed for t in times[1:]]
 
+    clock, calls = _clock_on(prof, distort)
     monkeypatch.setattr(export, "latencies", clock)
     result = ex.expand(ex.Priced.of(model, prof), "latency", Quantity(0.5, True),
                        measure=True)
     measured = result.record["measured"]
-    assert [c["passes"] for c in measured["candidates"]] == [ex.MAX_PASSES] == [7]
-    assert count[0] == 7 and measured["final_repeats"] is None
-    true = CostModel(build_graph(result.expanded.model), prof).total("latency")
-    assert measured["latency_s"] == pytest.approx(true)
-    for c in measured["candidates"]:
-        assert c["measured_in_loop_s"] == pytest.approx(c["predicted_s"])
+    tried = measured["candidates"]
+    assert len(tried) > 1 and calls[-1] == (1 + len(tried), ex.FINAL_REPEATS)
+    for c in tried:  # in the final timing each candidate costs what the profile says
+        assert c["measured_s"] == pytest.approx(c["predicted_s"])
+        assert c["measured_in_loop_s"] == pytest.approx(c["predicted_s"] + 0.1 * seed)
+    fits = [c for c in tried if c["measured_s"] <= 0.5 * seed * 1.02]
+    best = min(fits, key=lambda c: abs(c["measured_s"] - 0.5 * seed))
+    assert measured["latency_s"] == pytest.approx(best["measured_s"])
+    assert measured["latency_s"] != pytest.approx(tried[-1]["measured_s"])
+    assert CostModel(build_graph(result.expanded.model), prof).total("latency") == \
+        pytest.approx(best["predicted_s"])

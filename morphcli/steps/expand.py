@@ -98,12 +98,17 @@ def expand(source: Priced, metric: str, quantity, *, round_to: int = 1, mode: st
 MEASURE_ROUNDS = 6  # candidates timed at most
 MEASURE_TOLERANCE = 0.02  # a measured latency this close to the target is on it
 MEASURE_PASSES = 3  # interleaved timings of a candidate (and the source), at least...
-MAX_PASSES = 7  # ...and more, up to this many, while they spread wider than 2 tolerances
+MAX_PASSES = 7  # ...and more, up to this many, while they disagree (`_spread`)
 FINAL_REPEATS = 150  # rounds of the last timing, of every candidate together
 
 
 def _spread(values: list[float]) -> float:
-    return (max(values) - min(values)) / statistics.median(values)
+    """The median absolute deviation of `values` as a share of their median: 0 once
+    most of them agree, however far one outlier lies."""
+    middle = statistics.median(values)
+    if middle <= 0:
+        return 0.0
+    return statistics.median(abs(v - middle) for v in values) / middle
 
 
 def _measured(source: Priced, quantity, target: float, expansion, solve, build, mode: str):
@@ -111,10 +116,11 @@ def _measured(source: Priced, quantity, target: float, expansion, solve, build, 
     machine (interleaved with the source, for a relative target, so that the median
     per-round ratio of the two counts and the machine's drift cancels;
     `MEASURE_PASSES` times, more while the passes disagree), and re-solves for a
-    corrected cost-model target, up to `MEASURE_ROUNDS` candidates. The candidates
-    are then timed once more, all together with the source, and the choice is made
-    on that one timing: on a loaded host a light model's share of the source moves
-    with the load, and candidates timed minutes apart met different loads. Keeps
+    corrected cost-model target, up to `MEASURE_ROUNDS` candidates. When there
+    were several, they are timed once more, all together (with the source, for a
+    relative target), and the choice is made on that one timing: on a loaded host
+    a light model's share of the source moves with the load, and candidates timed
+    minutes apart met different loads. Keeps
     the candidate closest to the target (mode `below`: the closest not above it by
     more than `MEASURE_TOLERANCE`, else the fastest)."""
     from morphcli.steps.export import MEASURE_REPEATS, latencies
@@ -123,7 +129,7 @@ def _measured(source: Priced, quantity, target: float, expansion, solve, build, 
     relative = not isinstance(quantity, int | float) and quantity.relative
     goal = quantity.value if relative else target  # a share of the source, or seconds
     lead = [source.model] if relative else []
-    runners: dict = {}  # each model converted once (the models live in `tried`)
+    runners: dict = {}  # each model converted once, dropped at the end
     seeds, tried, passes, hows = [], [], [], []
 
     def timed(models: list, repeats: int) -> list[float]:
@@ -138,7 +144,7 @@ def _measured(source: Priced, quantity, target: float, expansion, solve, build, 
         model = build(expansion)
         values: list[float] = []
         while len(values) < MEASURE_PASSES or (
-                len(values) < MAX_PASSES and _spread(values) > 2 * MEASURE_TOLERANCE):
+                len(values) < MAX_PASSES and _spread(values) > MEASURE_TOLERANCE):
             values += timed([model], MEASURE_REPEATS)
         passes.append(len(values))
         tried.append((expansion, model, statistics.median(values)))
@@ -152,20 +158,24 @@ def _measured(source: Priced, quantity, target: float, expansion, solve, build, 
             break
         expansion = following
     looped = [t[2] for t in tried]
+    # Shares to seconds: by the source's median time in the loop, and the final
+    # timing's own source time for its shares.
+    unit = loop_unit = statistics.median(seeds) if relative else 1.0
     if len(tried) > 1:
         final = timed([m for _, m, _ in tried], FINAL_REPEATS)
         tried = [(e, m, v) for (e, m, _), v in zip(tried, final, strict=True)]
+        unit = seeds[-1] if relative else 1.0
+    runners.clear()
     fits = [t for t in tried if t[2] <= goal * (1 + MEASURE_TOLERANCE)] if mode == "below" \
         else tried
     chosen = (min(fits, key=lambda t: abs(t[2] - goal)) if fits
               else min(tried, key=lambda t: t[2]))
-    unit = statistics.median(seeds) if relative else 1.0  # shares to seconds
     record = {**hows[0], "final_repeats": FINAL_REPEATS if len(tried) > 1 else None,
               "target_s": goal * unit,
               "latency_s": chosen[2] * unit, "error": chosen[2] / goal - 1,
               "source_s": unit if relative else None,
               "candidates": [{"multiplier": e.multiplier, "predicted_s": e.achieved,
-                              "measured_s": v * unit, "measured_in_loop_s": alone * unit,
+                              "measured_s": v * unit, "measured_in_loop_s": alone * loop_unit,
                               "passes": n}
                              for (e, _, v), alone, n in zip(tried, looped, passes,
                                                             strict=True)]}

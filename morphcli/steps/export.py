@@ -286,10 +286,10 @@ def bench_many(targets: list, *, batch: int = 1, threads: int | None = None,
         key = (str(t) if isinstance(t, str | Path) else id(t), batch, threads, runtime)
         if runners is None or key not in runners:
             made.append(_runner(t, batch, threads, trust_code, runtime))
-            if runners is not None:
-                runners[key] = made[-1]
+            if runners is not None:  # the target is kept too: its id stays its own
+                runners[key] = (t, made[-1])
         else:
-            made.append(runners[key])
+            made.append(runners[key][1])
     rounds = time_rounds([r[2] for r in made], [r[3] for r in made], warmup=warmup,
                          repeats=repeats, progress=progress)
     results = []

@@ -47,7 +47,7 @@ SWEEP = 32  # the sweep starts at a multiple of SWEEP and covers two of its step
 SWEEP_PASSES = 3  # the sweep is timed this many times and each width's least median kept
 WHOLE_PASSES = 5  # the whole model is timed this many times, spread over the profile
 MIN_TIME = 0.05  # seconds of timed calls per measurement, at least
-WHOLE_TIME = 1.0  # seconds of rounds per pass of the whole models, at least
+WHOLE_TIME = 1.0  # seconds of rounds per pass of the whole models (at most MAX_REPEATS)
 MAX_REPEATS = 2000
 STEPS = (32, 16, 8, 4, 2, 1)  # rounding steps tried, largest first
 STEP_TOLERANCE = 0.05  # the sweep must rise by more than this share to read a step
@@ -76,8 +76,8 @@ class _Clock:
         self.warmup, self.repeats = warmup, repeats
         self._baseline: dict[tuple, float] = {}
         # Runners of models timed more than once (the sweep, the whole models), by
-        # id: their callers keep the models alive while the clock is used.
-        self._kept: dict[int, tuple[Callable, object]] = {}
+        # id, each with its model.
+        self._kept: dict[int, tuple] = {}
 
     def runner(self, model) -> Callable:
         from morphcli.steps.export import _keras_runner, _tflite_runner
@@ -91,10 +91,10 @@ class _Clock:
         """(runner, its input) of a model; with `keep`, converted once and reused."""
         from morphcli.steps.export import sample
 
-        if keep:
+        if keep:  # the model is kept too: its id stays its own until `release`
             if id(model) not in self._kept:
-                self._kept[id(model)] = self._call(model)
-            return self._kept[id(model)]
+                self._kept[id(model)] = (model, *self._call(model))
+            return self._kept[id(model)][1:]
         inputs = [sample(tuple(t.shape[1:]), self.batch, seed=k) for k, t in
                   enumerate(model.inputs)]
         if len(inputs) == 1:
@@ -441,14 +441,15 @@ def _measure_table(clock, graph, unit, key, widths_in, widths_out, tick,
 
 def _sweep_unit(graph, distinct) -> tuple[list[int], int] | None:
     """The unit whose output width is swept for the rounding step: the one with
-    the most FLOPs per call among those whose output width is prunable."""
+    the most FLOPs per call among the tiled ones whose output width is prunable."""
     from morphcli.core.costs import CostModel
 
     per_node = CostModel(graph).per_layer("flops")
     best, best_flops = None, -1.0
     for found in distinct.values():
         unit = found[0]
-        if _axes(graph, unit)[1] is None or graph.nodes[unit[0]].rule is None:
+        rule = graph.nodes[unit[0]].rule
+        if _axes(graph, unit)[1] is None or rule is None or not rule.tiled:
             continue
         flops = float(sum(per_node[i] for i in unit))
         if flops > best_flops:
