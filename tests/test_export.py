@@ -199,3 +199,10 @@ def test_a_model_with_two_inputs_is_refused(tmp_path):
     model = keras.Model([a, b], keras.layers.Dense(2)(keras.layers.Concatenate()([a, b])))
     with pytest.raises(MorphError, match="2 inputs"):
         ex.export(model, tmp_path / "m.tflite")
+
+
+def test_repeats_fill_the_minimum_time_up_to_the_cap():
+    assert ex.repeats_for(0.001, 15, 0.05, 2000) == 50  # 50 calls of 1 ms fill 50 ms
+    assert ex.repeats_for(1e-6, 15, 0.05, 2000) == 2000  # capped
+    assert ex.repeats_for(0.1, 15, 0.05, None) == 15  # one call is longer than 50 ms
+    assert ex.repeats_for(0.001, 15, 0.0, None) == 15

@@ -356,11 +356,17 @@ def time_calls(call: Callable, x, *, warmup: int, repeats: int, min_time: float 
         if progress:
             progress(1)
     each = (time.perf_counter() - start) / warmup if warmup else 0.0
-    if min_time > 0 and each > 0:
-        repeats = max(repeats, int(min_time / max(each, 1e-7)))
-    repeats = min(repeats, max_repeats) if max_repeats else repeats
+    repeats = repeats_for(each, repeats, min_time, max_repeats)
     times = time_rounds([call], [x], warmup=0, repeats=repeats, progress=progress)[0]
     return (*quantiles(times), len(times))
+
+
+def repeats_for(each: float, repeats: int, min_time: float, max_repeats: int | None) -> int:
+    """Timed calls (or rounds) of `each` seconds: `repeats`, or more to fill
+    `min_time` seconds, at most `max_repeats`."""
+    if min_time > 0 and each > 0:
+        repeats = max(repeats, int(min_time / max(each, 1e-7)))
+    return min(repeats, max_repeats) if max_repeats else repeats
 
 
 MEASURE_REPEATS = 50  # timed calls per model when a step measures latency

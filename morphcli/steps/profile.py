@@ -122,14 +122,14 @@ class _Clock:
         rounds at least."""
         import time
 
-        from morphcli.steps.export import quantiles, time_rounds
+        from morphcli.steps.export import quantiles, repeats_for, time_rounds
 
         calls = [self._call(m, keep=True) for m in models]
         start = time.perf_counter()
         time_rounds([c for c, _ in calls], [x for _, x in calls], warmup=max(1, self.warmup),
                     repeats=0)
         each = (time.perf_counter() - start) / max(1, self.warmup)
-        repeats = min(MAX_REPEATS, max(self.repeats, int(min_time / max(each, 1e-7))))
+        repeats = repeats_for(each, self.repeats, min_time, MAX_REPEATS)
         rounds = time_rounds([c for c, _ in calls], [x for _, x in calls], warmup=0,
                              repeats=repeats)
         return [Timing(*quantiles(times)) for times in rounds]
