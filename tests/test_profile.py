@@ -474,3 +474,38 @@ def test_expand_measure_chooses_on_the_final_timing_of_all_candidates(monkeypatc
     assert measured["latency_s"] != pytest.approx(tried[-1]["measured_s"])
     assert CostModel(build_graph(result.expanded.model), prof).total("latency") == \
         pytest.approx(best["predicted_s"])
+
+
+def test_expand_measure_halves_the_bracket_when_the_correction_repeats(monkeypatch):
+    """A clock that adds a tenth of the seed's predicted latency: the first
+    candidate is too slow; a correction to 40% of the seed gives a second one below
+    the target, by more than the tolerance; a correction that then gives a structure already timed is
+    replaced by the target halfway between the two, which the loop tries next."""
+    from morphcli.core.quantities import Quantity
+    from morphcli.steps import expand as ex
+    from morphcli.steps import export
+
+    model = _model()
+    graph = build_graph(model)
+    prof = _bilinear_profile(graph)
+    seed = CostModel(graph, prof).total("latency")
+    clock, _ = _clock_on(prof, lambda n, k, t: [t[0]] + [v + 0.1 * seed for v in t[1:]])
+    monkeypatch.setattr(export, "latencies", clock)
+
+    def repeating(tried, goal):  # 40% of the seed, then the first candidate again
+        return 0.4 * seed if len(tried) == 1 else tried[0][0].achieved
+
+    monkeypatch.setattr(ex, "_next_goal", repeating)
+    assert ex._midpoint([], 0.5) is None
+    result = ex.expand(ex.Priced.of(model, prof), "latency", Quantity(0.5, True),
+                       measure=True)
+    tried = result.record["measured"]["candidates"]
+    goal = 0.5 * seed  # the clock adds 0.1 x seed to the candidates, not to the seed
+    assert tried[0]["measured_in_loop_s"] > goal * 1.02
+    assert tried[1]["measured_in_loop_s"] < goal * 0.98
+    assert len(tried) >= 3
+    halfway = (tried[0]["predicted_s"] + tried[1]["predicted_s"]) / 2
+    # The third structure is the solver's answer to the halfway target.
+    solved = ex.solve_multiplier(CostModel(graph, prof), "latency", halfway)
+    assert tried[2]["predicted_s"] == pytest.approx(solved.achieved)
+    assert tried[1]["predicted_s"] < tried[2]["predicted_s"] < tried[0]["predicted_s"]

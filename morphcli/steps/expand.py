@@ -116,7 +116,9 @@ def _measured(source: Priced, quantity, target: float, expansion, solve, build, 
     machine (interleaved with the source, for a relative target, so that the median
     per-round ratio of the two counts and the machine's drift cancels;
     `MEASURE_PASSES` times, more while the passes disagree), and re-solves for a
-    corrected cost-model target, up to `MEASURE_ROUNDS` candidates. When there
+    corrected cost-model target, up to `MEASURE_ROUNDS` candidates (halfway between
+    the bracketing candidates' targets when the correction gives a structure
+    already timed). When there
     were several, they are timed once more, all together (with the source, for a
     relative target), and the choice is made on that one timing: on a loaded host
     a light model's share of the source moves with the load, and candidates timed
@@ -152,9 +154,13 @@ def _measured(source: Priced, quantity, target: float, expansion, solve, build, 
             break
         try:
             following = solve(_next_goal(tried, goal))
+            if _known(following, tried) and (middle := _midpoint(tried, goal)) is not None:
+                # The cost model is flat or bent where the clock is not (a staircase
+                # of channel tiles): halve the bracket instead.
+                following = solve(middle)
         except MorphError:  # the correction asks for more than the model can reach
             break
-        if any(following.widths == t[0].widths for t in tried):
+        if _known(following, tried):
             break
         expansion = following
     looped = [t[2] for t in tried]
@@ -180,6 +186,21 @@ def _measured(source: Priced, quantity, target: float, expansion, solve, build, 
                              for (e, _, v), alone, n in zip(tried, looped, passes,
                                                             strict=True)]}
     return chosen[0], chosen[1], record
+
+
+def _known(expansion, tried) -> bool:
+    return any(expansion.widths == t[0].widths for t in tried)
+
+
+def _midpoint(tried, goal: float) -> float | None:
+    """The cost-model target halfway between the nearest candidates measured below
+    and above the goal; None without candidates on both sides."""
+    below = [(e.achieved, t) for e, _, t in tried if t <= goal]
+    above = [(e.achieved, t) for e, _, t in tried if t > goal]
+    if not below or not above:
+        return None
+    low, high = max(below, key=lambda x: x[1]), min(above, key=lambda x: x[1])
+    return (low[0] + high[0]) / 2
 
 
 def _next_goal(tried, goal: float) -> float:
