@@ -409,8 +409,7 @@ def _bilinear_profile(graph):
 def test_expand_measure_adds_passes_until_most_agree(monkeypatch):
     """A candidate's timings read 6% low, 6% high, then true: after three passes
     their median deviation is 6%, after four 3%, after five 0 (three agree), so the
-    loop stops at five passes, on the true ratio, on which the profile's first
-    candidate lands."""
+    loop stops at five passes, on the true ratio."""
     from morphcli.core.quantities import Quantity
     from morphcli.steps import expand as ex
     from morphcli.steps import export
@@ -424,14 +423,14 @@ def test_expand_measure_adds_passes_until_most_agree(monkeypatch):
     result = ex.expand(ex.Priced.of(model, prof), "latency", Quantity(0.5, True),
                        measure=True)
     measured = result.record["measured"]
-    assert [c["passes"] for c in measured["candidates"]] == [5]
-    assert len(calls) == 5 and measured["final_repeats"] is None
+    assert measured["candidates"][0]["passes"] == 5
+    assert calls[:5] == [(2, 50)] * 5
     assert ex._spread([0.94, 1.06, 1.0]) == pytest.approx(0.06)
     assert ex._spread([0.94, 1.06, 1.0, 1.0]) == pytest.approx(0.03)
     true = CostModel(build_graph(result.expanded.model), prof).total("latency")
     assert measured["latency_s"] == pytest.approx(true)
     # A candidate whose passes never agree gets MAX_PASSES of them.
-    clock_noisy, noisy_calls = _clock_on(prof, lambda n, k, t: [t[0]] + [
+    clock_noisy, _ = _clock_on(prof, lambda n, k, t: [t[0]] + [
         v * (0.94, 1.0, 1.06)[n % 3] for v in t[1:]])
     monkeypatch.setattr(export, "latencies", clock_noisy)
     result = ex.expand(ex.Priced.of(model, prof), "latency", Quantity(0.5, True),
@@ -479,8 +478,9 @@ def test_expand_measure_chooses_on_the_final_timing_of_all_candidates(monkeypatc
 def test_expand_measure_halves_the_bracket_when_the_correction_repeats(monkeypatch):
     """A clock that adds a tenth of the seed's predicted latency: the first
     candidate is too slow; a correction to 40% of the seed gives a second one below
-    the target, by more than the tolerance; a correction that then gives a structure already timed is
-    replaced by the target halfway between the two, which the loop tries next."""
+    the target, by more than the tolerance; a correction that then gives a
+    structure already timed is replaced by the target halfway between the two,
+    which the loop tries next."""
     from morphcli.core.quantities import Quantity
     from morphcli.steps import expand as ex
     from morphcli.steps import export
@@ -509,3 +509,41 @@ def test_expand_measure_halves_the_bracket_when_the_correction_repeats(monkeypat
     solved = ex.solve_multiplier(CostModel(graph, prof), "latency", halfway)
     assert tried[2]["predicted_s"] == pytest.approx(solved.achieved)
     assert tried[1]["predicted_s"] < tried[2]["predicted_s"] < tried[0]["predicted_s"]
+
+
+def test_expand_measure_steps_past_the_nearest_when_all_are_on_one_side(monkeypatch):
+    """A clock that adds a tenth of the seed's predicted latency to every model and a
+    correction that keeps giving the first structure: with no candidate below the
+    goal there is no bracket to halve, so the loop steps the first candidate's
+    cost-model target down by goal / measured (at least 3%), compounded, until the
+    solver gives a structure not yet timed."""
+    from morphcli.core.quantities import Quantity
+    from morphcli.steps import expand as ex
+    from morphcli.steps import export
+
+    model = _model()
+    graph = build_graph(model)
+    prof = _bilinear_profile(graph)
+    costs = CostModel(graph, prof)
+    seed = costs.total("latency")
+    clock, _ = _clock_on(prof, lambda n, k, t: [t[0]] + [v + 0.1 * seed for v in t[1:]])
+    monkeypatch.setattr(export, "latencies", clock)
+    monkeypatch.setattr(ex, "_next_goal", lambda tried, goal: tried[0][0].achieved)
+    result = ex.expand(ex.Priced.of(model, prof), "latency", Quantity(0.5, True),
+                       measure=True)
+    tried = result.record["measured"]["candidates"]
+    assert len(tried) >= 2
+    first = tried[0]
+    assert first["measured_in_loop_s"] > 0.5 * seed * 1.02  # above the goal, alone
+    step = min(0.5 * seed / first["measured_in_loop_s"], 1 - ex.NOTCH)
+    k = 1
+    while (new := ex.solve_multiplier(costs, "latency", first["predicted_s"] * step ** k)
+           ).achieved == pytest.approx(first["predicted_s"]):
+        k += 1
+    assert tried[1]["predicted_s"] == pytest.approx(new.achieved)
+    assert tried[1]["predicted_s"] < first["predicted_s"]
+    # Without the step the loop would have stopped at the first candidate.
+    monkeypatch.setattr(ex, "_beyond", lambda tried, goal, solve: None)
+    result = ex.expand(ex.Priced.of(model, prof), "latency", Quantity(0.5, True),
+                       measure=True)
+    assert len(result.record["measured"]["candidates"]) == 1

@@ -116,15 +116,17 @@ def _measured(source: Priced, quantity, target: float, expansion, solve, build, 
     machine (interleaved with the source, for a relative target, so that the median
     per-round ratio of the two counts and the machine's drift cancels;
     `MEASURE_PASSES` times, more while the passes disagree), and re-solves for a
-    corrected cost-model target, up to `MEASURE_ROUNDS` candidates (halfway between
-    the bracketing candidates' targets when the correction gives a structure
-    already timed). When there
-    were several, they are timed once more, all together (with the source, for a
-    relative target), and the choice is made on that one timing: on a loaded host
-    a light model's share of the source moves with the load, and candidates timed
-    minutes apart met different loads. Keeps
-    the candidate closest to the target (mode `below`: the closest not above it by
-    more than `MEASURE_TOLERANCE`, else the fastest)."""
+    corrected cost-model target, up to `MEASURE_ROUNDS` candidates. When the
+    correction gives a structure already timed, it tries the target halfway between
+    the candidates that bracket the goal, or, with all of them on one side, the
+    next structure past the nearest one (`_beyond`).
+
+    When there were several candidates, they are timed once more, all together (with
+    the source, for a relative target), and the choice is made on that one timing:
+    on a loaded host a light model's share of the source moves with the load, and
+    candidates timed minutes apart met different loads. Keeps the candidate closest
+    to the target (mode `below`: the closest not above it by more than
+    `MEASURE_TOLERANCE`, else the fastest)."""
     from morphcli.steps.export import MEASURE_REPEATS, latencies
 
     hardware = source.costs.hardware
@@ -154,13 +156,15 @@ def _measured(source: Priced, quantity, target: float, expansion, solve, build, 
             break
         try:
             following = solve(_next_goal(tried, goal))
-            if _known(following, tried) and (middle := _midpoint(tried, goal)) is not None:
+            if _known(following, tried):
                 # The cost model is flat or bent where the clock is not (a staircase
-                # of channel tiles): halve the bracket instead.
-                following = solve(middle)
+                # of channel tiles): halve the bracket, or step past the nearest.
+                middle = _midpoint(tried, goal)
+                following = (solve(middle) if middle is not None
+                             else _beyond(tried, goal, solve))
         except MorphError:  # the correction asks for more than the model can reach
             break
-        if _known(following, tried):
+        if following is None or _known(following, tried):
             break
         expansion = following
     looped = [t[2] for t in tried]
@@ -192,29 +196,54 @@ def _known(expansion, tried) -> bool:
     return any(expansion.widths == t[0].widths for t in tried)
 
 
+def _bracket(tried, goal: float):
+    """(cost-model prediction, measurement) of the nearest candidates measured at
+    or below the goal and above it; None for a side without one."""
+    below = [(e.achieved, t) for e, _, t in tried if t <= goal]
+    above = [(e.achieved, t) for e, _, t in tried if t > goal]
+    return (max(below, key=lambda x: x[1]) if below else None,
+            min(above, key=lambda x: x[1]) if above else None)
+
+
 def _midpoint(tried, goal: float) -> float | None:
     """The cost-model target halfway between the nearest candidates measured below
     and above the goal; None without candidates on both sides."""
-    below = [(e.achieved, t) for e, _, t in tried if t <= goal]
-    above = [(e.achieved, t) for e, _, t in tried if t > goal]
-    if not below or not above:
-        return None
-    low, high = max(below, key=lambda x: x[1]), min(above, key=lambda x: x[1])
-    return (low[0] + high[0]) / 2
+    low, high = _bracket(tried, goal)
+    return None if low is None or high is None else (low[0] + high[0]) / 2
+
+
+NOTCH = 0.03  # the least step of `_beyond`'s cost-model target...
+NOTCHES = 8  # ...taken at most this many times
+
+
+def _nearest(tried, goal: float) -> tuple[float, float]:
+    return min(((e.achieved, t) for e, _, t in tried), key=lambda x: abs(x[1] - goal))
+
+
+def _beyond(tried, goal: float, solve):
+    """With every candidate measured on one side of the goal, the first structure not
+    yet timed past the nearest one, toward the goal: its cost-model target moved by
+    goal / measured, by at least `NOTCH`, compounded up to `NOTCHES` times; None
+    when none is new."""
+    predicted, measured = _nearest(tried, goal)
+    ratio = goal / measured
+    step = min(ratio, 1 - NOTCH) if ratio < 1 else max(ratio, 1 + NOTCH)
+    for k in range(1, NOTCHES + 1):
+        following = solve(predicted * step ** k)
+        if not _known(following, tried):
+            return following
+    return None
 
 
 def _next_goal(tried, goal: float) -> float:
     """The cost-model target of the next candidate: between the nearest candidates
     measured below and above the goal, interpolated (predicted against measured);
     with candidates on one side only, the nearest one's target times goal / measured."""
-    below = [(e.achieved, t) for e, _, t in tried if t <= goal]
-    above = [(e.achieved, t) for e, _, t in tried if t > goal]
-    if below and above:
-        (p0, t0), (p1, t1) = max(below, key=lambda x: x[1]), min(above, key=lambda x: x[1])
-        if t1 > t0:
-            return p0 + (goal - t0) * (p1 - p0) / (t1 - t0)
-    predicted, measured = min(((e.achieved, t) for e, _, t in tried),
-                              key=lambda x: abs(x[1] - goal))
+    low, high = _bracket(tried, goal)
+    if low is not None and high is not None and high[1] > low[1]:
+        (p0, t0), (p1, t1) = low, high
+        return p0 + (goal - t0) * (p1 - p0) / (t1 - t0)
+    predicted, measured = _nearest(tried, goal)
     return predicted * goal / measured
 
 

@@ -365,7 +365,7 @@ def repeats_for(each: float, repeats: int, min_time: float, max_repeats: int | N
     """Timed calls (or rounds) of `each` seconds: `repeats`, or more to fill
     `min_time` seconds, at most `max_repeats`."""
     if min_time > 0 and each > 0:
-        repeats = max(repeats, int(min_time / max(each, 1e-7)))
+        repeats = max(repeats, int(min_time / each))
     return min(repeats, max_repeats) if max_repeats else repeats
 
 
