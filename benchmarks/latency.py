@@ -10,9 +10,10 @@ weights, no download):
    timed on this machine until the clock agrees), widths rounded to 8.
 3. Export the seed and the three models to TFLite with `morph export`'s code and
    time the files with `morph bench`'s code, interleaved call by call (seed,
-   seed, FLOPs, latency, measured, seed, ...) for `--repeats` rounds. A model's
-   share of the seed is the median of its per-round ratios to the seed, with
-   their 10th-90th percentiles; the seed's second copy gives the noise floor.
+   seed, FLOPs, latency, measured, seed, ...) for `--repeats` rounds, `--timings`
+   times one after another. A timing's share of the seed is the median of its
+   per-round ratios to the seed; a model's share is the median over the timings,
+   with their range; the seed's second copy gives the noise floor.
 
 Printed per model: the profile's time; the measured speed-up of the FLOPs-50%
 model beside its FLOPs speed-up (2x); the latency-50% model's measured latency
@@ -22,7 +23,7 @@ its measurement (goal: within 10%). The
 conclusions printed last are computed from this run.
 
 Usage: .venv/bin/python benchmarks/latency.py [--models resnet50,mobilenetv2,resnet20]
-       [--threads 2] [--repeats 300] [--keep DIR]
+       [--threads 2] [--repeats 300] [--timings 3] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -78,19 +80,25 @@ def measure(name: str, spec: str, args, work: Path) -> dict:
         flops[kind] = CostModel(build_graph(model)).total("flops")
     # All files timed interleaved call by call, the seed twice: the second seed's
     # ratio to the first is the noise floor of every share below.
+    # `--timings` timings one after another: a light model's share of the seed moves
+    # with the host's load from one to the next, so each share is their median, shown
+    # with their range.
     order = ["seed", "seed", *[k for k in files if k != "seed"]]
-    found = bench_many([str(files[k]) for k in order], threads=args.threads, warmup=10,
-                       repeats=args.repeats)
-    measured = {"seed": found[0].median_s, "noise": found[1].ratio}
-    share = {"noise": (found[1].ratio, found[1].ratio_p10, found[1].ratio_p90)}
-    for kind, result in zip(order[2:], found[2:], strict=True):
-        measured[kind] = result.median_s
-        share[kind] = (result.ratio, result.ratio_p10, result.ratio_p90)
+    timings = [bench_many([str(files[k]) for k in order], threads=args.threads, warmup=10,
+                          repeats=args.repeats) for _ in range(args.timings)]
+    measured = {"seed": statistics.median(t[0].median_s for t in timings)}
+    share = {}
+    for k, kind in enumerate(order):
+        if k:
+            kind = "noise" if k == 1 else kind
+            ratios = [t[k].ratio for t in timings]
+            share[kind] = (statistics.median(ratios), min(ratios), max(ratios))
+            measured[kind] = statistics.median(t[k].median_s for t in timings)
     loop = looped.record["measured"]
     return {"name": name, "profile_s": profile_s, "round_to": prof.round_to,
             "measure_s": measure_s, "candidates": len(loop["candidates"]),
             "loop_share": FRACTION * (1 + loop["error"]),
-            "drift": found[0].median_s / prof.model["measured_s"],
+            "drift": measured["seed"] / prof.model["measured_s"],
             "scale": prof.scale, "units": prof.model["units"],
             "distinct": prof.model["distinct_units"], "measured": measured, "share": share,
             "predicted": predicted, "flops": flops}
@@ -110,6 +118,8 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=300)
+    parser.add_argument("--timings", type=int, default=3, help="timings of the files, one "
+                        "after another; a share is the median of theirs")
     parser.add_argument("--keep", metavar="DIR", help="write each profile and the results "
                         "(results.json) into DIR")
     args = parser.parse_args()
@@ -128,9 +138,10 @@ def main() -> None:
             if args.keep:
                 files_.write_json(Path(args.keep) / "results.json", results)
     print(f"\nTFLite float32, {args.threads} threads, batch 1; all files of a model timed "
-          f"interleaved call by call, {args.repeats} calls each; a share is the median of "
-          "the per-round ratios to the seed [10th-90th percentile]; 'noise' is the seed's "
-          "own second copy\n")
+          f"interleaved call by call, {args.repeats} calls each, {args.timings} times; a "
+          "timing's share is the median of its per-round ratios to the seed, and a share "
+          "below is the median of the timings' [their lowest-highest]; 'noise' is the "
+          "seed's own second copy\n")
     print("| model | seed ms | noise | FLOPs 50%: share | measured / FLOPs speed-up "
           "| latency 50%, profile: share | latency 50%, --measure: share "
           "| predicted / measured (seed, FLOPs, latency, --measure) "
@@ -158,8 +169,12 @@ def main() -> None:
     print("\nConclusions (from this run):")
     noise = max(max(abs(r["share"]["noise"][1] - 1), abs(r["share"]["noise"][2] - 1))
                 for r in results)
-    print(f"- noise floor: the seed against its own copy varies by up to {noise:.1%} "
-          "per round (10th-90th percentile)")
+    print(f"- noise floor: the seed against its own copy is off by up to {noise:.1%} "
+          "in a timing")
+    for r in results:
+        low, high = r["share"]["measured"][1:]
+        print(f"- {r['name']}: the --measure model's share moved {low:.3f}-{high:.3f} "
+              f"over the {args.timings} timings ({high / low - 1:.1%})")
     for k, how in enumerate(("the profile alone", "--measure")):
         print(f"- latency target ({FRACTION:.0%} of the seed's measured latency, within "
               f"{GOAL['target']:.0%}) with {how}: met on {sum(x[k] for x in met)} of "
