@@ -547,3 +547,29 @@ def test_expand_measure_steps_past_the_nearest_when_all_are_on_one_side(monkeypa
     result = ex.expand(ex.Priced.of(model, prof), "latency", Quantity(0.5, True),
                        measure=True)
     assert len(result.record["measured"]["candidates"]) == 1
+
+
+def test_clock_keeps_runners_until_release_and_sizes_rounds_from_the_last_warm_up(
+        monkeypatch):
+    """A kept runner is built once and dropped by `release`; an unkept one is built
+    per call. `time_together` reads a round's time from its last warm-up round:
+    0.01 + 0.03 s, so a second of rounds is 25 of them (more than `repeats`, 5)."""
+    from morphcli.steps import export
+
+    model = _model()
+    clock = measure._Clock("keras", 1, None, warmup=3, repeats=5)
+    kept = clock._call(model, keep=True)[0]
+    assert clock._call(model, keep=True)[0] is kept
+    assert clock._call(model)[0] is not kept
+    clock.release()
+    assert clock._call(model, keep=True)[0] is not kept
+    calls = []
+
+    def rounds(fns, xs, *, warmup, repeats, progress=None):
+        calls.append((len(fns), warmup, repeats))
+        return [[0.01] * repeats, [0.03] * repeats]
+
+    monkeypatch.setattr(export, "time_rounds", rounds)
+    timings = clock.time_together([model, _model(side=8)], min_time=1.0)
+    assert calls == [(2, 2, 1), (2, 0, 25)]
+    assert [t.median for t in timings] == [0.01, 0.03]
