@@ -118,6 +118,13 @@ def test_a_tiled_table_prices_an_output_width_at_its_next_multiple_of_the_step()
     # Without the step the same table interpolates between its points.
     smooth = profiles.Table("k", [8], [16, 32, 48, 56], [[1e-6, 3e-6, 4e-6, 4.5e-6]])
     assert smooth.at(8, 24) == pytest.approx(2e-6) and table.at(8, 24) == pytest.approx(3e-6)
+    # A layer narrower than the step is measured inside one tile: a width costs what
+    # the next measured width costs (6 -> 8, 13 -> 16), not the widest one's; past
+    # the grid, up to the end of the tile 16 is in (32), what 16 costs.
+    narrow = profiles.Table("k", [8], [2, 4, 8, 12, 16], [[1e-6, 2e-6, 3e-6, 4e-6, 5e-6]],
+                            step=32)
+    np.testing.assert_allclose(narrow.at(8, [1, 4, 6, 8, 13, 16, 32, 64]),
+                               [1e-6, 2e-6, 3e-6, 3e-6, 5e-6, 5e-6, 5e-6, 1e-5], rtol=1e-12)
     # The input axis stays linear: only output channels come in tiles.
     both = profiles.Table("k", [16, 32], [16, 32], [[1e-6, 2e-6], [3e-6, 4e-6]], step=16)
     assert both.at(24, 17) == pytest.approx((2e-6 + 4e-6) / 2)

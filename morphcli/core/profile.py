@@ -156,8 +156,9 @@ class Table:
     width (as a layer's work does), so it is never negative and never falls
     when a width grows. A unit whose kernels compute output channels in tiles
     (`Rule.tiled`) has the profile's rounding step as `step`: an output width is
-    priced at the next multiple of it (no more than the widest measured one
-    inside the grid), as the device charges for the whole tile."""
+    priced at the next multiple of it, as the device charges for the whole tile,
+    or at the next measured width when that one comes first (a layer narrower
+    than the step is measured at widths inside one tile)."""
 
     key: str
     widths_in: list[int]
@@ -181,10 +182,13 @@ class Table:
             t = np.concatenate([t, t], 1)
         last = gout[-1]  # the width past which a table grows in proportion
         if self.step > 1 and len(gout) > 1:
-            # Past the grid a width grows from the tile the widest point is in.
+            # Inside the grid a width costs what the next measured width costs when
+            # that one is in its tile (a narrow layer is measured below the step);
+            # past the grid it grows from the tile the widest point is in.
             tiles = np.ceil(y / self.step) * self.step
             last = np.ceil(gout[-1] / self.step) * self.step
-            y = np.where(y <= gout[-1], np.minimum(tiles, gout[-1]), tiles)
+            above = gout[np.minimum(np.searchsorted(gout, y), len(gout) - 1)]
+            y = np.where(y <= gout[-1], np.minimum(tiles, above), tiles)
         i, u = _cell(gin, x)
         j, v = _cell(gout, y)
         inside = (t[i, j] * (1 - u) * (1 - v) + t[i + 1, j] * u * (1 - v)
