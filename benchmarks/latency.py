@@ -113,12 +113,18 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1e3:.3f}"
 
 
+def positive(text: str) -> int:
+    if int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {text}")
+    return int(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=300)
-    parser.add_argument("--timings", type=int, default=3, help="timings of the files, one "
+    parser.add_argument("--timings", type=positive, default=3, help="timings of the files, one "
                         "after another; a share is the median of theirs")
     parser.add_argument("--keep", metavar="DIR", help="write each profile and the results "
                         "(results.json) into DIR")
@@ -172,9 +178,9 @@ def main() -> None:
     print(f"- noise floor: the seed against its own copy is off by up to {noise:.1%} "
           "in a timing")
     for r in results:
-        low, high = r["share"]["measured"][1:]
+        middle, low, high = r["share"]["measured"]
         print(f"- {r['name']}: the --measure model's share moved {low:.3f}-{high:.3f} "
-              f"over the {args.timings} timings ({high / low - 1:.1%})")
+              f"over the {args.timings} timings ({(high - low) / middle:.1%} of its median)")
     for k, how in enumerate(("the profile alone", "--measure")):
         print(f"- latency target ({FRACTION:.0%} of the seed's measured latency, within "
               f"{GOAL['target']:.0%}) with {how}: met on {sum(x[k] for x in met)} of "

@@ -14,7 +14,7 @@ kept from one timing to the next, and with new ones built for each timing
 
 Printed per model and way: the median share, its lowest and highest over the
 timings, and that range as a share of the median; then the seed's median time
-per timing (the host's drift). The conclusions printed last are computed from
+over all timings, lowest to highest (the host's drift). The conclusions printed last are computed from
 this run.
 
 Usage: .venv/bin/python benchmarks/repeatability.py [--models resnet20,mobilenetv2]
@@ -59,12 +59,18 @@ def measure(name: str, args, work: Path) -> dict:
     return {"name": name, "shares": shares, "seeds": seeds}
 
 
+def positive(text: str) -> int:
+    if int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {text}")
+    return int(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="resnet20,mobilenetv2")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=300)
-    parser.add_argument("--timings", type=int, default=8)
+    parser.add_argument("--timings", type=positive, default=8)
     args = parser.parse_args()
     results = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -542,9 +542,9 @@ def test_expand_measure_steps_past_the_nearest_when_all_are_on_one_side(monkeypa
     assert len(tried) >= 2
     first = tried[0]
     assert first["measured_in_loop_s"] > 0.5 * seed * 1.02  # above the goal, alone
-    step = min(0.5 * seed / first["measured_in_loop_s"], 1 - ex.NOTCH)
+    corrected = first["predicted_s"] * 0.5 * seed / first["measured_in_loop_s"]
     k = 1
-    while (new := ex.solve_multiplier(costs, "latency", first["predicted_s"] * step ** k)
+    while (new := ex.solve_multiplier(costs, "latency", corrected * (1 - ex.NOTCH) ** k)
            ).achieved == pytest.approx(first["predicted_s"]):
         k += 1
     assert tried[1]["predicted_s"] == pytest.approx(new.achieved)
@@ -554,6 +554,36 @@ def test_expand_measure_steps_past_the_nearest_when_all_are_on_one_side(monkeypa
     result = ex.expand(ex.Priced.of(model, prof), "latency", Quantity(0.5, True),
                        measure=True)
     assert len(result.record["measured"]["candidates"]) == 1
+
+
+def test_beyond_takes_the_first_new_stair_past_the_correction():
+    """On a staircase of structures, `_beyond` creeps on from the correction that
+    repeated a known structure, 3% at a time: the next stair up (not one further),
+    the next one down (a solver rounding to the nearest), None when all are known."""
+    from collections import namedtuple
+
+    from morphcli.steps import expand as ex
+
+    stairs = [1.0, 2.0, 2.3, 2.6, 3.0]
+    Stair = namedtuple("Stair", "widths achieved")
+
+    def below(goal):
+        return Stair({0: (s := max(x for x in stairs if x <= goal))}, s)
+
+    def nearest(goal):
+        return Stair({0: (s := min(stairs, key=lambda x: abs(x - goal)))}, s)
+
+    # Measured 0.30 against a goal of 0.5: the correction 1.0 x 0.5 / 0.3 = 1.67
+    # still gives stair 1.0; 1.67 x 1.03^k first reaches 2.0 at k = 6.
+    tried = [(below(1.0), None, 0.30)]
+    assert below(1.0 * 0.5 / 0.30) == tried[0][0]
+    assert ex._beyond(tried, 0.5, below).achieved == 2.0
+    # Measured 0.51: 3.0 x 0.5 / 0.51 = 2.94 is nearest 3.0; 2.94 x 0.97^2 = 2.77
+    # is nearest 2.6 (the 2.3 stair is not skipped to).
+    tried = [(nearest(3.0), None, 0.51)]
+    assert ex._beyond(tried, 0.5, nearest).achieved == 2.6
+    tried += [(nearest(x), None, 0.4) for x in (2.6, 2.3, 2.0, 1.0)]
+    assert ex._beyond(tried, 0.5, nearest) is None
 
 
 def test_clock_keeps_runners_until_release_and_sizes_rounds_from_the_last_warm_up(

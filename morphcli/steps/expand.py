@@ -221,15 +221,16 @@ def _nearest(tried, goal: float) -> tuple[float, float]:
 
 
 def _beyond(tried, goal: float, solve):
-    """With every candidate measured on one side of the goal, the first structure not
-    yet timed past the nearest one, toward the goal: its cost-model target moved by
-    goal / measured, by at least `NOTCH`, compounded up to `NOTCHES` times; None
-    when none is new."""
+    """With every candidate measured on one side of the goal and the correction
+    (the nearest one's cost-model target times goal / measured, `_next_goal`)
+    giving a structure already timed: the first structure not yet timed past that
+    correction, toward the goal, its target moved on by `NOTCH` at a time, up to
+    `NOTCHES` times; None when none is new."""
     predicted, measured = _nearest(tried, goal)
     ratio = goal / measured
-    step = min(ratio, 1 - NOTCH) if ratio < 1 else max(ratio, 1 + NOTCH)
+    notch = 1 - NOTCH if ratio < 1 else 1 + NOTCH
     for k in range(1, NOTCHES + 1):
-        following = solve(predicted * step ** k)
+        following = solve(predicted * ratio * notch ** k)
         if not _known(following, tried):
             return following
     return None

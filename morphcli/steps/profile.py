@@ -119,13 +119,13 @@ class _Clock:
     def time_together(self, models: list, min_time: float = MIN_TIME) -> list[Timing]:
         """Times models interleaved call by call (A, B, A, B), so that they meet the
         machine's load alike: `repeats` rounds at least, and `min_time` seconds of
-        rounds at least (a round's time read from the last warm-up round, after
-        the first calls' set-up). The runners are kept (`release`)."""
+        rounds at least (a round's time read from the last of at least two warm-up
+        rounds, after the first calls' set-up). The runners are kept (`release`)."""
         from morphcli.steps.export import quantiles, repeats_for, time_rounds
 
         calls = [self._call(m, keep=True) for m in models]
         last = time_rounds([c for c, _ in calls], [x for _, x in calls],
-                           warmup=max(1, self.warmup) - 1, repeats=1)
+                           warmup=max(2, self.warmup) - 1, repeats=1)
         repeats = repeats_for(sum(t[0] for t in last), self.repeats, min_time, MAX_REPEATS)
         rounds = time_rounds([c for c, _ in calls], [x for _, x in calls], warmup=0,
                              repeats=repeats)
