@@ -176,6 +176,7 @@ def profile(model, out_path, runtime, batch, threads, repeats, warmup, round_to,
     files.write_json(out_path, result.to_dict())
     summary = {"path": out_path, "runtime": runtime, "threads": threads, "batch": batch,
                "round_to": result.round_to, "scale": result.scale, "fixed_s": result.fixed_s,
+               "curve": result.curve,
                **result.model}
     if as_json:
         click.echo(_dumps(summary))
@@ -187,9 +188,14 @@ def profile(model, out_path, runtime, batch, threads, repeats, warmup, round_to,
     out.print(f"{m['name']}: measured {m['measured_s'] * 1e3:.3f} ms (10th-90th percentile "
               f"{m['p10_s'] * 1e3:.3f}-{m['p90_s'] * 1e3:.3f}); sum of its layers "
               f"{m['unscaled_s'] * 1e3:.3f} ms", markup=False, highlight=False)
-    if "narrow" in m:
-        out.print(f"a version at {m['narrow']['flops_share']:.0%} of its FLOPs: measured "
-                  f"{m['narrow']['measured_s'] * 1e3:.3f} ms, sum of its layers "
-                  f"{m['narrow']['unscaled_s'] * 1e3:.3f} ms", markup=False, highlight=False)
-    out.print(f"so the profile prices a model as {result.scale:.3f} x its layers + "
-              f"{result.fixed_s * 1e3:.3f} ms per call", markup=False, highlight=False)
+    for n in m.get("narrower", []):
+        out.print(f"a version at {n['flops_share']:.0%} of its FLOPs: measured "
+                  f"{n['measured_s'] * 1e3:.3f} ms, sum of its layers "
+                  f"{n['unscaled_s'] * 1e3:.3f} ms", markup=False, highlight=False)
+    if result.curve:
+        out.print(f"so the profile prices a model on the curve through {len(result.curve)} of "
+                  "them, from the sum of its layers to the time measured", markup=False,
+                  highlight=False)
+    else:
+        out.print(f"so the profile prices a model as {result.scale:.3f} x its layers + "
+                  f"{result.fixed_s * 1e3:.3f} ms per call", markup=False, highlight=False)

@@ -17,6 +17,7 @@ from morphcli.cli import cli
 from morphcli.core import profile as profiles
 from morphcli.core.costs import CostModel, get_hardware
 from morphcli.core.graph import build_graph
+from morphcli.errors import MorphError
 from morphcli.steps import profile as measure
 from morphcli.steps.context import round_to_of
 from morphcli.training.regularizers import make_regularizer
@@ -201,13 +202,21 @@ def test_profile_of_a_tiny_model_is_a_valid_file(tmp_path):
     # The whole model is timed in passes spread over the profile; the median counts.
     assert len(whole["passes_s"]) == measure.WHOLE_PASSES
     assert whole["measured_s"] == pytest.approx(float(np.median(whole["passes_s"])), rel=1e-6)
-    # A narrower version was timed beside it; where the two give a fit with a fixed
-    # cost, the profile predicts both; else the scale is the seed's alone.
-    narrow = whole["narrow"]
-    assert narrow["measured_s"] > 0 and narrow["unscaled_s"] < whole["unscaled_s"]
-    if loaded.fixed_s > 0:
-        assert narrow["predicted_s"] == pytest.approx(narrow["measured_s"], rel=1e-3)
-    # The scale is fitted so that the profile predicts the profiled model's own time.
+    # Narrower versions were timed beside it (those of distinct structures); the
+    # profile's curve runs through the ones it keeps, so it predicts them.
+    narrower = whole["narrower"]
+    assert narrower and all(n["unscaled_s"] > 0 and n["measured_s"] > 0 for n in narrower)
+    assert [n["flops_share"] for n in narrower] == [s for s in measure.CURVE
+                                                    if s in {n["flops_share"] for n in narrower}]
+    o = loaded.overhead_s
+    for n in [whole, *narrower]:
+        point = [n["unscaled_s"] - o, n["measured_s"] - o]
+        if any(p == pytest.approx(point, rel=1e-6) for p in loaded.curve):
+            assert n["predicted_s"] == pytest.approx(n["measured_s"], rel=1e-6)
+    assert loaded.curve == sorted(loaded.curve)
+    assert (np.diff(np.array(loaded.curve), axis=0) > 0).all()
+    # The profiled model's own time is predicted: it is a point of the curve, or
+    # (no curve) the scale was fitted on it.
     assert whole["predicted_s"] == pytest.approx(whole["measured_s"], rel=1e-3)
     assert CostModel(graph, loaded).total("latency") == pytest.approx(whole["predicted_s"])
 
@@ -226,6 +235,48 @@ def test_scale_and_fixed_cost_fit_two_whole_models():
     before = CostModel(graph, prof).total("latency")
     prof.fixed_s = 3e-6
     assert CostModel(graph, prof).total("latency") == pytest.approx(before + 3e-6)
+
+
+def test_curve_keeps_rising_points_and_prices_on_its_segments(tmp_path):
+    # The profiled model (first) is kept; narrower points are sorted by the sum, of
+    # two equal sums the lesser time kept, and those above it in time (30 > 25) or
+    # sum (11 > 10), above a wider one's time (9 > 8.5) or not positive dropped.
+    points = [(10, 25), (4, 13), (7, 30), (2, 9), (2, 8), (-1, 3), (11, 20), (3, 8.5)]
+    assert measure._curve(points) == [[2, 8], [3, 8.5], [4, 13], [10, 25]]
+    points = [(10, 25), (4, 13), (7, 30), (2, 9), (3, 8.5)]
+    assert measure._curve(points) == [[3, 8.5], [4, 13], [10, 25]]
+    assert measure._curve([(10, 12), (4, 13)]) == []  # one point left: no curve
+    prof = profiles.Profile("", {}, "tflite", 1, 2, 0.0, {}, curve=[[2, 8], [4, 13], [10, 25]])
+    units = np.array([1.0, 2.0, 3.0, 4.0, 7.0, 10.0, 18.0])
+    scale, fixed = prof.line(units)
+    # Segments 2.5 u + 3 and 2 u + 5; below, the first one (its fixed cost is not
+    # negative); past the last point, the rise from the first: 17 / 8 u + 3.75.
+    assert fixed + scale * units == pytest.approx([5.5, 8, 10.5, 13, 19, 25, 42])
+    # A first segment with a negative fixed cost is not extended: proportion below.
+    steep = profiles.Profile("", {}, "tflite", 1, 2, 0.0, {}, curve=[[2, 1], [4, 13]])
+    scale, fixed = steep.line(np.array([1.0, 3.0, 8.0]))
+    assert fixed + scale * np.array([1.0, 3.0, 8.0]) == pytest.approx([0.5, 7, 26])
+    # A graph is priced on it: overhead + fixed + scale x each unit's table, where
+    # the units' sum falls (here halfway along a segment from 1e-5 to 3e-5 s).
+    graph = build_graph(_model())
+    prof = _synthetic(graph, TABLES, scale=1.0)
+    line = CostModel(graph, prof)
+    units = line.total("latency") - prof.overhead_s
+    tables = line.per_layer("latency")
+    prof.curve = [[units / 2, 1e-5], [units * 1.5, 3e-5]]
+    curved = CostModel(graph, prof)
+    assert curved.total("latency") == pytest.approx(prof.overhead_s + 2e-5)
+    slope = 2e-5 / units
+    per = curved.per_layer("latency")
+    assert per[1:] == pytest.approx(slope * tables[1:])
+    # Written and read back, it prices the same; a falling curve is refused.
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(prof.to_dict()))
+    assert CostModel(graph, profiles.load(path)).total("latency") == pytest.approx(
+        curved.total("latency"), rel=1e-12)
+    path.write_text(json.dumps({**prof.to_dict(), "curve": [[1e-6, 2e-5], [2e-6, 1e-5]]}))
+    with pytest.raises(MorphError, match="damaged: curve"):
+        profiles.load(path)
 
 
 def test_morph_profile_writes_a_tflite_profile(tmp_path):

@@ -289,13 +289,15 @@ class CostModel:
 
     def _measured(self, sw: np.ndarray) -> np.ndarray:
         """Profile latency per node, for space widths `sw` (..., spaces + 1): each
-        unit's table (times the profile's scale) on its leader, the per-call
-        overhead and the fixed cost of a whole model on the first node."""
+        unit's table, times the scale of the profile's curve at their sum
+        (`Profile.line`), on its leader; the per-call overhead and the curve's
+        fixed cost there on the first node."""
         out = np.zeros(sw.shape[:-1] + (len(self.graph.nodes),))
         for unit in self.units:
-            out[..., unit.nodes[0]] = self.profile.scale * unit.seconds(sw) * self._inner_ratio(
-                unit, sw)
-        out[..., 0] += self.profile.overhead_s + self.profile.fixed_s
+            out[..., unit.nodes[0]] = unit.seconds(sw) * self._inner_ratio(unit, sw)
+        scale, fixed = self.profile.line(out.sum(-1))
+        out *= scale[..., None]
+        out[..., 0] += self.profile.overhead_s + fixed
         return out
 
     def _inner_ratio(self, unit, sw: np.ndarray):

@@ -8,7 +8,7 @@ units predicts the whole model. Units with the same layer configuration and
 spatial shapes share one table (`unit_key`), so a narrower or wider model
 built from the profiled one is priced without measuring it again:
 
-    latency(widths) = overhead + fixed + scale · sum over units of table_u(w_in, w_out)
+    latency(widths) = overhead + curve(sum over units of table_u(w_in, w_out))
 
 where `table_u` interpolates bilinearly between the measured medians (and
 grows in proportion to a width past the largest measured one). Tables are made non-decreasing in each width
@@ -16,8 +16,14 @@ when they are measured, so the width-multiplier solver can bisect on them.
 Their grids sit on multiples of the profile's `round_to`, the channel step
 latency falls in, so a structure rounded to it (`round_to: auto`) is priced at
 measured widths; a layer that computes output channels in tiles prices any
-other output width at the next multiple (`Table.step`). `scale` and `fixed` are fitted once, on the profiled model and a narrower
-version of it measured whole (see `Profile.scale`).
+other output width at the next multiple (`Table.step`).
+
+`curve` maps the sum of a structure's units to what a whole model of that sum
+measures: it is interpolated between the profiled model and narrower versions
+of it, measured whole (`Profile.curve`), as a line `fixed + scale · sum` on
+each segment, so a price is still a sum over units plus a fixed cost. Without
+a curve (profiles of version 1 and 2) one line, `Profile.scale` and
+`Profile.fixed_s`, prices every width.
 
 The file is JSON, versioned (`FORMAT`, `VERSION`), and records the device it
 was measured on; `load` refuses another format or version and `warnings()`
@@ -39,8 +45,8 @@ import numpy as np
 from morphcli.errors import MorphError
 
 FORMAT = "morphcli-profile"
-VERSION = 2  # 2: tables may carry a channel step, profiles a fixed cost per call
-READS = (1, 2)  # versions `load` reads (1: no steps, no fixed cost)
+VERSION = 3  # 2: tables may carry a channel step, profiles a fixed cost; 3: a curve
+READS = (1, 2, 3)  # versions `load` reads (1: no steps, no fixed cost; 2: no curve)
 PREFIX = "profile:"  # how a profile is named where a device is expected
 # Config keys that do not change what a layer computes at inference for given widths.
 _WIDTH_KEYS = {"filters", "units", "groups", "target_shape", "name", "trainable", "momentum",
@@ -237,6 +243,36 @@ class Profile:
     model: dict = field(default_factory=dict)  # the profiled model: name, measured, predicted
     rounding: dict = field(default_factory=dict)  # the width sweep round_to was read from
     fixed_s: float = 0.0  # see `scale`
+    # (sum of the units, measured time), both without the call overhead, of the
+    # profiled model and narrower versions of it timed whole, interleaved: sorted
+    # by the sum, each time at most the next one's (the load only adds time). The
+    # sum of isolated units does not scale as a whole model does: on ResNet-20 a
+    # model at 75% of the FLOPs sums to 84% of the seed's units and measures 98%
+    # of its time, one at 8% sums to 22% and measures 33%. One line through two
+    # of them mis-priced the others by up to 39%.
+    curve: list = field(default_factory=list)
+
+    def line(self, units) -> tuple[np.ndarray, np.ndarray]:
+        """(scale, fixed) of the price `fixed + scale · units` at sums of units
+        (an array): the curve's segment the sum falls in; below the curve its
+        first segment, or proportion to its first point if that segment has a
+        negative fixed cost; above it, the slope from its first point to its last,
+        or proportion to the last point. Without a curve, `scale` and `fixed_s`."""
+        units = np.asarray(units, float)
+        if len(self.curve) < 2:
+            return np.full(units.shape, self.scale), np.full(units.shape, self.fixed_s)
+        x, y = (np.asarray(v, float) for v in zip(*self.curve, strict=True))
+        slopes = np.diff(y) / np.diff(x)
+        fixed = y[:-1] - slopes * x[:-1]
+        below = (slopes[0], fixed[0]) if fixed[0] >= 0 else (y[0] / x[0], 0.0)
+        rise = (y[-1] - y[0]) / (x[-1] - x[0])
+        above = (rise, y[-1] - rise * x[-1]) if y[-1] >= rise * x[-1] else (y[-1] / x[-1], 0.0)
+        slopes = np.concatenate([[below[0]], slopes, [above[0]]])
+        fixed = np.concatenate([[below[1]], fixed, [above[1]]])
+        # 0: below the first point, k: between points k - 1 and k, len(x): past the
+        # last; lines meet at the points, so a sum on one takes either.
+        k = np.searchsorted(x, units, side="right")
+        return slopes[k], fixed[k]
 
     @property
     def name(self) -> str:
@@ -265,7 +301,7 @@ class Profile:
         return {"format": FORMAT, "version": VERSION, "device": self.device,
                 "runtime": self.runtime, "batch": self.batch, "threads": self.threads,
                 "overhead_s": self.overhead_s, "round_to": self.round_to, "scale": self.scale,
-                "fixed_s": self.fixed_s,
+                "fixed_s": self.fixed_s, "curve": self.curve,
                 "rounding": self.rounding, "model": self.model,
                 "tables": [vars(t) for t in self.tables.values()]}
 
@@ -313,10 +349,16 @@ def load(path: str | Path, warn: bool = False) -> Profile:
                        data.get("threads"), float(data["overhead_s"]), tables,
                        int(data.get("round_to", 1)), float(data.get("scale", 1.0)),
                        dict(data.get("model", {})),
-                       dict(data.get("rounding", {})), float(data.get("fixed_s", 0.0)))
+                       dict(data.get("rounding", {})), float(data.get("fixed_s", 0.0)),
+                       [[float(a), float(b)] for a, b in data.get("curve", [])])
         if profile.scale <= 0 or profile.fixed_s < 0:
             raise ValueError(f"scale {profile.scale} must be positive and fixed_s "
                              f"{profile.fixed_s} not negative")
+        if profile.curve:
+            x, y = zip(*profile.curve, strict=True)
+            if x[0] <= 0 or y[0] <= 0 or any(np.diff(x) <= 0) or any(np.diff(y) < 0):
+                raise ValueError(f"curve {profile.curve} must rise from positive sums "
+                                 "and times")
     except (KeyError, TypeError, ValueError) as err:
         raise MorphError(f"Profile {where} is damaged: {err}") from None
     if warn and where not in _WARNED:

@@ -21,10 +21,14 @@ that fits the sweep best; XNNPack's float kernels on this AVX2 machine compute
 compute their outputs in such tiles (`Rule.tiled`) price an output width at
 its next multiple of the step.
 
-The whole model and a version of it at `NARROW` of its FLOPs are timed end to
-end, interleaved call by call, `WHOLE_PASSES` times spread over the profile;
-their median passes fit the profile's `scale` and `fixed_s` (`_calibrate`),
-so that it predicts both. The profile's predictions for them
+The whole model and versions of it at the `CURVE` shares of its FLOPs (one
+width multiplier each) are timed end to end, interleaved call by call,
+`WHOLE_PASSES` times spread over the profile. Their median passes, against the
+sums of their units, make the profile's `curve` (`_curve`), on which a model
+is priced from the sum of its units, so that the profile predicts each of
+them; the whole model and the one at `NARROW` also fit `scale` and `fixed_s`
+(`_calibrate`), the one line of profiles without a curve and the scale of the
+latency regularizer's slopes. The profile's predictions for them
 (`CostModel(graph, profile).total("latency")`) are stored beside the
 measurements, so every profile carries its own check.
 """
@@ -47,7 +51,7 @@ SWEEP = 32  # the sweep starts at a multiple of SWEEP and covers two of its step
 SWEEP_PASSES = 3  # the sweep is timed this many times and each width's least median kept
 WHOLE_PASSES = 5  # the whole model is timed this many times, spread over the profile
 MIN_TIME = 0.05  # seconds of timed calls per measurement, at least
-WHOLE_TIME = 1.0  # seconds of rounds per pass of the whole models (at most MAX_REPEATS)
+WHOLE_TIME = 2.0  # seconds of rounds per pass of the whole models (at most MAX_REPEATS)
 MAX_REPEATS = 2000
 STEPS = (32, 16, 8, 4, 2, 1)  # rounding steps tried, largest first
 STEP_TOLERANCE = 0.05  # the sweep must rise by more than this share to read a step
@@ -324,8 +328,14 @@ def profile(model, *, runtime: str = "tflite", batch: int = 1, threads: int | No
     # The whole model and a narrower version of it are timed together WHOLE_PASSES
     # times, before, between and after the tables, and the median pass counts: one
     # timing would carry the load of its moment into the scale of every unit.
-    narrow = _narrow(model)
-    wholes = [model] if narrow is None else [model, narrow]
+    narrower, seen = {}, {_shapes(model)}
+    for share in CURVE:  # a small model's shares can round to one structure
+        found = _narrow(model, share)
+        if found is not None and _shapes(found) not in seen:
+            narrower[share] = found
+            seen.add(_shapes(found))
+    narrow = narrower.get(NARROW)
+    wholes = [model, *narrower.values()]
     passes: list[list[Timing]] = []
     due = {round(k * len(distinct) / (WHOLE_PASSES - 1)) for k in range(WHOLE_PASSES)}
 
@@ -349,39 +359,67 @@ def profile(model, *, runtime: str = "tflite", batch: int = 1, threads: int | No
                              for q in ("median", "p10", "p90"))) for k in range(len(wholes))]
     result = profiles.Profile("", profiles.machine(), runtime, batch, threads, overhead, tables,
                               step, rounding=rounding)
-    raw = CostModel(graph, result).total("latency")
-    raw_narrow = (CostModel(build_graph(narrow), result).total("latency") if rest else None)
+    graphs = [graph, *(build_graph(m) for m in narrower.values())]
+    raws = [CostModel(g, result).total("latency") for g in graphs]
+    at = list(narrower).index(NARROW) + 1 if narrow is not None else None
     result.scale, result.fixed_s = _calibrate(
-        whole.median - overhead, raw - overhead,
-        *((rest[0].median - overhead, raw_narrow - overhead) if rest else (None, None)))
+        whole.median - overhead, raws[0] - overhead,
+        *((rest[at - 1].median - overhead, raws[at] - overhead) if at else (None, None)))
+    result.curve = _curve([(u - overhead, t.median - overhead)
+                           for u, t in zip(raws, [whole, *rest], strict=True)])
     result.model = {"name": model.name, "measured_s": whole.median, "p10_s": whole.p10,
-                    "p90_s": whole.p90, "unscaled_s": raw,
+                    "p90_s": whole.p90, "unscaled_s": raws[0],
                     "predicted_s": CostModel(graph, result).total("latency"),
                     "units": sum(map(len, distinct.values())), "distinct_units": len(distinct),
-                    "passes_s": [round(p[0].median, 9) for p in passes]}
-    if rest:
-        result.model["narrow"] = {
-            "measured_s": rest[0].median, "unscaled_s": raw_narrow,
-            "predicted_s": CostModel(build_graph(narrow), result).total("latency"),
-            "flops_share": NARROW, "passes_s": [round(p[1].median, 9) for p in passes]}
+                    "passes_s": [round(p[0].median, 9) for p in passes],
+                    "narrower": [
+                        {"flops_share": share, "measured_s": t.median, "unscaled_s": raw,
+                         "predicted_s": CostModel(g, result).total("latency"),
+                         "passes_s": [round(p[k].median, 9) for p in passes]}
+                        for k, (share, t, raw, g) in enumerate(
+                            zip(narrower, rest, raws[1:], graphs[1:], strict=True), 1)]}
     return result
 
 
-NARROW = 0.3  # FLOPs share of the narrower model the scale is fitted on (widths ~0.55)
+CURVE = (0.7, 0.45, 0.3, 0.15, 0.07)  # FLOPs shares of the narrower models timed whole
+NARROW = 0.3  # the one `scale` and `fixed_s` are fitted on, with the profiled model
 MAX_FIXED = 0.5  # largest share of the profiled model's time a fitted fixed cost may take
 
 
-def _narrow(model):
-    """The profiled model with every prunable width scaled down to `NARROW` of its
+def _narrow(model, share: float):
+    """The profiled model with every prunable width scaled down to `share` of its
     FLOPs, or None if it has no prunable width."""
     from morphcli.core.quantities import Quantity
     from morphcli.steps.expand import expand_model
 
     try:
-        narrow, _ = expand_model(model, "flops", Quantity(NARROW, True))
+        narrow, _ = expand_model(model, "flops", Quantity(share, True))
     except MorphError:
         return None
     return narrow
+
+
+def _shapes(model) -> tuple:
+    return tuple(tuple(w.shape) for w in model.weights)
+
+
+def _curve(points: list[tuple[float, float]]) -> list[list[float]]:
+    """`Profile.curve` from (sum of units, measured time) points, the profiled
+    model's first: it is always kept, and of the narrower ones those below it in
+    both; sorted by the sum, each time at most every later one's (a time above a
+    wider model's is taken for the load), and of points with the same sum the
+    least; empty with fewer than two left or a profiled model not positive."""
+    top = points[0]
+    if top[0] <= 0 or top[1] <= 0:
+        return []
+    below = [p for p in points[1:] if 0 < p[0] < top[0] and 0 < p[1] < top[1]]
+    kept: list[list[float]] = []
+    for units, seconds in [*sorted(below), top]:
+        while kept and kept[-1][1] >= seconds:
+            kept.pop()  # the load lifted it above a wider model
+        if not kept or units > kept[-1][0]:
+            kept.append([round(units, 12), round(seconds, 12)])
+    return kept if len(kept) > 1 else []
 
 
 def _calibrate(measured: float, units: float, narrow_measured: float | None,
