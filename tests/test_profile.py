@@ -246,6 +246,9 @@ def test_curve_keeps_rising_points_and_prices_on_its_segments(tmp_path):
     points = [(10, 25), (4, 13), (7, 30), (2, 9), (3, 8.5)]
     assert measure._curve(points) == [[3, 8.5], [4, 13], [10, 25]]
     assert measure._curve([(10, 12), (4, 13)]) == []  # one point left: no curve
+    # Sums equal as written (12 decimals) are one sum: the file's curve must rise.
+    assert measure._curve([(1e-4, 2e-4), (5e-5 + 1e-16, 1e-4), (5e-5, 9e-5)]) == [
+        [5e-5, 9e-5], [1e-4, 2e-4]]
     prof = profiles.Profile("", {}, "tflite", 1, 2, 0.0, {}, curve=[[2, 8], [4, 13], [10, 25]])
     units = np.array([1.0, 2.0, 3.0, 4.0, 7.0, 10.0, 18.0])
     scale, fixed = prof.line(units)

@@ -381,7 +381,7 @@ def profile(model, *, runtime: str = "tflite", batch: int = 1, threads: int | No
     return result
 
 
-CURVE = (0.7, 0.45, 0.3, 0.15, 0.07)  # FLOPs shares of the narrower models timed whole
+CURVE = (0.75, 0.55, 0.4, 0.3, 0.22, 0.15, 0.1, 0.06)  # FLOPs shares of narrower models timed whole
 NARROW = 0.3  # the one `scale` and `fixed_s` are fitted on, with the profiled model
 MAX_FIXED = 0.5  # largest share of the profiled model's time a fitted fixed cost may take
 
@@ -409,6 +409,7 @@ def _curve(points: list[tuple[float, float]]) -> list[list[float]]:
     both; sorted by the sum, each time at most every later one's (a time above a
     wider model's is taken for the load), and of points with the same sum the
     least; empty with fewer than two left or a profiled model not positive."""
+    points = [(round(a, 12), round(b, 12)) for a, b in points]  # as written to the file
     top = points[0]
     if top[0] <= 0 or top[1] <= 0:
         return []
@@ -418,7 +419,7 @@ def _curve(points: list[tuple[float, float]]) -> list[list[float]]:
         while kept and kept[-1][1] >= seconds:
             kept.pop()  # the load lifted it above a wider model
         if not kept or units > kept[-1][0]:
-            kept.append([round(units, 12), round(seconds, 12)])
+            kept.append([units, seconds])
     return kept if len(kept) > 1 else []
 
 
