@@ -430,8 +430,7 @@ def _calibrate(measured: float, units: float, narrow_measured: float | None,
     or no fit with a positive scale and a fixed cost of at least 0, `fixed` is 0
     and `scale` the profiled model's ratio alone."""
     if narrow_units is not None and units > narrow_units > 0:
-        scale = (measured - narrow_measured) / (units - narrow_units)
-        scale = round(scale, 4)
+        scale = round((measured - narrow_measured) / (units - narrow_units), 4)
         fixed = measured - scale * units
         # A noisy pair can put most of the time in the fixed cost: not believed.
         if scale > 0 and 0 <= fixed <= MAX_FIXED * measured:
