@@ -116,7 +116,10 @@ def _measured(source: Priced, quantity, target: float, expansion, solve, build, 
     machine (interleaved with the source, for a relative target, so that the median
     per-round ratio of the two counts and the machine's drift cancels;
     `MEASURE_PASSES` times, more while the passes disagree), and re-solves for a
-    corrected cost-model target, up to `MEASURE_ROUNDS` candidates. When the
+    corrected cost-model target, up to `MEASURE_ROUNDS` candidates. In mode `below`
+    (a budget) it aims `MEASURE_TOLERANCE` under the target and stops on a candidate
+    measured 0 to twice that under it: a candidate accepted on a noisy timing
+    measures higher, on average, when timed again. When the
     correction gives a structure already timed, it tries the target halfway between
     the candidates that bracket the goal, or, with all of them on one side, the
     next structure past the nearest one (`_beyond`).
@@ -125,13 +128,14 @@ def _measured(source: Priced, quantity, target: float, expansion, solve, build, 
     the source, for a relative target), and the choice is made on that one timing:
     on a loaded host a light model's share of the source moves with the load, and
     candidates timed minutes apart met different loads. Keeps the candidate closest
-    to the target (mode `below`: the closest not above it by more than
-    `MEASURE_TOLERANCE`, else the fastest)."""
+    to the aim (mode `below`: the closest not above the target, else the
+    fastest)."""
     from morphcli.steps.export import MEASURE_REPEATS, latencies
 
     hardware = source.costs.hardware
     relative = not isinstance(quantity, int | float) and quantity.relative
     goal = quantity.value if relative else target  # a share of the source, or seconds
+    aim = goal * (1 - MEASURE_TOLERANCE) if mode == "below" else goal
     lead = [source.model] if relative else []
     runners: dict = {}  # each model converted once, dropped at the end
     seeds, tried, passes, hows = [], [], [], []
@@ -152,16 +156,16 @@ def _measured(source: Priced, quantity, target: float, expansion, solve, build, 
             values += timed([model], MEASURE_REPEATS)
         passes.append(len(values))
         tried.append((expansion, model, statistics.median(values)))
-        if abs(tried[-1][2] / goal - 1) <= MEASURE_TOLERANCE:
+        if abs(tried[-1][2] / aim - 1) <= MEASURE_TOLERANCE:
             break
         try:
-            following = solve(_next_goal(tried, goal))
+            following = solve(_next_goal(tried, aim))
             if _known(following, tried):
                 # The cost model is flat or bent where the clock is not (a staircase
                 # of channel tiles): halve the bracket, or step past the nearest.
-                middle = _midpoint(tried, goal)
+                middle = _midpoint(tried, aim)
                 following = (solve(middle) if middle is not None
-                             else _beyond(tried, goal, solve))
+                             else _beyond(tried, aim, solve))
         except MorphError:  # the correction asks for more than the model can reach
             break
         if following is None or _known(following, tried):
@@ -176,12 +180,11 @@ def _measured(source: Priced, quantity, target: float, expansion, solve, build, 
         tried = [(e, m, v) for (e, m, _), v in zip(tried, final, strict=True)]
         unit = seeds[-1] if relative else 1.0
     runners.clear()
-    fits = [t for t in tried if t[2] <= goal * (1 + MEASURE_TOLERANCE)] if mode == "below" \
-        else tried
-    chosen = (min(fits, key=lambda t: abs(t[2] - goal)) if fits
+    fits = [t for t in tried if t[2] <= goal] if mode == "below" else tried
+    chosen = (min(fits, key=lambda t: abs(t[2] - aim)) if fits
               else min(tried, key=lambda t: t[2]))
     record = {**hows[0], "final_repeats": FINAL_REPEATS if len(tried) > 1 else None,
-              "target_s": goal * unit,
+              "target_s": goal * unit, "aim_s": aim * unit,
               "latency_s": chosen[2] * unit, "error": chosen[2] / goal - 1,
               "source_s": unit if relative else None,
               "candidates": [{"multiplier": e.multiplier, "predicted_s": e.achieved,
