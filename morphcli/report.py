@@ -291,11 +291,17 @@ def plot_widths(path: str | Path, reports: Sequence[Report]) -> None:
 _RESULT_COLUMNS = ("model", "FLOPs", "params", "latency", "measured", "val accuracy")
 
 
+UNUSABLE_MARK = "✗"
+UNUSABLE_NOTE = (f"{UNUSABLE_MARK} near chance on validation while it fits the training data: "
+                 "not usable")
+
+
 def _result_cells(row: Mapping) -> list[str]:
     acc, measured = row.get("val_accuracy"), row.get("measured_latency_s")
+    mark = f" {UNUSABLE_MARK}" if row.get("usable") is False else ""
     return [human(row["flops"]), human(row["params"]), seconds(row["latency_s"]),
             "—" if measured is None else seconds(measured),
-            "—" if acc is None else f"{acc:.2%}"]
+            "—" if acc is None else f"{acc:.2%}{mark}"]
 
 
 def measured_note(data: Mapping) -> str | None:
@@ -324,6 +330,12 @@ def compare(rows: Mapping[str, Mapping], metric: str, val_size: int,
     a, b = first.get("val_accuracy"), second.get("val_accuracy")
     if a is None or b is None or not val_size:
         return {"best": None, "why": "no validation data to compare on"}
+    broken = [n for n in names if rows[n].get("usable") is False]
+    if broken:
+        return {"best": None, "unusable": broken, "why": " and ".join(
+            f"{n} scores near chance on validation ({rows[n]['val_accuracy']:.1%}, "
+            f"{rows[n].get('train_accuracy') or 0:.1%} on training)" for n in broken)
+            + ": not usable"}
     key = {"latency": "latency_s"}.get(metric, metric)
     images = round(a * val_size) - round(b * val_size)
     if images:
@@ -364,8 +376,12 @@ def results_table(rows: Mapping[str, Mapping], best: str | None = None,
         table.add_column(col, justify="left" if col == "model" else "right")
     for name, row in rows.items():
         table.add_row(escape(name + (" *" if name == best else "")), *_result_cells(row))
-    if best is not None:
-        table.caption = "* the better of the two trained models (see the line below)"
+    captions = (["* the better of the two trained models (see the line below)"]
+                if best is not None else [])
+    if any(row.get("usable") is False for row in rows.values()):
+        captions.append(UNUSABLE_NOTE)
+    if captions:
+        table.caption = "\n".join(captions)
     return table
 
 
@@ -380,6 +396,8 @@ def results_markdown(data: Mapping) -> str:
     for name, row in data["models"].items():
         mark = " **(best)**" if name == best else ""
         lines.append(f"| {name}{mark} | " + " | ".join(_result_cells(row)) + " |")
+    if any(row.get("usable") is False for row in data["models"].values()):
+        lines += ["", UNUSABLE_NOTE + "."]
     if measured_note(data):
         lines += ["", measured_note(data)[0].upper() + measured_note(data)[1:] + "."]
     if data.get("comparison"):

@@ -120,6 +120,9 @@ class TrainConfig:
     optimizer: str = _opt("adam", _OPTIMIZER, "sgd | momentum | adam | rmsprop")
     steps_per_epoch: int | None = _opt(None, c.optional(c.integer(1)),
                                        "null (whole dataset) or batches per epoch")
+    precise_batch_norm: int = _opt(100, c.integer(0),
+                                   "after training, re-estimate batch-norm statistics over "
+                                   "this many training batches, weights unchanged (0: off)")
 
 
 @dataclass(frozen=True)

@@ -66,9 +66,13 @@ def retrain(ctx: RunContext, source: Priced, outdir: str | Path, *, callbacks: S
     fit = engine.fit(trainee, ctx.dataset, engine.TrainSpec.of(conf.retrain), workdir=outdir,
                      callbacks=callbacks, **distribute.fit_options(conf.distribute, strategy))
     trained = Priced(trainee, source.graph, source.costs)  # a clone: same widths, same costs
+    train_accuracy = (fit.history.get("accuracy") or [None])[-1]
     metrics = {
         "val_accuracy": fit.val.get("accuracy"), "val_loss": fit.val.get("loss"),
-        "train_accuracy": (fit.history.get("accuracy") or [None])[-1],
+        "train_accuracy": train_accuracy, "chance": fit.val.get("chance"),
+        "usable": not engine.near_chance(fit.val.get("accuracy"), train_accuracy,
+                                         fit.val.get("chance")),
+        "precise_batch_norm": conf.retrain.precise_batch_norm,
         **trained.report().totals, "hardware": conf.target.hardware,
         "train_seconds": fit.seconds, "epochs": conf.retrain.epochs, "keep_weights": keep,
         "epochs_resumed_from": fit.resumed_from_epoch, "history": fit.history,

@@ -159,14 +159,16 @@ def write_report(ctx: RunContext, rundir: Path, final_model: Priced, final: dict
     seed = ctx.seed.report(name="seed")
     morph = final_model.report(name="morphnet")
     reports = [seed, morph] + ([uniform.report(name="uniform baseline")] if uniform else [])
-    accuracies = [None, final.get("val_accuracy"), (baseline or {}).get("val_accuracy")]
+    trained = [{}, final, baseline or {}]
     models = [ctx.seed.model, final_model.model] + ([uniform.model] if uniform else [])
     found, how = latencies(models, ctx.hardware)
     measured = [r.median_s for r in found]
     data = {
         "target": {"metric": ctx.metric, "value": ctx.target},
-        "models": {r.name: {**r.totals, "measured_latency_s": m, "val_accuracy": acc}
-                   for r, m, acc in zip(reports, measured, accuracies, strict=False)},
+        "models": {r.name: {**r.totals, "measured_latency_s": m,
+                            **{k: t[k] for k in ("val_accuracy", "train_accuracy", "usable")
+                               if k in t}}
+                   for r, m, t in zip(reports, measured, trained, strict=False)},
         "measured": {**how, "estimate": seed.latency_label or seed.hardware},
         "seed": rep.to_json(seed), "morphnet": rep.to_json(morph),
     }

@@ -28,7 +28,6 @@ import numpy as np
 from morphcli.steps.context import Priced, RunContext, make_context, round_to_of
 
 AUTO_STRENGTH = 1.0  # the regularization loss starts at this value (see strength_scale)
-PRECISE_BN_BATCHES = 100  # batch norms re-estimated on this many batches after the shrink
 DID_NOTHING = 0.99  # a shrunk structure above this fraction of the seed's cost is warned of
 log = logging.getLogger("morphcli")
 
@@ -143,7 +142,7 @@ def shrink(ctx: RunContext, outdir: str | Path, *, callbacks: Sequence = ()) -> 
                                             learning_rate=conf.shrink.learning_rate))
     fit = engine.fit(trained.model, ctx.dataset, engine.TrainSpec.of(conf.shrink),
                      workdir=outdir, penalty=reg.term, strength=lam,
-                     callbacks=[*steps, *callbacks], precise_batch_norm=PRECISE_BN_BATCHES,
+                     callbacks=[*steps, *callbacks],
                      **distribute.fit_options(conf.distribute, strategy))
 
     landing = controller.landing_threshold(reg, aim) if steered else reg.threshold

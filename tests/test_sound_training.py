@@ -1,0 +1,117 @@
+"""Sound training (issue 22): precise batch norm after every training, one warning
+for a momentum that cannot converge in the run's steps, and a model at chance on
+validation marked as not usable instead of being named the winner."""
+
+import logging
+
+import pytest
+
+from morphcli import report
+from morphcli.config import load_config
+from morphcli.steps.context import make_context
+from morphcli.steps.retrain import retrain
+from morphcli.training import engine
+
+
+def _slow_momentum_retrain(tmp_path, batches: int, caplog):
+    """zoo:cnn on digits with keras.applications' MobileNetV2 momentum (0.999),
+    3 epochs of 23 batches: 0.999 ** 69 = 0.933 of the initial statistics remain."""
+    conf = load_config(None, {"model.seed": "zoo:cnn", "seed": 0, "retrain.epochs": 3,
+                              "retrain.precise_batch_norm": batches})
+    ctx = make_context(conf)
+    for norm in engine.batch_norms(ctx.seed.model):
+        norm.momentum = 0.999
+    with caplog.at_level(logging.WARNING, logger="morphcli"):
+        result = retrain(ctx, ctx.seed, tmp_path / str(batches))
+    lines = [r.getMessage() for r in caplog.records if "momentum" in r.getMessage()]
+    caplog.clear()
+    return result.metrics, lines
+
+
+def test_precise_batch_norm_restores_a_slow_momentum_models_inference_accuracy(
+        tmp_path, caplog):
+    stale, stale_lines = _slow_momentum_retrain(tmp_path, 0, caplog)
+    precise, precise_lines = _slow_momentum_retrain(tmp_path, 100, caplog)
+    # same weights (precise BN changes only the moving statistics): same training accuracy
+    assert precise["train_accuracy"] == pytest.approx(stale["train_accuracy"])
+    assert stale["train_accuracy"] > 0.98
+    assert stale["val_accuracy"] < 0.6  # the moving statistics still hold 93% of their start
+    assert precise["val_accuracy"] > 0.97
+    assert precise["precise_batch_norm"] == 100
+    # one warning line each, saying what was done about it
+    assert stale_lines == ["batch norm momentum 0.999 keeps 93% of its initial statistics "
+                           "after 69 steps; precise batch norm is off, so validation may "
+                           "score near chance; set precise_batch_norm > 0"]
+    assert precise_lines == ["batch norm momentum 0.999 keeps 93% of its initial statistics "
+                             "after 69 steps; re-estimating them over 23 training batches "
+                             "after training (precise batch norm)"]
+
+
+def test_precise_batch_norm_is_on_by_default_for_shrink_and_retrain():
+    conf = load_config(None, {})
+    assert conf.shrink.precise_batch_norm == conf.retrain.precise_batch_norm == 100
+    assert engine.TrainSpec.of(conf.retrain).precise_batch_norm == 100
+    assert engine.TrainSpec.of({"precise_batch_norm": 0}).precise_batch_norm == 0
+
+
+def test_stale_statistics_by_hand():
+    import keras
+
+    inputs = keras.Input((4,))
+    x = keras.layers.BatchNormalization(momentum=0.9)(inputs)
+    model = keras.Model(inputs, keras.layers.BatchNormalization(momentum=0.999)(x))
+    momentum, share = engine.stale_statistics(model, 756)  # 12 epochs x 63 batches
+    assert momentum == pytest.approx(0.999)
+    assert share == pytest.approx(0.999 ** 756, rel=1e-4)  # 0.4694
+    assert engine.stale_statistics(model, 3000) is None  # 0.999^3000 = 0.0497 <= 5%
+    model.layers[-1].momentum = 0.99
+    assert engine.stale_statistics(model, 756) is None  # 0.99^756 = 5e-4
+
+
+@pytest.mark.parametrize(("val", "train", "chance", "verdict"), [
+    (0.101, 0.988, 0.10, True),    # MobileNetV2, momentum 0.999, 12 epochs
+    (0.189, 0.99, 0.10, True),     # under chance + 0.1 x 0.9 = 0.19
+    (0.191, 0.99, 0.10, False),
+    (0.12, 0.50, 0.10, False),     # does not fit the training data either: not this failure
+    (0.54, 0.99, 0.50, True),      # two balanced classes: under 0.5 + 0.05
+    (0.94, 0.99, 0.10, False),
+    (None, 0.99, 0.10, False),
+])
+def test_near_chance_by_hand(val, train, chance, verdict):
+    assert engine.near_chance(val, train, chance) is verdict
+
+
+def _rows(usable_morph: bool, usable_uniform: bool) -> dict:
+    cost = {"flops": 100, "params": 10, "latency_s": 1e-3}
+    return {"morphnet": {**cost, "val_accuracy": 0.101, "train_accuracy": 0.988,
+                         "usable": usable_morph},
+            "uniform baseline": {**cost, "val_accuracy": 0.084, "train_accuracy": 0.989,
+                                 "usable": usable_uniform}}
+
+
+def test_a_model_at_chance_is_marked_and_no_winner_is_named():
+    comparison = report.compare(_rows(False, False), "flops", 1000)
+    assert comparison["best"] is None
+    assert comparison["unusable"] == ["morphnet", "uniform baseline"]
+    assert report.comparison_line(comparison) == (
+        "no winner: morphnet scores near chance on validation (10.1%, 98.8% on training) and "
+        "uniform baseline scores near chance on validation (8.4%, 98.9% on training): "
+        "not usable")
+    assert report.compare(_rows(True, False), "flops", 1000)["best"] is None
+    assert report.compare(_rows(True, True), "flops", 1000)["best"] == "morphnet"  # +17
+
+
+def test_the_results_table_and_markdown_mark_an_unusable_model():
+    from rich.console import Console
+
+    console = Console(width=80, record=True)
+    console.print(report.results_table(_rows(False, True)))
+    text = console.export_text()
+    assert "10.10% ✗" in text and "8.40% ✗" not in text
+    assert report.UNUSABLE_NOTE in " ".join(text.split())
+    data = {"target": {"metric": "flops", "value": 50}, "models": _rows(False, True),
+            "comparison": report.compare(_rows(False, True), "flops", 1000)}
+    markdown = report.results_markdown(data)
+    assert "| morphnet | " in markdown and "10.10% ✗ |" in markdown
+    assert report.UNUSABLE_NOTE + "." in markdown
+    assert "no winner: morphnet scores near chance" in markdown
