@@ -314,17 +314,21 @@ def measured_note(data: Mapping) -> str | None:
             f"machine, {how['runtime']}{threads}, batch {how['batch']}")
 
 
-FEW_IMAGES = 3  # a gap of fewer validation examples than this is called noise
+FEW_IMAGES = 3  # a gap of fewer examples than this is called noise
 
 
-def compare(rows: Mapping[str, Mapping], metric: str, val_size: int,
+def compare(rows: Mapping[str, Mapping], metric: str, val_size: int, select_size: int = 0,
             names: tuple[str, str] = ("morphnet", "uniform baseline")) -> dict:
-    """Which of two trained models is better on validation data, and by how much.
+    """Which of two trained models is better, and by how much.
 
-    The better is the one that classifies more validation examples correctly; at
-    an equal count, the one that costs less in `metric`, then MorphNet's. The gap
-    is also given in examples, and called `close` when it is below `FEW_IMAGES`:
-    then the data cannot tell the two apart.
+    The choice is made on the selection split (training examples held out, never
+    trained on; `select_accuracy`) when both models have a score there, so that
+    the validation accuracy reported is never what chose; without a selection
+    split it falls back to validation and says so (`chosen_on`). The better is
+    the one that classifies more examples right; at an equal count, the one that
+    costs less in `metric`, then MorphNet's. The gap is also given in examples,
+    and called `close` when it is below `FEW_IMAGES`: then the data cannot tell
+    the two apart. A model marked not usable (`usable: false`) means no winner.
     """
     first, second = (rows[n] for n in names)
     a, b = first.get("val_accuracy"), second.get("val_accuracy")
@@ -336,19 +340,27 @@ def compare(rows: Mapping[str, Mapping], metric: str, val_size: int,
             f"{n} scores near chance on validation ({rows[n]['val_accuracy']:.1%}, "
             f"{rows[n].get('train_accuracy') or 0:.1%} on training)" for n in broken)
             + ": not usable"}
+    sa, sb = first.get("select_accuracy"), second.get("select_accuracy")
+    on_selection = sa is not None and sb is not None and select_size > 0
+    split, (ca, cb, size) = (("selection", (sa, sb, select_size)) if on_selection
+                             else ("validation", (a, b, val_size)))
     key = {"latency": "latency_s"}.get(metric, metric)
-    images = round(a * val_size) - round(b * val_size)
-    if images:
-        best = names[0] if images > 0 else names[1]
-        why = "more validation examples right"
+    chosen = round(ca * size) - round(cb * size)
+    if chosen:
+        best = names[0] if chosen > 0 else names[1]
+        why = f"more {split} examples right"
     else:
         cheaper = second.get(key, 0) < first.get(key, 0)
         best = names[1] if cheaper else names[0]
-        why = f"as many validation examples right, lower {metric}" if cheaper else \
-            "as many validation examples right"
-    return {"best": best, "other": names[1] if best == names[0] else names[0],
-            "difference": a - b, "images": images, "val_size": int(val_size),
-            "close": abs(images) < FEW_IMAGES, "why": why}
+        why = f"as many {split} examples right, lower {metric}" if cheaper else \
+            f"as many {split} examples right"
+    result = {"best": best, "other": names[1] if best == names[0] else names[0],
+              "difference": a - b, "images": round(a * val_size) - round(b * val_size),
+              "val_size": int(val_size), "chosen_on": split, "chosen_images": chosen,
+              "chosen_size": int(size), "close": abs(chosen) < FEW_IMAGES, "why": why}
+    if on_selection:
+        result["select_difference"] = sa - sb
+    return result
 
 
 def comparison_line(comparison: Mapping) -> str:
@@ -356,10 +368,18 @@ def comparison_line(comparison: Mapping) -> str:
     if comparison.get("best") is None:
         return f"no winner: {comparison.get('why', 'no baseline')}"
     images, n = comparison["images"], comparison["val_size"]
-    line = (f"best: {comparison['best']} ({comparison['why']}: morphnet − uniform = "
-            f"{comparison['difference']:+.2%}, {images:+d} of {n:,} examples)")
+    split = comparison.get("chosen_on", "validation")
+    if split == "selection":
+        line = (f"best: {comparison['best']} ({comparison['why']}: "
+                f"{comparison['chosen_images']:+d} of {comparison['chosen_size']:,}); "
+                f"on validation, which did not choose: morphnet − uniform = "
+                f"{comparison['difference']:+.2%}, {images:+d} of {n:,} examples")
+    else:
+        line = (f"best: {comparison['best']} ({comparison['why']}: morphnet − uniform = "
+                f"{comparison['difference']:+.2%}, {images:+d} of {n:,} examples; "
+                "no selection split, so validation chose)")
     if comparison["close"]:
-        line += (f"; the gap is under {FEW_IMAGES} validation examples, so the two are "
+        line += (f"; the gap is under {FEW_IMAGES} {split} examples, so the two are "
                  "indistinguishable on these data")
     return line
 

@@ -115,3 +115,56 @@ def test_the_results_table_and_markdown_mark_an_unusable_model():
     assert "| morphnet | " in markdown and "10.10% ✗ |" in markdown
     assert report.UNUSABLE_NOTE + "." in markdown
     assert "no winner: morphnet scores near chance" in markdown
+
+
+# --- honest selection: choices on a split carved out of the training data --------------
+
+def _ids(tmp_path, with_val: bool):
+    """An npz whose every example is its own id (one pixel), so splits can be traced."""
+    import numpy as np
+
+    x = np.arange(200, dtype=np.float32).reshape(200, 1, 1, 1)
+    y = np.arange(200) % 4
+    arrays = {"x_train": x, "y_train": y}
+    if with_val:
+        arrays.update(x_val=np.arange(1000, 1040, dtype=np.float32).reshape(40, 1, 1, 1),
+                      y_val=np.arange(40) % 4)
+    np.savez(tmp_path / "ids.npz", **arrays)
+    return f"npz:{tmp_path / 'ids.npz'}"
+
+
+def _seen(pipeline) -> set[int]:
+    return {int(v) for x, _ in pipeline for v in x.numpy().ravel()}
+
+
+@pytest.mark.parametrize("with_val", [False, True])
+def test_the_selection_split_is_carved_from_training_data_only(tmp_path, with_val):
+    from morphcli.training.data import load_dataset
+
+    data = load_dataset(_ids(tmp_path, with_val), batch_size=16, validation_split=0.2,
+                        selection_split=0.1)
+    train, val, select = (_seen(p) for p in (data.train, data.val, data.select))
+    if with_val:  # the file's own validation set is kept whole for reporting
+        assert val == set(range(1000, 1040)) and data.val_size == 40
+        assert (data.train_size, data.select_size) == (180, 20)  # 10% of 200, per class 5
+    else:  # 20% validates (10 a class), then 10% of the other 160 selects (4 a class)
+        assert (data.train_size, data.val_size, data.select_size) == (144, 40, 16)
+    assert len(train) == data.train_size and len(select) == data.select_size
+    assert not (train & select) and not (train & val) and not (select & val)
+    assert select < set(range(200))
+
+
+def test_choices_are_made_on_the_selection_split_not_on_validation():
+    cost = {"flops": 100, "params": 10, "latency_s": 1e-3}
+    rows = {"morphnet": {**cost, "val_accuracy": 0.95, "select_accuracy": 0.90},
+            "uniform baseline": {**cost, "val_accuracy": 0.90, "select_accuracy": 0.95}}
+    comparison = report.compare(rows, "flops", 1000, 400)
+    assert comparison["best"] == "uniform baseline"  # validation would say morphnet
+    assert (comparison["chosen_on"], comparison["chosen_images"]) == ("selection", -20)
+    assert comparison["images"] == 50 and comparison["difference"] == pytest.approx(0.05)
+    assert report.comparison_line(comparison) == (
+        "best: uniform baseline (more selection examples right: -20 of 400); on validation, "
+        "which did not choose: morphnet − uniform = +5.00%, +50 of 1,000 examples")
+    no_split = report.compare(rows, "flops", 1000, 0)  # e.g. images:DIR: said so
+    assert (no_split["best"], no_split["chosen_on"]) == ("morphnet", "validation")
+    assert "no selection split, so validation chose" in report.comparison_line(no_split)

@@ -62,6 +62,9 @@ class DataConfig:
     batch_size: int = _opt(64, c.integer(1), "global batch size, split over replicas")
     validation_split: float = _opt(0.2, c.real("a number with 0 <= x < 1", lambda x: 0 <= x < 1),
                                    "fraction held out for validation, 0 <= x < 1")
+    selection_split: float = _opt(0.1, c.real("a number with 0 <= x < 1", lambda x: 0 <= x < 1),
+                                  "fraction of the training data held out to choose on "
+                                  "(best model, search); validation only reports")
     image_size: tuple[int, int] | None = _opt(
         None, c.optional(c.dims((2,), "a size [H, W] of positive integers")),
         "[H, W]: resize images to this size")

@@ -97,7 +97,8 @@ def load_data(conf, input_rank: int | None = None):
     return data.load_dataset(
         conf.data.source, batch_size=conf.data.batch_size,
         validation_split=conf.data.validation_split, seed=conf.seed,
-        image_size=conf.data.image_size, augment=conf.data.augment, input_rank=input_rank)
+        image_size=conf.data.image_size, augment=conf.data.augment, input_rank=input_rank,
+        selection_split=conf.data.selection_split)
 
 
 def _builds_for_data(conf) -> bool:

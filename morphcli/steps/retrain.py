@@ -73,6 +73,8 @@ def retrain(ctx: RunContext, source: Priced, outdir: str | Path, *, callbacks: S
         "usable": not engine.near_chance(fit.val.get("accuracy"), train_accuracy,
                                          fit.val.get("chance")),
         "precise_batch_norm": conf.retrain.precise_batch_norm,
+        "select_accuracy": engine.evaluate(trainee, ctx.dataset.select).get("accuracy"),
+        "select_size": ctx.dataset.select_size,
         **trained.report().totals, "hardware": conf.target.hardware,
         "train_seconds": fit.seconds, "epochs": conf.retrain.epochs, "keep_weights": keep,
         "epochs_resumed_from": fit.resumed_from_epoch, "history": fit.history,

@@ -166,15 +166,16 @@ def write_report(ctx: RunContext, rundir: Path, final_model: Priced, final: dict
     data = {
         "target": {"metric": ctx.metric, "value": ctx.target},
         "models": {r.name: {**r.totals, "measured_latency_s": m,
-                            **{k: t[k] for k in ("val_accuracy", "train_accuracy", "usable")
-                               if k in t}}
+                            **{k: t[k] for k in ("val_accuracy", "train_accuracy", "usable",
+                                                 "select_accuracy") if k in t}}
                    for r, m, t in zip(reports, measured, trained, strict=False)},
         "measured": {**how, "estimate": seed.latency_label or seed.hardware},
         "seed": rep.to_json(seed), "morphnet": rep.to_json(morph),
     }
     if uniform is not None:
-        val_size = getattr(ctx.dataset, "val_size", 0) if ctx.dataset is not None else 0
-        comparison = rep.compare(data["models"], ctx.metric, val_size)
+        sizes = [getattr(ctx.dataset, f"{split}_size", 0) if ctx.dataset is not None else 0
+                 for split in ("val", "select")]
+        comparison = rep.compare(data["models"], ctx.metric, *sizes)
         if comparison["best"] is not None:  # hand the user the better model
             source = "retrain" if comparison["best"] == "morphnet" else "baseline"
             files.copy_file(rundir / source / "final.keras", rundir / "best.keras")

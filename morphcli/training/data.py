@@ -76,6 +76,10 @@ class Dataset:
     # None for sources that stream from files (images:DIR).
     train_epochs: Callable[[int, int], tf.data.Dataset] | None = None
     batch_size: int = 0
+    # The selection split: training examples held out (never trained on) so that
+    # choices (`best`, the search) are not made on the validation data reported.
+    select: tf.data.Dataset | None = None
+    select_size: int = 0
 
     @property
     def steps_per_epoch(self) -> int:
@@ -93,12 +97,13 @@ class _Options:
     image_size: tuple[int, int] | None
     augment: bool
     input_rank: int | None = None
+    selection_split: float = 0.0
 
 
 def load_dataset(spec: str = DEFAULT_SPEC, *, batch_size: int = 64,
                  validation_split: float = 0.2, seed: int = 0, shuffle_buffer: int = 10_000,
                  image_size: tuple[int, int] | None = None, augment: bool = False,
-                 input_rank: int | None = None) -> Dataset:
+                 input_rank: int | None = None, selection_split: float = 0.0) -> Dataset:
     """Load a dataset named by a spec string into `tf.data` pipelines.
 
     Args:
@@ -119,6 +124,10 @@ def load_dataset(spec: str = DEFAULT_SPEC, *, batch_size: int = 64,
             `(H, W, C)`, 2 for 1-D signals `(length, channels)`, 1 for
             vectors). Arrays with one axis less get a channel axis of 1; by
             default only `(N, H, W)` arrays do.
+        selection_split: Fraction of the training examples (after validation
+            is split off) held out as the selection split, by the same
+            class-by-class rule with seed `seed + 1`; 0: none. `images:DIR`
+            sources have none.
 
     Returns:
         A `Dataset`.
@@ -133,7 +142,7 @@ def load_dataset(spec: str = DEFAULT_SPEC, *, batch_size: int = 64,
     ((8, 8, 1), 1438, 359)
     """
     options = _Options(batch_size, validation_split, seed, shuffle_buffer,
-                       _check_image_size(image_size), augment, input_rank)
+                       _check_image_size(image_size), augment, input_rank, selection_split)
     _check_options(options)
     scheme, _, arg = spec.partition(":")
     if scheme not in _LOADERS or not arg:
@@ -220,6 +229,9 @@ def _check_options(options: _Options) -> None:
     if not isinstance(options.batch_size, int) or options.batch_size < 1:
         raise DataError(f"`batch_size` must be a positive integer. "
                         f"Received: batch_size={options.batch_size!r}")
+    if not 0 <= options.selection_split < 1:
+        raise DataError(f"`selection_split` must be in [0, 1). "
+                        f"Received: selection_split={options.selection_split!r}")
     if not 0 <= options.validation_split < 1:
         raise DataError(f"`validation_split` must be in [0, 1). "
                         f"Received: validation_split={options.validation_split!r}")
@@ -343,7 +355,15 @@ def _from_arrays(spec: str, x_train: np.ndarray, y_train: np.ndarray,
         if x_val.shape[1:] != x_train.shape[1:]:
             raise DataError(f"Validation examples must have the training shape "
                             f"{x_train.shape[1:]}. Received: x_val.shape={x_val.shape}")
-    labels = y_train if y_val is None else np.concatenate([y_train, y_val])
+    x_select = y_select = None
+    if options.selection_split > 0:
+        train_idx, select_idx = split_indices(y_train, options.selection_split, options.seed + 1)
+        x_train, y_train, x_select, y_select = (x_train[train_idx], y_train[train_idx],
+                                                x_train[select_idx], y_train[select_idx])
+        if not len(x_train):
+            raise DataError("The selection split leaves no training examples. "
+                            f"Received: selection_split={options.selection_split!r} in {spec}")
+    labels = np.concatenate([y for y in (y_train, y_val, y_select) if y is not None])
     num_classes = num_classes or int(labels.max()) + 1
     if labels.max() >= num_classes:
         raise DataError(f"Labels must be class indices below {num_classes}. "
@@ -355,6 +375,7 @@ def _from_arrays(spec: str, x_train: np.ndarray, y_train: np.ndarray,
     if options.image_size:
         input_shape = (*options.image_size, input_shape[-1])
     has_val = x_val is not None and len(x_val) > 0
+    has_select = x_select is not None and len(x_select) > 0
     return Dataset(
         train=_pipeline(_slices(x_train, y_train), options, scale=scale, training=True),
         val=_pipeline(_slices(x_val, y_val), options, scale=scale, training=False)
@@ -362,7 +383,9 @@ def _from_arrays(spec: str, x_train: np.ndarray, y_train: np.ndarray,
         input_shape=input_shape, num_classes=num_classes, train_size=len(x_train),
         val_size=len(x_val) if has_val else 0, name=spec,
         train_epochs=_epoch_keyed(x_train, y_train, options, scale),
-        batch_size=options.batch_size)
+        batch_size=options.batch_size,
+        select=_pipeline(_slices(x_select, y_select), options, scale=scale, training=False)
+        if has_select else None, select_size=len(x_select) if has_select else 0)
 
 
 def _as_examples(x: np.ndarray, key: str, rank: int | None = None) -> np.ndarray:
