@@ -355,6 +355,7 @@ def compare(rows: Mapping[str, Mapping], metric: str, val_size: int, select_size
         why = f"as many {split} examples right, lower {metric}" if cheaper else \
             f"as many {split} examples right"
     result = {"best": best, "other": names[1] if best == names[0] else names[0],
+              "names": list(names),
               "difference": a - b, "images": round(a * val_size) - round(b * val_size),
               "val_size": int(val_size), "chosen_on": split, "chosen_images": chosen,
               "chosen_size": int(size), "close": abs(chosen) < FEW_IMAGES, "why": why}
@@ -369,13 +370,14 @@ def comparison_line(comparison: Mapping) -> str:
         return f"no winner: {comparison.get('why', 'no baseline')}"
     images, n = comparison["images"], comparison["val_size"]
     split = comparison.get("chosen_on", "validation")
+    first = (comparison.get("names") or ["morphnet"])[0]
     if split == "selection":
         line = (f"best: {comparison['best']} ({comparison['why']}: "
                 f"{comparison['chosen_images']:+d} of {comparison['chosen_size']:,}); "
-                f"on validation, which did not choose: morphnet − uniform = "
+                f"on validation, which did not choose: {first} − uniform = "
                 f"{comparison['difference']:+.2%}, {images:+d} of {n:,} examples")
     else:
-        line = (f"best: {comparison['best']} ({comparison['why']}: morphnet − uniform = "
+        line = (f"best: {comparison['best']} ({comparison['why']}: {first} − uniform = "
                 f"{comparison['difference']:+.2%}, {images:+d} of {n:,} examples; "
                 "no selection split, so validation chose)")
     if comparison["close"]:

@@ -161,6 +161,20 @@ class ExpandConfig:
 
 
 @dataclass(frozen=True)
+class SearchConfig:
+    """Structures at the exact budget judged by accuracy (morphcli.steps.search)."""
+
+    enabled: bool = _opt(False, c.boolean,
+                         "run: choose the structure to retrain among uniform, MorphNet's, "
+                         "blends and local moves, by selection-split accuracy")
+    rounds: int = _opt(1, c.integer(0), "rounds of local moves around the best candidate")
+    finetune_epochs: float = _opt(1.0, c.real("a number with 0 <= x <= 100",
+                                              lambda x: 0 <= x <= 100),
+                                  "training of each cut candidate before it is scored")
+    learning_rate: float = _opt(0.001, c.POSITIVE, "Adam's learning rate for that training")
+
+
+@dataclass(frozen=True)
 class RetrainConfig(TrainConfig):
     """Training of the final network, without the regularizer."""
 
@@ -232,6 +246,7 @@ class Config:
     regularizer: RegularizerConfig = _section(RegularizerConfig, "the shrink regularizer")
     shrink: ShrinkConfig = _section(ShrinkConfig, "training with the regularizer")
     expand: ExpandConfig = _section(ExpandConfig, "the width multiplier")
+    search: SearchConfig = _section(SearchConfig, "accuracy-aware choice at the budget")
     retrain: RetrainConfig = _section(RetrainConfig, "final training")
     distribute: DistributeConfig = _section(DistributeConfig, "tf.distribute strategy")
     run: RunConfig = _section(RunConfig, "the outer loop")

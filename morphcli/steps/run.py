@@ -101,6 +101,36 @@ class _Runner:
                  f"({result.expansion.error:+.2%})")
         return result.expanded
 
+    def search(self) -> Priced:
+        """The structure the accuracy-aware search chooses at the budget, cut from
+        the first round's trained network (`steps.search`)."""
+        from morphcli.core import structure
+        from morphcli.steps.search import search
+
+        conf, outdir = self.ctx.conf, self.rundir / "search"
+        if self.done(outdir / "search.json", "search"):  # written after chosen.keras
+            return self.ctx.load(outdir / "chosen.keras")
+        shrunk = _round_dir(self.rundir, "shrink", 1)
+        trained = self.ctx.load(shrunk / "trained.keras")
+        learned = structure.load(shrunk / "structure.json").widths_for(self.ctx.seed.graph)
+        done = []
+
+        def scored(name: str) -> None:
+            done.append(name)
+            self.log(f"search: scoring candidate {len(done)} ({name})")
+
+        result = search(self.ctx, trained, learned, kind=conf.regularizer.kind,
+                        round_to=round_to_of(conf.expand.round_to, self.ctx.hardware),
+                        rounds=conf.search.rounds, finetune_epochs=conf.search.finetune_epochs,
+                        learning_rate=conf.search.learning_rate, outdir=outdir,
+                        progress=scored)
+        scores = {c.name: c.select_accuracy for c in result.candidates}
+        self.log(f"search: chose {result.chosen.name} of {len(result.candidates)} candidates "
+                 f"(selection accuracy {scores[result.chosen.name]:.2%}; uniform "
+                 f"{scores.get('uniform', float('nan')):.2%}, morphnet "
+                 f"{scores.get('morphnet', float('nan')):.2%}) in {result.seconds:.0f} s")
+        return result.structure
+
     def retrain(self, source: Priced, outdir: Path, label: str) -> tuple[dict, Priced]:
         from morphcli.steps.retrain import retrain
 
@@ -131,6 +161,10 @@ def run(ctx: RunContext, rundir: str | Path | None = None, *, progress: Progress
     if not isinstance(ctx, RunContext):
         ctx = make_context(ctx)
     conf = ctx.conf
+    if conf.search.enabled:  # refused before any training, not after the shrink
+        from morphcli.steps.search import check_searchable
+
+        check_searchable(conf, ctx.dataset)
     rundir = distribute.write_dir(rundir or conf.output_dir, ctx.strategy)  # non-chief: scratch
     record(conf, rundir / "config.yaml")  # a resumed run must have the same config
     runner = _Runner(ctx, rundir, progress, log)
@@ -140,24 +174,29 @@ def run(ctx: RunContext, rundir: str | Path | None = None, *, progress: Progress
         expanded = runner.expand(shrunk, _round_dir(rundir, "expand", round_),
                                  f"expand round {round_}")
         current = ctx.with_seed(expanded)
+    name = "morphnet"
+    if conf.search.enabled:
+        expanded, name = runner.search(), "search"
     final, final_model = runner.retrain(expanded, rundir / "retrain", "retrain")
     baseline = uniform = None
     if conf.run.baseline:
         uniform = runner.expand(ctx.seed, rundir / "baseline", "baseline expand")
         baseline, uniform = runner.retrain(uniform, rundir / "baseline", "baseline retrain")
-    report = write_report(ctx, rundir, final_model, final, uniform, baseline)
+    report = write_report(ctx, rundir, final_model, final, uniform, baseline, name)
     distribute.remove_write_dir(rundir, ctx.strategy)
     return RunResult(rundir, final, baseline, report, runner.skipped)
 
 
 def write_report(ctx: RunContext, rundir: Path, final_model: Priced, final: dict,
-                 uniform: Priced | None, baseline: dict | None) -> dict:
-    """report.json, report.md and widths.png comparing seed, MorphNet and baseline."""
+                 uniform: Priced | None, baseline: dict | None,
+                 name: str = "morphnet") -> dict:
+    """report.json, report.md and widths.png comparing seed, the retrained structure
+    (`name`: morphnet, or search when the search chose it) and the baseline."""
     from morphcli import files
     from morphcli import report as rep
 
     seed = ctx.seed.report(name="seed")
-    morph = final_model.report(name="morphnet")
+    morph = final_model.report(name=name)
     reports = [seed, morph] + ([uniform.report(name="uniform baseline")] if uniform else [])
     trained = [{}, final, baseline or {}]
     models = [ctx.seed.model, final_model.model] + ([uniform.model] if uniform else [])
@@ -170,14 +209,15 @@ def write_report(ctx: RunContext, rundir: Path, final_model: Priced, final: dict
                                                  "select_accuracy") if k in t}}
                    for r, m, t in zip(reports, measured, trained, strict=False)},
         "measured": {**how, "estimate": seed.latency_label or seed.hardware},
-        "seed": rep.to_json(seed), "morphnet": rep.to_json(morph),
+        "seed": rep.to_json(seed), name: rep.to_json(morph),
     }
     if uniform is not None:
         sizes = [getattr(ctx.dataset, f"{split}_size", 0) if ctx.dataset is not None else 0
                  for split in ("val", "select")]
-        comparison = rep.compare(data["models"], ctx.metric, *sizes)
+        comparison = rep.compare(data["models"], ctx.metric, *sizes,
+                                 names=(name, "uniform baseline"))
         if comparison["best"] is not None:  # hand the user the better model
-            source = "retrain" if comparison["best"] == "morphnet" else "baseline"
+            source = "retrain" if comparison["best"] == name else "baseline"
             files.copy_file(rundir / source / "final.keras", rundir / "best.keras")
             comparison["file"] = "best.keras"
         data["comparison"] = comparison

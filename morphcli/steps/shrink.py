@@ -12,6 +12,7 @@ Output folder::
     OUTDIR/logs/            TensorBoard scalars: loss, reg_loss, alive_cost...
     OUTDIR/structure.json   alive channels per group, costs before and after
     OUTDIR/shrunk.keras     the narrower model, surviving weights
+    OUTDIR/trained.keras    the trained network at the seed's widths (not for gates)
     OUTDIR/summary.json     seed vs shrunk costs, accuracy, lambda, timing
 """
 
@@ -169,6 +170,8 @@ def shrink(ctx: RunContext, outdir: str | Path, *, callbacks: Sequence = ()) -> 
                      "landing_threshold": landing},
         cost={"before": before, "after": after}))
     files.save_model(shrunk.model, outdir / "shrunk.keras")
+    if not gated:  # the trained network at the seed's widths: the search cuts from it
+        files.save_model(trained.model, outdir / "trained.keras")
     shrunk_val = engine.evaluate(shrunk.model, ctx.dataset.val)
     result = ShrinkResult(masks, before, after, fit.strength, fit.val, shrunk_val, fit.seconds,
                           gates.rekey(reg.kept_whole, trained.graph, seed.graph), floor, outdir,

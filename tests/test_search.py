@@ -1,0 +1,154 @@
+"""The accuracy-aware search (issue 22): candidates at the exact budget, cut from
+the trained network by learned scale, scored on the selection split only."""
+
+import numpy as np
+import pytest
+
+from morphcli.config import load_config
+from morphcli.steps import search as search_step
+from morphcli.steps.context import make_context
+
+
+def test_top_masks_keep_the_strongest_channels_and_whole_blocks():
+    values = {1: np.array([0.5, -2.0, 0.1, 1.0]), 2: np.array([0.1, 0.2, 0.9, 0.0, 0.3, 0.3])}
+    masks = search_step.top_masks(values, {1: 2, 2: 4}, {1: 1, 2: 2})
+    assert masks[1].tolist() == [False, True, False, True]  # |-2.0| and 1.0
+    # blocks of 2: strengths max(0.1, 0.2)=0.2, max(0.9, 0)=0.9, max(0.3, 0.3)=0.3
+    assert masks[2].tolist() == [False, False, True, True, True, True]
+    with pytest.raises(Exception, match="wider than the trained network"):
+        search_step.top_masks(values, {1: 5}, {})
+
+
+def test_blend_is_the_geometric_mean_by_hand():
+    assert search_step._blend({1: 64, 2: 16}, {1: 4, 2: 16}, 0.5) == {1: 16, 2: 16}
+    assert search_step._blend({1: 64}, {1: 0}, 0.5) == {1: 8}  # a dead group counts as 1
+
+
+@pytest.fixture(scope="module")
+def shrunk():
+    """zoo:cnn (8x8 digits) after a 2-epoch steered shrink to 25% of its FLOPs."""
+    from morphcli.steps.shrink import shrink
+
+    conf = load_config(None, {"model.seed": "zoo:cnn", "seed": 0, "shrink.epochs": 2,
+                              "target.value": 0.25})
+    ctx = make_context(conf)
+    import tempfile
+
+    result = shrink(ctx, tempfile.mkdtemp())
+    return ctx, {g: int(m.sum()) for g, m in result.masks.items()}
+
+
+def test_tiers_order_groups_by_the_cost_of_one_more_channel(shrunk):
+    ctx, _ = shrunk
+    costs = ctx.seed.costs
+    # zoo:cnn at 8x8x1, one more channel: conv1 (group 1) 1->33 on 8x8 plus conv2 33->64:
+    # 64*9*1 + 64*9*64 MACs; group 2 (conv2 out / conv3 in): 64*9*32 + 16*9*128; group 3
+    # (conv3 out / dense in): 16*9*64 + 10. Costliest first.
+    groups = [g.id for g in ctx.seed.graph.prunable_groups()]
+    assert search_step.tiers(costs, "flops", groups) == [[1], [2], [3]]
+    assert search_step.tiers(costs, "flops", groups, 2) == [[1, 2], [3]]
+
+
+class _Poisoned:
+    def __iter__(self):
+        raise AssertionError("the search read the validation split")
+
+
+def _fake_scores(scores):
+    def score(self, candidate):
+        candidate.select_accuracy, candidate.select_loss = scores(candidate), 0.0
+        return candidate
+    return score
+
+
+def test_the_search_never_exceeds_the_budget_nor_reads_validation(shrunk, monkeypatch, tmp_path):
+    import json
+
+    ctx, learned = shrunk
+    monkeypatch.setattr(ctx.dataset, "val", _Poisoned())
+    result = search_step.search(ctx, ctx.seed, learned, finetune_epochs=0, outdir=tmp_path)
+    assert len(result.candidates) >= 4
+    for c in result.candidates:
+        assert c.cost <= ctx.target and c.cost > 0.98 * ctx.target, c.name
+        assert 0 <= c.select_accuracy <= 1
+    assert result.structure.costs.total("flops") == result.chosen.cost <= ctx.target
+    assert result.chosen.key == min(c.key for c in result.candidates)
+    record = json.loads((tmp_path / "search.json").read_text())
+    assert record["chosen"] == result.chosen.name and record["chosen_on"] == "selection"
+    assert record["select_size"] == ctx.dataset.select_size == 145
+    assert (tmp_path / "chosen.keras").is_file()
+
+
+def test_the_search_returns_uniform_when_uniform_scores_best(shrunk, monkeypatch):
+    ctx, learned = shrunk
+    monkeypatch.setattr(search_step._Scorer, "__call__", _fake_scores(
+        lambda c: 0.9 if c.name == "uniform" else 0.8))
+    result = search_step.search(ctx, ctx.seed, learned, finetune_epochs=0)
+    assert result.chosen.name == "uniform"
+    names = [c.name for c in result.candidates]
+    assert names[:2] == ["uniform", "morphnet"] and any(n.startswith("local-1") for n in names)
+
+
+def test_local_moves_climb_while_they_improve(shrunk, monkeypatch):
+    ctx, learned = shrunk
+    # Score: more channels in group 1 (the costliest tier) is better.
+    monkeypatch.setattr(search_step._Scorer, "__call__", _fake_scores(
+        lambda c: c.widths[1] / 100))
+    result = search_step.search(ctx, ctx.seed, learned, finetune_epochs=0, rounds=3)
+    best = max(result.candidates, key=lambda c: c.widths[1])
+    assert result.chosen.widths[1] == best.widths[1]
+    assert result.chosen.name.startswith("local-")
+    assert any(c.name.startswith("local-2") for c in result.candidates)  # it kept climbing
+
+
+def test_the_search_needs_a_selection_split(shrunk, monkeypatch):
+    from morphcli.errors import MorphError
+
+    ctx, learned = shrunk
+    monkeypatch.setattr(ctx.dataset, "select", None)
+    with pytest.raises(MorphError, match="selection split"):
+        search_step.search(ctx, ctx.seed, learned)
+
+
+def test_morph_run_with_the_search_retrains_the_chosen_structure(tmp_path):
+    import json
+
+    import keras
+    from click.testing import CliRunner
+
+    from morphcli.cli import cli
+    from morphcli.api import analyze
+
+    config = tmp_path / "c.yaml"
+    config.write_text("model: {seed: zoo:cnn}\ntarget: {metric: flops, value: 0.25}\n"
+                      "shrink: {epochs: 2}\nretrain: {epochs: 1}\nrun: {baseline: true}\n"
+                      "search: {enabled: true, finetune_epochs: 0.5}\n")
+    rundir = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["run", str(config), "-o", str(rundir), "--json"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    record = json.loads((rundir / "search" / "search.json").read_text())
+    report = json.loads((rundir / "report.json").read_text())
+    chosen = next(c for c in record["candidates"] if c["name"] == record["chosen"])
+    assert record["chosen_on"] == "selection"
+    assert all(c["cost"] <= report["target"]["value"] for c in record["candidates"])
+    # the retrained model is the chosen structure, and is compared with the baseline
+    final = keras.saving.load_model(rundir / "retrain" / "final.keras")
+    assert analyze(final).totals["flops"] == report["models"]["search"]["flops"] \
+        == chosen["cost"]
+    assert report["comparison"]["names"] == ["search", "uniform baseline"]
+    assert report["comparison"]["chosen_on"] == "selection"
+    assert "search: chose " in result.stderr
+    again = CliRunner().invoke(cli, ["run", str(config), "-o", str(rundir), "--resume"],
+                               catch_exceptions=False)
+    assert again.exit_code == 0 and "search: already done" in again.stderr
+
+
+def test_a_gated_shrink_is_refused_before_training(tmp_path):
+    from test_cli import user_error
+
+    config = tmp_path / "c.yaml"
+    config.write_text("regularizer: {kind: gates}\nsearch: {enabled: true}\n")
+    line = user_error("run", str(config), "-o", str(tmp_path / "run"))
+    assert "Received: regularizer.kind='gates'" in line
+    assert not (tmp_path / "run" / "shrink").exists()
