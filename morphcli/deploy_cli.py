@@ -130,7 +130,8 @@ def bench(paths, batch, threads, repeats, warmup, trust_code, as_json):
 @click.option("--batch", type=click.IntRange(1), default=1, show_default=True,
               help="Examples per call.")
 @click.option("--threads", type=click.IntRange(1), default=None,
-              help="TFLite interpreter threads (default: TFLite's).")
+              help="TFLite interpreter threads (default: TFLite's); at most 4 per core of "
+                   "this machine, more is refused.")
 @click.option("--repeats", type=click.IntRange(1), default=15, show_default=True,
               help="Timed calls per measurement (the median is kept).")
 @click.option("--warmup", type=click.IntRange(0), default=3, show_default=True,
@@ -165,11 +166,11 @@ def profile(model, out_path, runtime, batch, threads, repeats, warmup, round_to,
     _new_output(model, out_path, overwrite)
     seed = _load(model, input_shape, classes, trust_code)
     with _bar(err, "profile", described=True) as bar:
-        task = bar.add_task("", total=None)
+        task = bar.add_task("", total=None, visible=False)  # shown once its total is known
         result = profile_step(
             seed, runtime=runtime, batch=batch, threads=threads, warmup=warmup,
             repeats=repeats, round_to=round_to,
-            plan=lambda n: bar.update(task, total=n),
+            plan=lambda n: bar.update(task, total=n, visible=True),
             progress=lambda done, what: bar.update(task, completed=done,
                                                    description=what[:28]))
     result.path = out_path

@@ -204,33 +204,67 @@ def test_transformer_file_reports_expands_and_shrinks(tmp_path):
     assert summary["surgery"]["max_abs_delta"] < 1e-5
 
 
-def test_a_profile_prices_the_inner_widths_by_the_attentions_flops(tmp_path):
+def _attention_profile(graph, mha_seconds: float):
+    """A synthetic profile of `graph`: the attention's table one point at its seed
+    widths, measured with inner widths 4 and 3; every other unit 1 us; scale 2."""
+    from morphcli.core import profile as profiles
+
+    tables = {}
+    for unit in profiles.units(graph):
+        key, lead = profiles.unit_key(graph, unit), graph.nodes[unit[0]]
+        width_in, width_out = lead.in_shapes[0][-1], graph.nodes[unit[-1]].out_shapes[0][-1]
+        mha = lead.name == "mha"
+        tables[key] = profiles.Table(key, [width_in], [width_out],
+                                     [[mha_seconds if mha else 1e-6]],
+                                     inner=[4, 3] if mha else [])
+    return profiles.Profile("synthetic.json", profiles.machine(), "keras", 1, None, 0.0,
+                            tables, 1, 2.0, {"name": graph.model.name})
+
+
+def test_a_profile_prices_the_inner_widths_by_the_attentions_flops():
+    """On a synthetic profile (no clock: exact numbers whatever the machine's load),
+    an attention's table is scaled by its FLOPs at the inner widths over its FLOPs
+    at the inner widths it was measured at."""
+    model = attention_net(value_dim=3)
+    graph = build_graph(model)
+    lead = graph.nodes.index(graph.node("mha"))
+    costs = CostModel(graph, _attention_profile(graph, 8e-6))
+    flops = CostModel(graph)
+    by_key = {g.key: g.id for g in graph.groups.values()}
+    # Measured at the seed's inner widths: the table's 8 us times the scale, 2.
+    assert costs.per_layer("latency")[lead] == pytest.approx(16e-6, rel=1e-12)
+    for qk, v in [(2, 1), (1, 3), (4, 2), (8, 6)]:
+        widths = {by_key["mha:query_key"]: qk, by_key["mha:value"]: v}
+        ratio = flops.per_layer("flops", widths)[lead] / flops.per_layer("flops")[lead]
+        assert costs.per_layer("latency", widths)[lead] == pytest.approx(16e-6 * ratio,
+                                                                         rel=1e-12)
+    narrow = {by_key["mha:query_key"]: 2, by_key["mha:value"]: 1}
+    ratio = flops.per_layer("flops", narrow)[lead] / flops.per_layer("flops")[lead]
+    assert 0 < ratio < 1  # narrower inner widths: fewer FLOPs, a lower price
+    # The narrower model, priced on its own graph, gets the same number.
+    small, small_graph = rebuild(model, alive_from_counts(graph, narrow), graph)
+    small_costs = CostModel(small_graph, _attention_profile(graph, 8e-6))
+    small_lead = small_graph.nodes.index(small_graph.node("mha"))
+    assert small_costs.per_layer("latency")[small_lead] == pytest.approx(16e-6 * ratio,
+                                                                         rel=1e-12)
+
+
+def test_a_real_profile_of_an_attention_records_its_inner_widths():
+    """Measured for real (Keras runtime, few calls), only the file's shape is checked:
+    every unit, the attention's with its query and memory inputs, gets a table, which
+    records the inner widths it ran at."""
     from morphcli.core import profile as profiles
     from morphcli.steps import profile as measure
 
     model = attention_net(value_dim=3)
-    # Measured for real (Keras runtime, few calls): every unit, the attention's with
-    # its query and memory inputs, gets a table, and records the widths it ran at.
-    result = measure.profile(model, runtime="keras", warmup=1, repeats=3)
+    result = measure.profile(model, runtime="keras", warmup=1, repeats=3, round_to=1)
     graph = build_graph(model)
     lead = graph.nodes.index(graph.node("mha"))
-    unit = next(u for u in profiles.bind(graph, result, CostModel(graph)._index)
-                if u.nodes[0] == lead)
-    assert unit.table.inner == [4, 3]
-    # Any width of the inner spaces is priced from that table, scaled by the
-    # attention's FLOPs there over its FLOPs at the measured inner widths.
-    costs = CostModel(graph, result)
-    flops = CostModel(graph)
-    by_key = {g.key: g.id for g in graph.groups.values()}
-    narrow = {by_key["mha:query_key"]: 2, by_key["mha:value"]: 1}
-    ratio = flops.per_layer("flops", narrow)[lead] / flops.per_layer("flops")[lead]
-    assert costs.per_layer("latency", narrow)[lead] == pytest.approx(
-        costs.per_layer("latency")[lead] * ratio)
-    # The narrower model, priced on its own graph, gets the same number.
-    small, small_graph = rebuild(model, alive_from_counts(graph, narrow), graph)
-    small_costs = CostModel(small_graph, result)
-    assert small_costs.per_layer("latency")[lead] == pytest.approx(
-        costs.per_layer("latency", narrow)[lead])
+    bound = profiles.bind(graph, result, CostModel(graph)._index)
+    assert len(bound) == len(profiles.units(graph))
+    unit = next(u for u in bound if u.nodes[0] == lead)
+    assert unit.table.inner == [4, 3] and unit.table.layers == ["mha"]
+    assert all(np.min(u.table.seconds) >= 0 for u in bound)
 
 
 def test_coarse_key_widths_are_held_so_the_budget_is_met_within_a_tenth_of_a_percent(

@@ -278,8 +278,105 @@ def test_curve_keeps_rising_points_and_prices_on_its_segments(tmp_path):
     assert CostModel(graph, profiles.load(path)).total("latency") == pytest.approx(
         curved.total("latency"), rel=1e-12)
     path.write_text(json.dumps({**prof.to_dict(), "curve": [[1e-6, 2e-5], [2e-6, 1e-5]]}))
-    with pytest.raises(MorphError, match="damaged: curve"):
+    with pytest.raises(MorphError, match="damaged: curve must rise"):
         profiles.load(path)
+
+
+def test_no_layer_is_priced_below_zero_on_a_steep_segment_of_the_curve(tmp_path):
+    """Issue 25, 4: a segment steeper than proportion has a negative fixed part;
+    put on the first layer it priced zoo:cnn's conv1 at -5.32e+04 ns. The price is
+    the same, each layer's share is the segment's time over the sum of the units."""
+    graph = build_graph(_model())
+    prof = _synthetic(graph, TABLES, scale=1.0)
+    tables = CostModel(graph, prof).per_layer("latency")
+    tables[0] -= prof.overhead_s
+    units = float(tables.sum())  # 10.88 us: c1 5 us, c2 3.88 us, pool and head 1 us
+    assert units == pytest.approx(10.88e-6)
+    # From 0.9 of the sum at 0.1 us to 1.1 of it at 30 us: at the sum, 15.05 us, on a
+    # line whose fixed part is 0.1 us - 29.9 us / 0.2 x 0.9 = -134.45 us.
+    prof.curve = [[0.9 * units, 1e-7], [1.1 * units, 3e-5]]
+    costs = CostModel(graph, prof)
+    per = costs.per_layer("latency")
+    price = 1e-7 + 2.99e-5 / 2
+    assert costs.total("latency") == pytest.approx(prof.overhead_s + price, rel=1e-12)
+    expected = tables * price / units
+    expected[0] += prof.overhead_s
+    np.testing.assert_allclose(per, expected, rtol=1e-12)
+    assert per.min() >= 0
+    # At every width the shares stay at least 0 and add up to the total.
+    g1 = next(g.id for g in graph.groups.values() if "c1" in g.sources)
+    g2 = next(g.id for g in graph.groups.values() if "c2" in g.sources)
+    for w1, w2 in [(1, 1), (3, 2), (6, 3), (8, 4), (12, 6), (24, 8)]:
+        shares = costs.per_layer("latency", {g1: w1, g2: w2})
+        assert shares.min() >= 0, (w1, w2, shares)
+        assert shares.sum() == pytest.approx(costs.total("latency", {g1: w1, g2: w2}))
+    # And so in the report of the model on the profile file.
+    model = tmp_path / "tiny.keras"
+    _model().save(model)
+    prof.path = str(tmp_path / "steep.json")
+    (tmp_path / "steep.json").write_text(json.dumps(prof.to_dict()))
+    result = CliRunner().invoke(cli, ["report", str(model), "--hardware",
+                                      f"profile:{prof.path}", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {row["name"]: row["latency_s"] for row in json.loads(result.stdout)["layers"]}
+    assert rows["c1"] == pytest.approx(expected[0], rel=1e-6) and min(rows.values()) >= 0
+
+
+def _cnn_graph():
+    from morphcli.models.zoo import load_model
+
+    return build_graph(load_model("zoo:cnn", input_shape=(8, 8, 1)))
+
+
+def test_layers_whose_times_differ_get_tables_of_their_own():
+    """Issue 25, 5: zoo:cnn's conv1 (one fixed input channel) and conv2 (32 prunable
+    ones) had one key, so conv2 was priced on a table measured with one input channel."""
+    graph = _cnn_graph()
+    keys = {graph.nodes[u[0]].name: profiles.unit_key(graph, u) for u in profiles.units(graph)}
+    assert len(set(keys.values())) == len(keys) == 6
+    shapes = {name: json.loads(key)["shapes"] for name, key in keys.items()}
+    assert shapes["conv1"] == {"in": [[8, 8, 1]], "out": [[8, 8, "*"]]}
+    assert shapes["conv2"] == {"in": [[8, 8, "*"]], "out": [[8, 8, "*"]]}
+    assert shapes["predictions"] == {"in": [["*"]], "out": [[10]]}
+    # A fixed channel count is part of the key: conv1 on 3 input channels is another unit.
+    from morphcli.models.zoo import load_model
+
+    rgb = build_graph(load_model("zoo:cnn", input_shape=(8, 8, 3)))
+    assert profiles.unit_key(rgb, profiles.units(rgb)[0]) != keys["conv1"]
+    # Priced on its own table: conv2 at 9 us, conv1 at 2 us, scale 2.
+    tables = {"conv1": ([1], [16, 32], [[1e-6, 2e-6]]),
+              "conv2": ([16, 32], [32, 64], [[3e-6, 5e-6], [5e-6, 9e-6]])}
+    prof = _synthetic(graph, tables, overhead=0.0)
+    assert len(prof.tables) == 6
+    per = dict(zip([n.name for n in graph.nodes], CostModel(graph, prof).per_layer("latency"),
+                   strict=True))
+    assert per["conv1"] == pytest.approx(2 * 2e-6) and per["conv2"] == pytest.approx(2 * 9e-6)
+    assert per["conv3"] == pytest.approx(2 * 1e-6)  # the default table of `_synthetic`
+
+
+def test_the_progress_plan_ends_where_the_measurements_end(monkeypatch):
+    """Issue 25, 16: the bar started at 0/? and stopped at 239/245. The count is
+    planned before the first measurement, planned again when the rounding sweep reads
+    a step of 16 (fewer widths to measure), and the last measurement reaches it."""
+    from morphcli.models.zoo import load_model
+
+    def staircase(self, model, keep=False):  # 16 output channels at a time
+        t = 1e-6 * (1 + math.ceil(model.outputs[0].shape[-1] / 16))
+        return measure.Timing(t, t, t)
+
+    monkeypatch.setattr(measure.Clock, "time", staircase)
+    monkeypatch.setattr(measure.Clock, "time_together", lambda self, models, min_time=0: [
+        measure.Timing(1e-4, 1e-4, 1e-4) for _ in models])
+    monkeypatch.setattr(measure.Clock, "baseline", lambda self, shapes: 0.0)
+    plans, ticks = [], []
+    result = measure.profile(load_model("zoo:cnn", input_shape=(8, 8, 1)), runtime="keras",
+                             plan=plans.append, progress=lambda done, what: ticks.append(done))
+    assert result.round_to == 16
+    sweep = (2 * measure.SWEEP + 1) * measure.SWEEP_PASSES
+    assert ticks == list(range(1, len(ticks) + 1))
+    # Step 1 grids: conv1 1 x 5, conv2 5 x 5, pool 5, conv3 5 x 5, avg_pool 5, head 5.
+    assert plans == [sweep + 5 + 25 + 5 + 25 + 5 + 5 + measure.WHOLE_PASSES, ticks[-1]]
+    assert ticks[-1] < plans[0]
 
 
 def test_morph_profile_writes_a_tflite_profile(tmp_path):
@@ -368,7 +465,7 @@ def test_a_profile_from_another_machine_is_flagged(tmp_path):
     ({"version": 99}, "has format version 99"),
     ({"format": "something-else"}, "is not a morphcli profile"),
     ({"tables": [{"key": "k", "widths_in": [1], "widths_out": [2, 1],
-                  "seconds": [[1, 2]]}]}, "widths must increase"),
+                  "seconds": [[1, 2]]}]}, "tables[0].widths_out must rise"),
 ])
 def test_a_profile_of_another_format_is_refused(tmp_path, change, message):
     graph = build_graph(_model())
@@ -682,7 +779,7 @@ def test_clock_keeps_runners_until_release_and_sizes_rounds_from_the_last_warm_u
     from morphcli.steps import export
 
     model = _model()
-    clock = measure._Clock("keras", 1, None, warmup=3, repeats=5)
+    clock = measure.Clock("keras", 1, None, warmup=3, repeats=5)
     kept = clock._call(model, keep=True)[0]
     assert clock._call(model, keep=True)[0] is kept
     assert clock._call(model)[0] is not kept

@@ -6,7 +6,10 @@ model on this machine, at several input and output widths, and writes a
 directly follow it (what TFLite fuses into one kernel), so that the sum over
 units predicts the whole model. Units with the same layer configuration and
 spatial shapes share one table (`unit_key`), so a narrower or wider model
-built from the profiled one is priced without measuring it again:
+built from the profiled one is priced without measuring it again. The key
+also names the channel count of every axis the table does not vary (a fixed
+width, as the model's input), so a layer fed one input channel and one fed 32
+prunable channels never share a table:
 
     latency(widths) = overhead + curve(sum over units of table_u(w_in, w_out))
 
@@ -21,13 +24,15 @@ other output width at the next multiple (`Table.step`).
 `curve` maps the sum of a structure's units to what a whole model of that sum
 measures: it is interpolated between the profiled model and narrower versions
 of it, measured whole (`Profile.curve`), as a line `fixed + scale · sum` on
-each segment, so a price is still a sum over units plus a fixed cost. Without
-a curve (profiles of version 1 and 2) one line, `Profile.scale` and
+each segment, so a price is still a sum over units plus a fixed cost, never
+negative (`Profile.line`). Without a curve, one line, `Profile.scale` and
 `Profile.fixed_s`, prices every width.
 
 The file is JSON, versioned (`FORMAT`, `VERSION`), and records the device it
-was measured on; `load` refuses another format or version and `warnings()`
-names every difference from the machine reading it (CPU, TensorFlow version).
+was measured on; `load` reads it as untrusted input (`morphcli.core.profile_file`:
+bounded, every field checked), refuses another format or version, and
+`warnings()` names every difference from the machine reading it (CPU,
+TensorFlow version).
 """
 
 from __future__ import annotations
@@ -42,12 +47,11 @@ from pathlib import Path
 
 import numpy as np
 
+from morphcli.core import profile_file
+from morphcli.core.profile_file import FORMAT, PREFIX, RUNTIMES, VERSION
 from morphcli.errors import MorphError
 
-FORMAT = "morphcli-profile"
-VERSION = 3  # 2: tables may carry a channel step, profiles a fixed cost; 3: a curve
-READS = (1, 2, 3)  # versions `load` reads (1: no steps, no fixed cost; 2: no curve)
-PREFIX = "profile:"  # how a profile is named where a device is expected
+__all__ = ["FORMAT", "PREFIX", "RUNTIMES", "VERSION", "Profile", "Table", "load"]
 # Config keys that do not change what a layer computes at inference for given widths.
 _WIDTH_KEYS = {"filters", "units", "groups", "target_shape", "name", "trainable", "momentum",
                "dtype", "output_shape", "key_dim", "value_dim"}
@@ -111,13 +115,28 @@ def units(graph) -> list[list[int]]:
 
 def unit_key(graph, unit: Sequence[int]) -> str:
     """The identity of a unit for measurement: its layers' configurations
-    without their widths, and the spatial shapes of its inputs and output."""
+    without their widths, and the shapes of its inputs and output, each with its
+    channel count where that is fixed and "*" where it varies (the table's axis,
+    or a join's input measured in proportion): everything a time depends on that
+    the table does not vary."""
     nodes = [graph.nodes[i] for i in unit]
-    lead = nodes[0]
+    lead, last = nodes[0], nodes[-1]
     parts = [_layer_signature(n) for n in nodes if not transparent(n)]
-    shapes = {"in": [list(s[:-1]) for s in lead.in_shapes],
-              "out": [list(s[:-1]) for s in nodes[-1].out_shapes]}
+
+    def shape(s, space) -> list:
+        return [*s[:-1], "*" if _varies(graph, space) else s[-1]] if s else []
+
+    def spaces(shapes, found) -> list:  # a shape without a space is taken as fixed
+        return [shape(s, found[k] if k < len(found) else None) for k, s in enumerate(shapes)]
+
+    shapes = {"in": spaces(lead.in_shapes, lead.inputs),
+              "out": spaces(last.out_shapes, last.outputs)}
     return json.dumps({"layers": parts, "shapes": shapes}, sort_keys=True, default=str)
+
+
+def _varies(graph, space) -> bool:
+    """Whether a channel space's width can change (a prunable group in it)."""
+    return space is not None and any(graph.groups[g].prunable for g in space.groups)
 
 
 def unit_axes(graph, unit: Sequence[int]):
@@ -127,12 +146,8 @@ def unit_axes(graph, unit: Sequence[int]):
     lead, last = graph.nodes[unit[0]], graph.nodes[unit[-1]]
     out = last.outputs[0] if last.outputs else None
     inp = lead.inputs[0] if lead.inputs else None
-
-    def variable(space):
-        return space is not None and any(graph.groups[g].prunable for g in space.groups)
-
-    out = out if variable(out) else None
-    inp = inp if variable(inp) and inp != out else None
+    out = out if _varies(graph, out) else None
+    inp = inp if _varies(graph, inp) and inp != out else None
     return inp, out
 
 
@@ -257,7 +272,14 @@ class Profile:
         (an array): the curve's segment the sum falls in; below the curve its
         first segment, or proportion to its first point if that segment has a
         negative fixed cost; above it, the slope from its first point to its last,
-        or proportion to the last point. Without a curve, `scale` and `fixed_s`."""
+        or proportion to the last point. Without a curve, `scale` and `fixed_s`.
+
+        `fixed` is never negative: on a segment steeper than proportion (its line
+        crosses zero at a positive sum) the price there is taken in proportion,
+        `(fixed + scale · units) / units` per unit of the sum and no fixed part.
+        The price is the same, and each unit's share of it (its table times the
+        scale, the fixed part on the first unit) stays at least 0: a negative fixed
+        part put on the first layer priced it below zero."""
         units = np.asarray(units, float)
         if len(self.curve) < 2:
             return np.full(units.shape, self.scale), np.full(units.shape, self.fixed_s)
@@ -272,7 +294,12 @@ class Profile:
         # 0: below the first point, k: between points k - 1 and k, len(x): past the
         # last; lines meet at the points, so a sum on one takes either.
         k = np.searchsorted(x, units, side="right")
-        return slopes[k], fixed[k]
+        slope, fixed = slopes[k], fixed[k]
+        # A negative fixed part only occurs between points (k >= 1), where the sum is
+        # at least the first point's, above 0.
+        steep = fixed < 0
+        slope = np.where(steep, slope + fixed / np.where(steep, units, 1.0), slope)
+        return slope, np.where(steep, 0.0, fixed)
 
     @property
     def name(self) -> str:
@@ -310,57 +337,20 @@ _WARNED: set[str] = set()
 
 
 def load(path: str | Path, warn: bool = False) -> Profile:
-    """Reads and checks a profile file; with `warn`, logs (once per file) how this
-    machine differs from the one that measured it.
+    """Reads and checks a profile file (`morphcli.core.profile_file`); with `warn`,
+    logs (once per file) how this machine differs from the one that measured it.
 
     Raises:
-        MorphError: A missing or unreadable file, another format or version, or
-            tables that are not well formed.
+        MorphError: No path, a missing, unreadable, non-regular or too large
+            file, another format or version, or a damaged field (named).
     """
     where = str(path)
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise MorphError(f"The profile does not exist. Received: {PREFIX}{where}",
-                         hint="make one with `morph profile MODEL -o profile.json`.") from None
-    except (OSError, ValueError) as err:
-        raise MorphError(f"Could not read the profile {where}: {err}") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise MorphError(f"{where} is not a morphcli profile (no \"format\": \"{FORMAT}\").")
-    if data.get("version") not in READS:
-        raise MorphError(f"Profile {where} has format version {data.get('version')}; this "
-                         f"morphcli reads version {VERSION}.",
-                         hint="measure it again with this version's `morph profile`.")
-    try:
-        tables = {}
-        for raw in data["tables"]:
-            table = Table(**raw)
-            shape = np.shape(table.seconds)
-            if shape != (len(table.widths_in), len(table.widths_out)):
-                raise ValueError(f"table of shape {shape} for {len(table.widths_in)} x "
-                                 f"{len(table.widths_out)} widths")
-            if any(np.diff(table.widths_in) <= 0) or any(np.diff(table.widths_out) <= 0):
-                raise ValueError("widths must increase")
-            table.step = int(table.step)
-            if table.step < 1:
-                raise ValueError(f"step {table.step} is not a positive channel count")
-            tables[table.key] = table
-        profile = Profile(where, dict(data["device"]), str(data["runtime"]), int(data["batch"]),
-                       data.get("threads"), float(data["overhead_s"]), tables,
-                       int(data.get("round_to", 1)), float(data.get("scale", 1.0)),
-                       dict(data.get("model", {})),
-                       dict(data.get("rounding", {})), float(data.get("fixed_s", 0.0)),
-                       [[float(a), float(b)] for a, b in data.get("curve", [])])
-        if profile.scale <= 0 or profile.fixed_s < 0:
-            raise ValueError(f"scale {profile.scale} must be positive and fixed_s "
-                             f"{profile.fixed_s} not negative")
-        if profile.curve:
-            x, y = zip(*profile.curve, strict=True)
-            if x[0] <= 0 or y[0] <= 0 or any(np.diff(x) <= 0) or any(np.diff(y) < 0):
-                raise ValueError(f"curve {profile.curve} must rise from positive sums "
-                                 "and times")
-    except (KeyError, TypeError, ValueError) as err:
-        raise MorphError(f"Profile {where} is damaged: {err}") from None
+    fields = profile_file.check(profile_file.read(where), where)
+    tables = {}
+    for raw in fields.pop("tables"):
+        table = Table(**raw)
+        tables[table.key] = table
+    profile = Profile(where, tables=tables, **fields)
     if warn and where not in _WARNED:
         _WARNED.add(where)
         for note in profile.warnings():

@@ -37,172 +37,30 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 
 from morphcli.core import profile as profiles
 from morphcli.core.graph import build_graph
 from morphcli.errors import MorphError
+from morphcli.steps.clock import (  # noqa: F401 - convert: export.py imports it from here
+    Clock,
+    Timing,
+    check_batch,
+    check_threads,
+    convert,
+    prefix,
+)
 
-RUNTIMES = ("tflite", "keras")
+RUNTIMES = profiles.RUNTIMES
 FRACTIONS = (0.125, 0.25, 0.5, 0.75, 1.0)
 SWEEP = 32  # the sweep starts at a multiple of SWEEP and covers two of its steps
 SWEEP_PASSES = 3  # the sweep is timed this many times and each width's least median kept
 WHOLE_PASSES = 5  # the whole model is timed this many times, spread over the profile
-MIN_TIME = 0.05  # seconds of timed calls per measurement, at least
-WHOLE_TIME = 2.0  # seconds of rounds per pass of the whole models (at most MAX_REPEATS)
-MAX_REPEATS = 2000
+WHOLE_TIME = 2.0  # seconds of rounds per pass of the whole models (at most 2000)
 STEPS = (32, 16, 8, 4, 2, 1)  # rounding steps tried, largest first
 STEP_TOLERANCE = 0.05  # the sweep must rise by more than this share to read a step
 STEP_MARGIN = 0.02  # a larger step wins if its misfit is within this share of the best
-
-
-@dataclass
-class Timing:
-    median: float
-    p10: float
-    p90: float
-
-    @property
-    def spread(self) -> float:
-        return (self.p90 - self.p10) / self.median if self.median > 0 else 0.0
-
-
-class _Clock:
-    """Builds runners for Keras models in one runtime and times them."""
-
-    def __init__(self, runtime: str, batch: int, threads: int | None, warmup: int, repeats: int):
-        if runtime not in RUNTIMES:
-            raise MorphError(f"Unknown runtime. Expected one of {', '.join(RUNTIMES)}. "
-                             f"Received: runtime={runtime!r}")
-        self.runtime, self.batch, self.threads = runtime, batch, threads
-        self.warmup, self.repeats = warmup, repeats
-        self._baseline: dict[tuple, float] = {}
-        # Runners of models timed more than once (the sweep, the whole models), by
-        # id, each with its model.
-        self._kept: dict[int, tuple] = {}
-
-    def runner(self, model) -> Callable:
-        from morphcli.steps.export import _keras_runner, _tflite_runner
-
-        if self.runtime == "keras":
-            return _keras_runner(model)
-
-        return _tflite_runner(convert(model), self.threads)
-
-    def _call(self, model, keep: bool = False) -> tuple[Callable, object]:
-        """(runner, its input) of a model; with `keep`, converted once and reused."""
-        from morphcli.steps.export import sample
-
-        if keep:  # the model is kept too: its id stays its own until `release`
-            if id(model) not in self._kept:
-                self._kept[id(model)] = (model, *self._call(model))
-            return self._kept[id(model)][1:]
-        inputs = [sample(tuple(t.shape[1:]), self.batch, seed=k) for k, t in
-                  enumerate(model.inputs)]
-        if len(inputs) == 1:
-            return self.runner(model), inputs[0]
-        return self._multi(model), inputs
-
-    def release(self) -> None:
-        """Drops the kept runners (before their models go)."""
-        self._kept.clear()
-
-    def time(self, model, keep: bool = False) -> Timing:
-        from morphcli.steps.export import time_calls
-
-        call, x = self._call(model, keep)
-        # Short calls are repeated for MIN_TIME at least: their median is then as
-        # steady as a long call's.
-        median, p10, p90, _ = time_calls(call, x, warmup=max(1, self.warmup),
-                                         repeats=self.repeats, min_time=MIN_TIME,
-                                         max_repeats=MAX_REPEATS)
-        return Timing(median, p10, p90)
-
-    def time_together(self, models: list, min_time: float = MIN_TIME) -> list[Timing]:
-        """Times models interleaved call by call (A, B, A, B), so that they meet the
-        machine's load alike: `repeats` rounds at least, and `min_time` seconds of
-        rounds at least (a round's time read from the last of at least two warm-up
-        rounds, after the first calls' set-up). The runners are kept (`release`)."""
-        from morphcli.steps.export import quantiles, repeats_for, time_rounds
-
-        calls = [self._call(m, keep=True) for m in models]
-        last = time_rounds([c for c, _ in calls], [x for _, x in calls],
-                           warmup=max(2, self.warmup) - 1, repeats=1)
-        repeats = repeats_for(sum(t[0] for t in last), self.repeats, min_time, MAX_REPEATS)
-        rounds = time_rounds([c for c, _ in calls], [x for _, x in calls], warmup=0,
-                             repeats=repeats)
-        return [Timing(*quantiles(times)) for times in rounds]
-
-    def _multi(self, model) -> Callable:
-        """A runner for a model with several inputs (a join)."""
-        if self.runtime == "keras":
-            import tensorflow as tf
-
-            fn = tf.function(lambda xs: model(xs, training=False))
-            return lambda xs: [np.asarray(t) for t in tf.nest.flatten(
-                fn([tf.constant(x) for x in xs]))]
-        import tensorflow as tf
-
-        from morphcli.steps.export import _quiet_interpreter
-
-        content = convert(model)
-        interpreter = _quiet_interpreter(model_content=content, num_threads=self.threads)
-        interpreter.allocate_tensors()
-        details = sorted(interpreter.get_input_details(), key=lambda d: d["index"])
-        out = interpreter.get_output_details()[0]
-        by_shape: dict[tuple, list[int]] = {}
-        for d in details:
-            by_shape.setdefault(tuple(int(v) for v in d["shape"]), []).append(d["index"])
-
-        def run(xs):
-            free = {k: list(v) for k, v in by_shape.items()}
-            for x in xs:
-                interpreter.set_tensor(free[tuple(x.shape)].pop(0), x)
-            interpreter.invoke()
-            return interpreter.get_tensor(out["index"])
-
-        return run
-
-    def baseline(self, shapes: tuple[tuple[int, ...], ...]) -> float:
-        """What a call costs before a unit runs: copying its inputs in and one
-        element-wise op on each (`prefix`), which leaves the runtime's threads
-        awake as the layers before it do inside a whole model."""
-        import keras
-
-        if shapes not in self._baseline:
-            inputs = [keras.Input(shape) for shape in shapes]
-            outputs = [prefix(x) for x in inputs]
-            self._baseline[shapes] = self.time(keras.Model(inputs, outputs)).median
-        return self._baseline[shapes]
-
-
-def prefix(x):
-    """The op a measured unit runs after, so that its time is its marginal cost."""
-    import keras
-
-    return keras.layers.ReLU()(x)
-
-
-def convert(model) -> bytes:
-    """A Keras model as TFLite float32, without the converter's chatter on stdout.
-
-    Raises:
-        MorphError: The converter failed (in one line).
-    """
-    import contextlib
-    import io
-
-    import tensorflow as tf
-
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            return tf.lite.TFLiteConverter.from_keras_model(model).convert()
-    except Exception as err:  # noqa: BLE001 - the converter raises many kinds
-        raise MorphError(f"The TFLite converter failed on `{model.name}`: "
-                         f"{' '.join(str(err).split())[:200]}",
-                         hint="measure with the keras runtime.") from None
 
 
 def _grid(width: int, step: int) -> list[int]:
@@ -293,25 +151,36 @@ def profile(model, *, runtime: str = "tflite", batch: int = 1, threads: int | No
         warmup, repeats: Untimed and timed calls per measurement.
         round_to: The rounding step; None measures it.
         progress: Called with (measurements done, what) after each measurement.
-        plan: Called once with the number of measurements to come.
+        plan: Called with the number of measurements in all, before the first;
+            again after the rounding sweep if the step it read changed the count
+            (the first count takes a step of 1), so the last `progress` call
+            reaches the last count planned.
+
+    Raises:
+        MorphError: A runtime, batch, thread count, repeats or warm-up out of
+            range (threads past `THREADS_PER_CORE` x this machine's cores, a
+            batch whose tensors would not fit in its memory), before anything
+            is measured; a layer that cannot be rebuilt or converted.
     """
     from morphcli.core.costs import CostModel
 
-    if batch < 1 or repeats < 1 or warmup < 0:
-        raise MorphError("batch and repeats must be >= 1 and warmup >= 0. Received: "
-                         f"batch={batch}, repeats={repeats}, warmup={warmup}")
-    clock = _Clock(runtime, batch, threads, warmup, repeats)
+    threads = check_threads(threads)
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (batch, repeats, warmup)) \
+            or batch < 1 or repeats < 1 or warmup < 0:
+        raise MorphError("batch and repeats must be whole numbers >= 1 and warmup >= 0. "
+                         f"Received: batch={batch!r}, repeats={repeats!r}, warmup={warmup!r}")
+    clock = Clock(runtime, batch, threads, warmup, repeats)
     graph = build_graph(model)
+    check_batch(graph, batch)
     distinct: dict[str, list[list[int]]] = {}
     for unit in profiles.units(graph):
         distinct.setdefault(profiles.unit_key(graph, unit), []).append(unit)
     sweep = _sweep_unit(graph, distinct) if round_to is None else None
     step = round_to or 1
     # Grids use the rounding step, which the sweep measures first: plan with step 1's
-    # grid sizes as an upper bound, then report the real count.
+    # grid sizes (an upper bound), then with the real count once the step is known.
     grids = {key: _grids(graph, found[0], step) for key, found in distinct.items()}
-    total = (sum(len(a) * len(b) for a, b in grids.values())
-             + (2 * SWEEP + 1) * SWEEP_PASSES * bool(sweep) + WHOLE_PASSES)
+    total = (_points(grids) + (2 * SWEEP + 1) * SWEEP_PASSES * bool(sweep) + WHOLE_PASSES)
     if plan:
         plan(total)
     done = [0]
@@ -325,6 +194,8 @@ def profile(model, *, runtime: str = "tflite", batch: int = 1, threads: int | No
     if sweep is not None:
         step, rounding = _measure_step(clock, graph, sweep, tick)
         grids = {key: _grids(graph, found[0], step) for key, found in distinct.items()}
+        if plan and done[0] + _points(grids) + WHOLE_PASSES != total:
+            plan(done[0] + _points(grids) + WHOLE_PASSES)
     # The whole model and a narrower version of it are timed together WHOLE_PASSES
     # times, before, between and after the tables, and the median pass counts: one
     # timing would carry the load of its moment into the scale of every unit.
@@ -438,6 +309,11 @@ def _calibrate(measured: float, units: float, narrow_measured: float | None,
     if units > 0 and measured > 0 and round(measured / units, 4) > 0:
         return round(measured / units, 4), 0.0
     return 1.0, 0.0
+
+
+def _points(grids: dict) -> int:
+    """How many measurements the tables of `grids` take."""
+    return sum(len(a) * len(b) for a, b in grids.values())
 
 
 def _grids(graph, unit, step) -> tuple[list[int], list[int]]:

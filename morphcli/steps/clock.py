@@ -1,0 +1,233 @@
+"""Timing Keras models in one runtime, for `morph profile`; and the bounds on what
+a measurement may ask of this machine.
+
+`Clock` converts a model for its runtime (TFLite's interpreter, or Keras inside
+one `tf.function`), times calls the way `morph bench` does (warm-up calls, then
+timed calls, the median kept) and keeps the runners of models timed more than
+once. `check_threads` and `check_batch` refuse, before anything is built or
+allocated, a thread count far past this machine's cores and a batch whose
+tensors would not fit in its memory.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from morphcli.core.profile import RUNTIMES
+from morphcli.errors import MorphError
+
+MIN_TIME = 0.05  # seconds of timed calls per measurement, at least
+MAX_REPEATS = 2000
+# More threads than cores only wait for each other: a measurement with 10,000
+# threads on 2 cores ran 10 times slower. Up to 4 per core is allowed (a profile
+# for a device with more cores, measured here, is still wrong: measure it there).
+THREADS_PER_CORE = 4
+# The share of this machine's memory one tensor of the measured model may take
+# at the batch asked: the runtime holds several at once (the input, its copy, a
+# layer's output).
+MEMORY_SHARE = 0.25
+FLOAT_BYTES = 4  # float32
+
+
+def check_threads(threads) -> int | None:
+    """`threads` as a count, checked against this machine (None: the runtime's default).
+
+    Raises:
+        MorphError: Not a whole number from 1 to `THREADS_PER_CORE` x the cores.
+    """
+    cores = os.cpu_count() or 1
+    if threads is None:
+        return None
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise MorphError("threads must be a whole number from 1. "
+                         f"Received: threads={threads!r}")
+    if threads > THREADS_PER_CORE * cores:
+        raise MorphError(f"--threads {threads} is more than {THREADS_PER_CORE} times this "
+                         f"machine's {cores} cores: the threads would wait for each other and "
+                         f"every time would be slower. Received: threads={threads}",
+                         hint="measure with the threads the device you deploy to runs, on it.")
+    return threads
+
+
+def memory_bytes() -> int:
+    """This machine's physical memory (8 GiB where the system does not say)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return 8 << 30
+
+
+def check_batch(graph, batch: int) -> None:
+    """Refuses a batch whose largest tensor in `graph` (a model's input, or a
+    layer's output) would take more than `MEMORY_SHARE` of this machine's memory.
+
+    Raises:
+        MorphError: The batch is too large, in one line, before anything is allocated.
+    """
+    largest, where = 0, ""
+    for node in graph.nodes:
+        for shape in [*node.in_shapes, *node.out_shapes]:
+            size = math.prod(int(d) for d in shape)
+            if size > largest:
+                largest, where = size, "x".join(map(str, shape)) or "1"
+    need, have = batch * largest * FLOAT_BYTES, memory_bytes()
+    if need > MEMORY_SHARE * have:
+        raise MorphError(
+            f"--batch {batch} needs {need / 2**30:.1f} GiB for one tensor of "
+            f"`{graph.model.name}` (its largest, {where} floats per example), more than "
+            f"{MEMORY_SHARE:.0%} of this machine's {have / 2**30:.1f} GiB of memory. "
+            f"Received: batch={batch}",
+            hint=f"use --batch {max(1, int(MEMORY_SHARE * have // (largest * FLOAT_BYTES)))} "
+                 "or less.")
+
+
+@dataclass
+class Timing:
+    median: float
+    p10: float
+    p90: float
+
+    @property
+    def spread(self) -> float:
+        return (self.p90 - self.p10) / self.median if self.median > 0 else 0.0
+
+
+class Clock:
+    """Builds runners for Keras models in one runtime and times them."""
+
+    def __init__(self, runtime: str, batch: int, threads: int | None, warmup: int, repeats: int):
+        if runtime not in RUNTIMES:
+            raise MorphError(f"Unknown runtime. Expected one of {', '.join(RUNTIMES)}. "
+                             f"Received: runtime={runtime!r}")
+        self.runtime, self.batch, self.threads = runtime, batch, threads
+        self.warmup, self.repeats = warmup, repeats
+        self._baseline: dict[tuple, float] = {}
+        # Runners of models timed more than once (the sweep, the whole models), by
+        # id, each with its model.
+        self._kept: dict[int, tuple] = {}
+
+    def runner(self, model) -> Callable:
+        from morphcli.steps.export import _keras_runner, _tflite_runner
+
+        if self.runtime == "keras":
+            return _keras_runner(model)
+
+        return _tflite_runner(convert(model), self.threads)
+
+    def _call(self, model, keep: bool = False) -> tuple[Callable, object]:
+        """(runner, its input) of a model; with `keep`, converted once and reused."""
+        from morphcli.steps.export import sample
+
+        if keep:  # the model is kept too: its id stays its own until `release`
+            if id(model) not in self._kept:
+                self._kept[id(model)] = (model, *self._call(model))
+            return self._kept[id(model)][1:]
+        inputs = [sample(tuple(t.shape[1:]), self.batch, seed=k) for k, t in
+                  enumerate(model.inputs)]
+        if len(inputs) == 1:
+            return self.runner(model), inputs[0]
+        return self._multi(model), inputs
+
+    def release(self) -> None:
+        """Drops the kept runners (before their models go)."""
+        self._kept.clear()
+
+    def time(self, model, keep: bool = False) -> Timing:
+        from morphcli.steps.export import time_calls
+
+        call, x = self._call(model, keep)
+        # Short calls are repeated for MIN_TIME at least: their median is then as
+        # steady as a long call's.
+        median, p10, p90, _ = time_calls(call, x, warmup=max(1, self.warmup),
+                                         repeats=self.repeats, min_time=MIN_TIME,
+                                         max_repeats=MAX_REPEATS)
+        return Timing(median, p10, p90)
+
+    def time_together(self, models: list, min_time: float = MIN_TIME) -> list[Timing]:
+        """Times models interleaved call by call (A, B, A, B), so that they meet the
+        machine's load alike: `repeats` rounds at least, and `min_time` seconds of
+        rounds at least (a round's time read from the last of at least two warm-up
+        rounds, after the first calls' set-up). The runners are kept (`release`)."""
+        from morphcli.steps.export import quantiles, repeats_for, time_rounds
+
+        calls = [self._call(m, keep=True) for m in models]
+        last = time_rounds([c for c, _ in calls], [x for _, x in calls],
+                           warmup=max(2, self.warmup) - 1, repeats=1)
+        repeats = repeats_for(sum(t[0] for t in last), self.repeats, min_time, MAX_REPEATS)
+        rounds = time_rounds([c for c, _ in calls], [x for _, x in calls], warmup=0,
+                             repeats=repeats)
+        return [Timing(*quantiles(times)) for times in rounds]
+
+    def _multi(self, model) -> Callable:
+        """A runner for a model with several inputs (a join)."""
+        if self.runtime == "keras":
+            import tensorflow as tf
+
+            fn = tf.function(lambda xs: model(xs, training=False))
+            return lambda xs: [np.asarray(t) for t in tf.nest.flatten(
+                fn([tf.constant(x) for x in xs]))]
+        import tensorflow as tf
+
+        from morphcli.steps.export import _quiet_interpreter
+
+        content = convert(model)
+        interpreter = _quiet_interpreter(model_content=content, num_threads=self.threads)
+        interpreter.allocate_tensors()
+        details = sorted(interpreter.get_input_details(), key=lambda d: d["index"])
+        out = interpreter.get_output_details()[0]
+        by_shape: dict[tuple, list[int]] = {}
+        for d in details:
+            by_shape.setdefault(tuple(int(v) for v in d["shape"]), []).append(d["index"])
+
+        def run(xs):
+            free = {k: list(v) for k, v in by_shape.items()}
+            for x in xs:
+                interpreter.set_tensor(free[tuple(x.shape)].pop(0), x)
+            interpreter.invoke()
+            return interpreter.get_tensor(out["index"])
+
+        return run
+
+    def baseline(self, shapes: tuple[tuple[int, ...], ...]) -> float:
+        """What a call costs before a unit runs: copying its inputs in and one
+        element-wise op on each (`prefix`), which leaves the runtime's threads
+        awake as the layers before it do inside a whole model."""
+        import keras
+
+        if shapes not in self._baseline:
+            inputs = [keras.Input(shape) for shape in shapes]
+            outputs = [prefix(x) for x in inputs]
+            self._baseline[shapes] = self.time(keras.Model(inputs, outputs)).median
+        return self._baseline[shapes]
+
+
+def prefix(x):
+    """The op a measured unit runs after, so that its time is its marginal cost."""
+    import keras
+
+    return keras.layers.ReLU()(x)
+
+
+def convert(model) -> bytes:
+    """A Keras model as TFLite float32, without the converter's chatter on stdout.
+
+    Raises:
+        MorphError: The converter failed (in one line).
+    """
+    import contextlib
+    import io
+
+    import tensorflow as tf
+
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    except Exception as err:  # noqa: BLE001 - the converter raises many kinds
+        raise MorphError(f"The TFLite converter failed on `{model.name}`: "
+                         f"{' '.join(str(err).split())[:200]}",
+                         hint="measure with the keras runtime.") from None
