@@ -125,10 +125,13 @@ class _Runner:
                         learning_rate=conf.search.learning_rate, outdir=outdir,
                         progress=scored)
         scores = {c.name: c.select_accuracy for c in result.candidates}
+        shrink_s = json.loads((shrunk / "summary.json").read_text()).get("train_seconds")
+        share = f", {result.seconds / shrink_s:.0%} of the shrink's" if shrink_s else ""
         self.log(f"search: chose {result.chosen.name} of {len(result.candidates)} candidates "
                  f"(selection accuracy {scores[result.chosen.name]:.2%}; uniform "
                  f"{scores.get('uniform', float('nan')):.2%}, morphnet "
-                 f"{scores.get('morphnet', float('nan')):.2%}) in {result.seconds:.0f} s")
+                 f"{scores.get('morphnet', float('nan')):.2%}) in {result.seconds:.0f} s"
+                 f"{share}")
         return result.structure
 
     def retrain(self, source: Priced, outdir: Path, label: str) -> tuple[dict, Priced]:
