@@ -37,17 +37,22 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     sweep(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=suffix or path.suffix,
-                               dir=path.parent)
-    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; outputs follow the umask
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=suffix or path.suffix,
+                                   dir=path.parent)
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; outputs follow the umask
+        os.close(fd)
+        tmp_path = Path(tmp)
         yield tmp_path
         _refuse_special(path, "the output")
         os.replace(tmp_path, path)
+    except OSError as err:  # name the user's path in the message, not our temporary
+        if err.filename and Path(str(err.filename)).name.startswith(TEMP + "."):
+            raise OSError(err.errno, err.strerror, str(path)) from None
+        raise
     finally:
-        if tmp_path.exists():
+        if tmp_path is not None and tmp_path.exists():
             tmp_path.unlink()
 
 
@@ -130,7 +135,7 @@ def _host() -> str:
 def temp_prefix(name: str) -> str:
     """The prefix of a temporary for the output `name`: it names this host and
     process, so `sweep` can tell a live writer's temporary from a killed one's."""
-    return f"{TEMP}.{_host()}.{os.getpid()}.{name}."
+    return f"{TEMP}.{_host()}.{os.getpid()}.{name[:80]}."  # short of 255 with mkstemp's
 
 
 def _alive(pid: int) -> bool:

@@ -6,6 +6,7 @@ Each test asserts the exit code, the one `Error:` line and that inputs and unrel
 files keep their bytes.
 """
 
+import errno
 import hashlib
 import importlib.util
 import json
@@ -200,6 +201,20 @@ def test_an_output_under_a_file_fails_before_measuring(tmp_path, no_profiling):
     (tmp_path / "f").write_text("mine")
     line = user_error("profile", "zoo:cnn", "-o", str(tmp_path / "f" / "p.json"))
     assert "is not a folder" in line and (tmp_path / "f").read_text() == "mine"
+
+
+def test_a_failed_write_names_the_users_path_not_a_temporary(tmp_path, monkeypatch):
+    replace = os.replace
+
+    def full_disk(src, dst):
+        if Path(src).name.startswith(files.TEMP):
+            raise OSError(errno.ENOSPC, "No space left on device", str(src))
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    line = user_error("report", "zoo:cnn", "--markdown", str(tmp_path / "r.md"))
+    assert f"No space left on device: {tmp_path / 'r.md'}" in line and files.TEMP not in line
+    assert list(tmp_path.iterdir()) == []  # the temporary removed
 
 
 def test_export_creates_a_missing_parent_folder(seed, tmp_path):
