@@ -44,9 +44,11 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import statistics
 import sys
@@ -57,7 +59,12 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from morphcli.config import demo_config_path, load_config, parse_override  # noqa: E402
+from morphcli.config import (  # noqa: E402
+    demo_config_path,
+    dump_yaml,
+    load_config,
+    parse_override,
+)
 from morphcli.errors import MorphError  # noqa: E402
 
 METHODS = ("morphnet", "uniform")
@@ -217,6 +224,58 @@ def shrunk_of(rundir: Path) -> Shrunk:
                   summary["val_shrunk"].get("accuracy"))
 
 
+def cell_name(model: str) -> str:
+    """A folder name for `model` (a spec such as ``zoo:cnn`` or a path) that stays
+    inside the work folder: its stem made safe, plus a short hash of the spec, so two
+    models of one stem never share a cell (``/data/seed.keras`` -> ``seed-1a2b3c4d``)."""
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(model).stem or model).strip("_")[:40]
+    return f"{stem or 'model'}-{hashlib.sha256(model.encode()).hexdigest()[:8]}"
+
+
+def source_hash() -> str:
+    """sha256 of morphcli's source and of this benchmark: a cell made by other code
+    is never resumed."""
+    import morphcli
+
+    digest = hashlib.sha256()
+    root = Path(morphcli.__file__).parent
+    for path in sorted([*root.rglob("*.py"), *root.rglob("*.yaml")]) + [Path(__file__)]:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def cell_key(conf, args: argparse.Namespace) -> str:
+    """What one cell's results depend on: the resolved config, the seed model's bytes
+    when it is a file, --pretrain and the source (`source_hash`)."""
+    digest = hashlib.sha256(dump_yaml(conf).encode())
+    seed_file = Path(str(conf.model.seed))
+    if seed_file.is_file():
+        digest.update(seed_file.read_bytes())
+    digest.update(f"pretrain={args.pretrain}\0{source_hash()}".encode())
+    return digest.hexdigest()
+
+
+KEY_FILE = "bench.key"
+
+
+def prepare_cell(rundir: Path, key: str, log) -> bool:
+    """Makes a cell's run folder, recording its key. A folder made with another key
+    (other code, arguments or model) is removed and redone, never resumed.
+
+    Returns:
+        True when the folder is new (nothing to resume).
+    """
+    found = rundir / KEY_FILE
+    if rundir.exists():
+        if found.is_file() and found.read_text().strip() == key:
+            return False
+        log(f"{rundir.name}: made by other code or arguments; redone")
+        shutil.rmtree(rundir)
+    rundir.mkdir(parents=True)
+    found.write_text(key + "\n")
+    return True
+
+
 def pretrained_seed(args, model: str, seed: int, workdir: Path, log) -> str:
     """Trains `model` for --pretrain epochs and saves it: the seed of this seed's cells."""
     from morphcli import files
@@ -227,9 +286,10 @@ def pretrained_seed(args, model: str, seed: int, workdir: Path, log) -> str:
     ctx = make_context(conf, budget=False)
     spec = engine.TrainSpec.of(conf.retrain)
     spec.epochs = args.pretrain
-    fit = engine.fit(ctx.seed.model, ctx.dataset, spec, workdir=workdir / f"pre-s{seed}",
+    name = cell_name(model)
+    fit = engine.fit(ctx.seed.model, ctx.dataset, spec, workdir=workdir / f"{name}-pre-s{seed}",
                      tensorboard=False)
-    path = workdir / f"{model.replace(':', '_')}-trained-s{seed}.keras"
+    path = workdir / f"{name}-trained-s{seed}.keras"
     files.save_model(ctx.seed.model, path)
     log(f"{model} seed {seed}: trained {args.pretrain} epochs, val accuracy "
         f"{fit.val.get('accuracy', float('nan')):.2%}")
@@ -247,9 +307,12 @@ def run_seed(args, model: str, seed: int, cells: list[Cell], workdir: Path, log)
         spec = pretrained_seed(args, model, seed, workdir, log)
     for cell in cells:
         conf = make_config(args, spec, cell.budget, seed)
-        rundir = workdir / f"{model.replace(':', '_')}-b{cell.budget:g}-s{seed}"
-        if first is not None and conf.run.rounds == 1 and conf.regularizer.strength != "auto":
+        rundir = workdir / f"{cell_name(model)}-b{cell.budget:g}-s{seed}"
+        new = prepare_cell(rundir, cell_key(conf, args), log)
+        if (new and first is not None and conf.run.rounds == 1
+                and conf.regularizer.strength != "auto"):
             shutil.copytree(first / "shrink", rundir / "shrink")  # budget-independent
+            (rundir / "config.yaml").write_text(dump_yaml(conf))  # this cell's own config
         start = time.perf_counter()
         result = run(conf, rundir)
         first = first or rundir

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
 import click
 
 from morphcli.cli_types import ROUND_TO as _ROUND_TO
+from morphcli.outputs import beside as _beside
 from morphcli.outputs import check_folder as _check_folder
 from morphcli.outputs import check_outputs
 from morphcli.outputs import dumps as _dumps
@@ -158,8 +158,8 @@ def report(model, input_shape, classes, trust_code, hardware, other, structure_p
     from morphcli import api
     from morphcli import report as rep
 
-    check_outputs({"MODEL": model, "--compare": other, "--structure": structure_path},
-                  {"--markdown": markdown, "--plot": plot})
+    check_outputs({"MODEL": model, "--compare": other, "--structure": structure_path,
+                   "--hardware": hardware}, {"--markdown": markdown, "--plot": plot})
     out, err = _consoles()
     seed = _load(model, input_shape, classes, trust_code)
     before = api.analyze(seed, hardware=hardware, structure=structure_path)
@@ -318,10 +318,11 @@ def _show_shrink(out, err, ctx, result, as_json: bool) -> None:
               help="Scale a structure.json learned on MODEL (the seed), not MODEL's widths.")
 @click.option("--measure", is_flag=True, default=None,
               help="Latency: time candidates here and correct until the clock agrees.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output and its record.")
 @click.option("--json", "as_json", is_flag=True, help="Print the expansion record on stdout.")
 @_model_options
 def expand(model, target, config_path, out_path, hardware, round_to, mode, structure_path,
-           measure, as_json, input_shape, classes, trust_code):
+           measure, overwrite, as_json, input_shape, classes, trust_code):
     """Scale every prunable width of MODEL by one multiplier to land on a budget.
 
     Solves for the width multiplier w so that the cost of MODEL with every
@@ -355,8 +356,9 @@ def expand(model, target, config_path, out_path, hardware, round_to, mode, struc
         raise MorphError("No target given.", hint="pass --target flops=25M (or params=, "
                                                   "latency=) or -c CONFIG.")
     record_path = _beside(out_path)
-    check_outputs({"MODEL": model, "--structure": structure_path, "--config": config_path},
-                  {"-o": out_path, "its record": record_path})
+    check_outputs({"MODEL": model, "--structure": structure_path, "--config": config_path,
+                   "--hardware": conf.target.hardware},
+                  {"-o": out_path, "its record": record_path}, overwrite=overwrite)
     seed = Priced.of(_load(model, input_shape, classes, trust_code), hardware_of(conf))
     base = structure.load(structure_path).widths_for(seed.graph) if structure_path else None
     result = expand_step(seed, metric, quantity,
@@ -376,14 +378,6 @@ def expand(model, target, config_path, out_path, hardware, round_to, mode, struc
     if m := result.record.get("measured"):
         err.print(f"measured {m['latency_s'] * 1e3:.4g} ms here ({m['runtime']}) for target "
                   f"{m['target_s'] * 1e3:.4g} ms ({m['error']:+.1%})", markup=False)
-
-
-def _beside(path: str) -> str:
-    """The expansion record of an expanded model: OUT.keras -> OUT.expand.json, so
-    several expands into one folder keep their own records."""
-    path = Path(path)
-    return str(path.with_name(f"{path.stem if path.suffix == '.keras' else path.name}"
-                              ".expand.json"))
 
 
 @cli.command()
@@ -462,14 +456,15 @@ def run(config_path, rundir, rounds, baseline, resume, overwrite, sets, as_json)
     from morphcli import config as cfg
     from morphcli.report import comparison_line, measured_note, results_table
     from morphcli.steps.context import make_context
+    from morphcli.steps.run import recorded_config
     from morphcli.steps.run import run as run_steps
 
     overrides = dict(cfg.parse_override(p) for p in sets)
     overrides.update({k: v for k, v in {"run.rounds": rounds, "run.baseline": baseline}.items()
                       if v is not None})
     recorded = None
-    if config_path is None and resume and rundir and (Path(rundir) / "config.yaml").is_file():
-        config_path = recorded = str(Path(rundir) / "config.yaml")  # the run's own config
+    if config_path is None and resume and rundir and not overwrite:  # the run's own, whole
+        config_path = recorded = recorded_config(rundir)
     conf = _resolve(config_path or cfg.demo_config_path(), overrides,
                     {k: "the command line" for k in overrides})
     strategy, resume, overwrite, chief = _distribution(conf, resume, overwrite)

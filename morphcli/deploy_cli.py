@@ -3,8 +3,6 @@ by cli.py)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from morphcli.cli import _consoles, _load, _model_options, cli
@@ -13,14 +11,13 @@ from morphcli.outputs import dumps as _dumps
 from morphcli.steps.export import FORMATS, QUANTIZATIONS
 
 
-def _new_output(model: str, out_path: str, overwrite: bool) -> None:
-    """Refuses an output that is an input, or that exists without --overwrite."""
-    from morphcli.errors import MorphError
-
-    check_outputs({"MODEL": model}, {"-o": out_path})
-    if Path(out_path).exists() and not overwrite:
-        raise MorphError(f"The output exists. Received: -o {out_path}",
-                         hint="pass --overwrite to replace it, or choose another path.")
+def _new_output(model: str, out_path: str, overwrite: bool, folder: bool = False) -> None:
+    """Refuses, before any work, an output that is an input, that exists without
+    --overwrite, or that cannot be written; a `folder` (a SavedModel) is replaced
+    whole, so it must hold no input and be one morph made."""
+    where = {"-o": out_path}
+    check_outputs({"MODEL": model}, {} if folder else where, where if folder else None,
+                  overwrite=overwrite)
 
 
 def _bar(err, label: str, described: bool = False):
@@ -60,7 +57,7 @@ def export(model, out_path, fmt, quantize, overwrite, as_json, input_shape, clas
     from morphcli.steps.export import export as export_step
 
     out, err = _consoles()
-    _new_output(model, out_path, overwrite)
+    _new_output(model, out_path, overwrite, folder=fmt == "saved_model")
     result = export_step(_load(model, input_shape, classes, trust_code), out_path, fmt, quantize)
     if as_json:
         click.echo(_dumps(vars(result)))

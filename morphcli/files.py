@@ -2,7 +2,11 @@
 
 Every output of morphcli goes through these helpers: the content is written
 to a temporary file in the same folder, flushed, and renamed over the target
-(`os.replace` is atomic on POSIX and Windows).
+(`os.replace` is atomic on POSIX and Windows). Temporaries are named
+``.morph-tmp.HOST.PID.NAME.*``, so those a killed process left behind are
+recognised and swept (`sweep`) when a command next writes into their folder.
+Output paths are checked before any work (`check_target`): never a device, a
+pipe or a folder morph did not make, always in a folder that can be written.
 """
 
 from __future__ import annotations
@@ -12,7 +16,10 @@ import json
 import math
 import os
 import re
+import socket
+import stat
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,16 +36,23 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or path.suffix,
-                               dir=path.parent)
-    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; outputs follow the umask
-    os.close(fd)
-    tmp_path = Path(tmp)
+    sweep(path.parent)
+    tmp_path = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=suffix or path.suffix,
+                                   dir=path.parent)
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; outputs follow the umask
+        os.close(fd)
+        tmp_path = Path(tmp)
         yield tmp_path
+        _refuse_special(path, "the output")
         os.replace(tmp_path, path)
+    except OSError as err:  # name the user's path in the message, not our temporary
+        if err.filename and Path(str(err.filename)).name.startswith(TEMP + "."):
+            raise OSError(err.errno, err.strerror, str(path)) from None
+        raise
     finally:
-        if tmp_path.exists():
+        if tmp_path is not None and tmp_path.exists():
             tmp_path.unlink()
 
 
@@ -103,7 +117,140 @@ def save_model(model, path: str | os.PathLike) -> None:
 MARKER, LOCK = ".morph-run", ".morph-lock"
 WRITTEN = {MARKER, "config.yaml", "checkpoints", "logs", "structure.json", "shrunk.keras",
            "summary.json", "expanded.keras", "expand.json", "final.keras", "metrics.json",
-           "report.md", "report.json", "widths.png", "expand", "retrain", "baseline"}
+           "report.md", "report.json", "widths.png", "expand", "retrain", "baseline",
+           "profile.sha256"}
+
+
+# --- temporaries ----------------------------------------------------------------------------
+
+TEMP = ".morph-tmp"  # how every temporary file and folder morph makes begins
+STALE_AFTER_S = 24 * 3600  # a temporary this old is stale whoever made it (pids get reused)
+_TEMP_PATTERN = re.compile(rf"{re.escape(TEMP)}\.(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\.")
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:24] or "host"
+
+
+def temp_prefix(name: str) -> str:
+    """The prefix of a temporary for the output `name`: it names this host and
+    process, so `sweep` can tell a live writer's temporary from a killed one's."""
+    return f"{TEMP}.{_host()}.{os.getpid()}.{name[:80]}."  # short of 255 with mkstemp's
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def sweep(folder: str | os.PathLike) -> list[Path]:
+    """Removes the temporaries killed morph processes left in `folder`.
+
+    A temporary (a name made by `temp_prefix`, owned by this user, not a link) is
+    stale when the process named in it is gone (same host) or it is older than
+    `STALE_AFTER_S`. Nothing else is touched, and a failure to remove one is
+    ignored: sweeping never stops a command.
+
+    Returns:
+        What was removed.
+    """
+    import shutil
+
+    removed = []
+    try:
+        entries = [e for e in os.scandir(folder) if e.name.startswith(TEMP + ".")]
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TEMP_PATTERN.match(entry.name)
+        try:
+            info = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if not match or stat.S_ISLNK(info.st_mode) or info.st_uid != os.getuid():
+            continue
+        pid = int(match["pid"])
+        gone = match["host"] == _host() and pid != os.getpid() and not _alive(pid)
+        if not gone and time.time() - info.st_mtime < STALE_AFTER_S:
+            continue
+        try:
+            shutil.rmtree(entry.path) if stat.S_ISDIR(info.st_mode) else os.unlink(entry.path)
+            removed.append(Path(entry.path))
+        except OSError:
+            pass
+    return removed
+
+
+# --- output paths, checked before any work ---------------------------------------------------
+
+def _kind(path: Path) -> str | None:
+    """None (nothing there, or a dangling link), "file", "folder" or "special" (a
+    device, a pipe, a socket), following links."""
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    if stat.S_ISREG(mode):
+        return "file"
+    return "folder" if stat.S_ISDIR(mode) else "special"
+
+
+def _refuse_special(path: Path, label: str) -> None:
+    from morphcli.errors import MorphError
+
+    kind = _kind(path)
+    if kind == "special":
+        raise MorphError(f"{path} is not a regular file (a device, a pipe or a socket): morph "
+                         f"never replaces one. Received: {label}={path}",
+                         hint="choose a path for a new or regular file.")
+    if kind == "folder":
+        raise MorphError(f"{path} is a folder; {label} names a file. Received: {label}={path}",
+                         hint="choose a file path (inside the folder, say).")
+
+
+def check_target(path: str | os.PathLike, label: str, *, overwrite: bool | None = None,
+                 folder: bool = False) -> None:
+    """Refuses an output path that cannot or must not be written, before any work.
+
+    Args:
+        path: The output (a file, or with `folder` a folder written whole).
+        label: How the user named it (``-o``, ``--markdown``), for the message.
+        overwrite: False: an existing output is refused (the command has
+            `--overwrite`); None: an existing file is replaced (no flag).
+        folder: The output is a folder replaced whole (a SavedModel): an existing
+            one must be a folder morph made (its `MARKER`).
+
+    Raises:
+        MorphError: It is a device, pipe or socket; a folder where a file is
+            written, or one morph did not make; it exists and `overwrite` is
+            False; its folder is a file or cannot be written.
+    """
+    from morphcli.errors import MorphError
+
+    path = Path(path)
+    kind = _kind(path)
+    if kind == "special" or (kind == "folder" and not folder):
+        _refuse_special(path, label)
+    if kind is not None and overwrite is False:
+        raise MorphError(f"The output exists. Received: {label} {path}",
+                         hint="pass --overwrite to replace it, or choose another path.")
+    if kind == "folder" and not (path / MARKER).is_file():
+        raise MorphError(f"--overwrite refused: {path} is not a folder morph made (no {MARKER} "
+                         f"in it), so it is not morph's to replace. Received: {label} {path}",
+                         hint="choose a new path, or remove the folder yourself.")
+    parent = path.absolute().parent
+    while not parent.exists() and parent != parent.parent:  # the folder morph will create
+        parent = parent.parent
+    if not parent.is_dir():
+        raise MorphError(f"Cannot write {path}: {parent} is not a folder. Received: {label} {path}")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise MorphError(f"Cannot write {path}: the folder {parent} is not writable. Received: "
+                         f"{label} {path}", hint="fix its permissions or choose another path.")
 _WRITTEN_PATTERN = r"(shrink|expand)\d*|workertemp_\d+"  # later rounds, worker scratch
 
 
@@ -152,7 +299,7 @@ def check_outputs(inputs: dict[str, Any], outputs: dict[str, Any],
         for in_label, path in files_in.items():
             if root == path.resolve().parent or root in path.resolve().parents:
                 raise MorphError(
-                    f"The output folder {folder} holds the input {in_label} ({path}): a run "
+                    f"The output folder {folder} holds the input {in_label} ({path}): morph "
                     f"writes and, with --overwrite, deletes files there. Received: "
                     f"{out_label}={folder}",
                     hint="choose an output folder that holds none of the inputs (to resume "
@@ -190,8 +337,13 @@ def prepare_outdir(path: str | os.PathLike, *, resume: bool, overwrite: bool) ->
     return path
 
 
-def check_outdir(path: str | os.PathLike, *, resume: bool, overwrite: bool) -> list[Path]:
+def check_outdir(path: str | os.PathLike, *, resume: bool, overwrite: bool,
+                 existing: bool = False) -> list[Path]:
     """What `prepare_outdir` checks, changing nothing (call it before loading inputs).
+
+    Args:
+        existing: The folder must hold a run (a user's --resume: a mistyped path is
+            refused rather than started afresh).
 
     Returns:
         The folder's entries (empty for a new folder).
@@ -205,6 +357,10 @@ def check_outdir(path: str | os.PathLike, *, resume: bool, overwrite: bool) -> l
                          hint="pass one of them.")
     if path.exists() and not path.is_dir():
         raise MorphError(f"Output folder {path} is a file. Received: -o {path}")
+    if existing and not (path / MARKER).is_file():
+        raise MorphError(f"--resume: {path} holds no run to continue (no {MARKER} in it). "
+                         f"Received: -o {path}",
+                         hint="check the path, or start a new run without --resume.")
     entries = list(path.iterdir()) if path.exists() else []
     if entries and not resume:
         if not overwrite:

@@ -17,6 +17,7 @@ import pytest
 from test_cli import morph, user_error
 
 from morphcli import files
+from morphcli.config import dump_yaml, load_config
 from morphcli.core import structure
 
 
@@ -155,6 +156,7 @@ def test_a_folder_in_use_is_refused_with_the_owners_pid(tmp_path):
     out = tmp_path / "busy"
     out.mkdir()
     files.write_text(out / ".morph-run", "")
+    files.write_text(out / "config.yaml", dump_yaml(load_config(None)))  # a run's, whole
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from morphcli import files; "
          "held = files.lock_folder(sys.argv[1]); print('locked', flush=True); time.sleep(60)",

@@ -178,14 +178,19 @@ def export(model, path: str | Path, fmt: str = "tflite", quantize: str = "none")
     path = Path(path)
     x = sample(_input_shape(model), CHECK_BATCH)
     expected = _keras_runner(model)(x)
-    work = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    files.sweep(path.parent)  # what killed exports left (whole SavedModels, say)
+    work = Path(tempfile.mkdtemp(prefix=files.temp_prefix(path.name), dir=path.parent))
     try:
         saved = work / "saved_model"
         _write_saved_model(model, saved)
         if fmt == "saved_model":
             got = _saved_model_runner(saved)(x)
+            size = sum(f.stat().st_size for f in saved.rglob("*") if f.is_file())
+            # Marked as morph's: a later --overwrite may replace this folder, no other.
+            files.write_text(saved / files.MARKER, "a SavedModel morph exported; --overwrite "
+                                                   "replaces it whole\n")
             _move_into_place(saved, path, work)
-            size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
         else:
             content = _convert(saved, quantize)
             got = _tflite_runner(content, None)(x)
@@ -203,9 +208,18 @@ def export(model, path: str | Path, fmt: str = "tflite", quantize: str = "none")
 
 def _move_into_place(folder: Path, path: Path, work: Path) -> None:
     """Renames the finished `folder` to `path`: an old `path` is first renamed aside
-    (into `work`, removed afterwards), so `path` is always either whole or absent."""
-    if path.is_dir():
+    (into `work`, removed afterwards), so `path` is always either whole or absent.
+    Only a folder morph made (its marker) is replaced; never a device or a pipe."""
+    from morphcli import files
+
+    if path.is_dir() and not path.is_symlink():
+        if not (path / files.MARKER).is_file():
+            raise MorphError(f"{path} is not a folder morph made (no {files.MARKER} in it), "
+                             f"so it is not morph's to replace. Received: path={path}")
         os.replace(path, work / "previous")
+    elif path.exists() and not path.is_file():
+        raise MorphError(f"{path} is not a regular file or a folder morph made: morph never "
+                         f"replaces it. Received: path={path}")
     elif path.exists():
         path.unlink()
     os.replace(folder, path)

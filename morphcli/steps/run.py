@@ -9,7 +9,9 @@ Every step writes its outputs atomically into its own sub-folder, and a step
 whose final output exists is not run again: `--resume` continues at the first
 unfinished step (and inside it, at the last checkpointed epoch)::
 
-    RUNDIR/config.yaml
+    RUNDIR/config.yaml      the resolved config (a resume must match it, and it whole)
+    RUNDIR/profile.sha256   with a `profile:` device: the profile's hash (a resume
+                            refuses a profile changed since the run started)
     RUNDIR/shrink/    structure.json, shrunk.keras, summary.json  (shrink2/... for more rounds)
 
 A step is done when its last file exists (summary.json, expand.json,
@@ -29,10 +31,12 @@ its priced model to the next step; a skipped step's model is loaded once).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from morphcli.errors import MorphError
 from morphcli.steps.context import Priced, RunContext, make_context, round_to_of
 from morphcli.steps.export import latencies
 
@@ -169,7 +173,10 @@ def run(ctx: RunContext, rundir: str | Path | None = None, *, progress: Progress
 
         check_searchable(conf, ctx.dataset)
     rundir = distribute.write_dir(rundir or conf.output_dir, ctx.strategy)  # non-chief: scratch
+    if (rundir / "config.yaml").exists() or _started(rundir):
+        check_record(rundir / "config.yaml")  # whole, and there when steps are
     record(conf, rundir / "config.yaml")  # a resumed run must have the same config
+    record_profile(conf.target.hardware, rundir)
     runner = _Runner(ctx, rundir, progress, log)
     current = ctx
     for round_ in range(1, conf.run.rounds + 1):
@@ -188,6 +195,98 @@ def run(ctx: RunContext, rundir: str | Path | None = None, *, progress: Progress
     report = write_report(ctx, rundir, final_model, final, uniform, baseline, name)
     distribute.remove_write_dir(rundir, ctx.strategy)
     return RunResult(rundir, final, baseline, report, runner.skipped)
+
+
+_STEPS = re.compile(r"(shrink|expand)\d*|retrain|baseline")  # the step folders
+
+
+def _started(rundir: Path) -> bool:
+    """Whether a step of the run in `rundir` has begun (its folder exists)."""
+    return rundir.is_dir() and any(_STEPS.fullmatch(p.name) for p in rundir.iterdir())
+
+
+def recorded_config(rundir: str | Path) -> str:
+    """The config a run folder recorded, for `morph run --resume -o DIR` without one.
+
+    Raises:
+        MorphError: `rundir` is not a run folder (a mistyped path), its config.yaml
+            is missing, or it is damaged (`check_record`).
+    """
+    from morphcli.files import MARKER
+
+    path = Path(rundir)
+    if not (path / MARKER).is_file():
+        raise MorphError(f"--resume: {rundir} holds no run to continue (no {MARKER} in it). "
+                         f"Received: -o {rundir}",
+                         hint="check the path, or start a new run without --resume.")
+    check_record(path / "config.yaml")
+    return str(path / "config.yaml")
+
+
+def check_record(path: Path) -> None:
+    """Refuses a run's recorded config that is missing or damaged: it must read back
+    to exactly what `record` wrote (a truncated file would have defaults fill the gaps,
+    a 1-epoch run resumed with 20).
+
+    Raises:
+        MorphError: The file is missing, unreadable, or not a whole recorded config.
+    """
+    from morphcli.config import dump_yaml, load_config
+
+    where = f"Received: -o {path.parent}"
+    hint = "restore it, or start the run again with --overwrite."
+    if not path.is_file():
+        raise MorphError(f"{path.parent} holds a run whose recorded config.yaml is missing; "
+                         f"resuming without it would run another config. {where}", hint=hint)
+    try:
+        whole = dump_yaml(load_config(path)) == path.read_text(encoding="utf-8")
+    except (MorphError, OSError, UnicodeDecodeError) as err:
+        raise MorphError(f"The run's recorded config {path} cannot be read ({err}). {where}",
+                         hint=hint) from None
+    if not whole:
+        raise MorphError(f"The run's recorded config {path} is damaged: it is not the whole "
+                         f"config morph wrote (keys missing, cut short or edited). {where}",
+                         hint=hint)
+
+
+PROFILE_RECORD = "profile.sha256"
+
+
+def record_profile(hardware, rundir: Path) -> None:
+    """Records the hash of a `profile:` device's file in `rundir`, or, resuming, refuses a
+    profile changed since the run started (its steps were priced on the old one).
+
+    Raises:
+        MorphError: The profile's hash differs from the recorded one, or a started
+            run has no record of it.
+    """
+    import hashlib
+
+    from morphcli import files
+    from morphcli.core.profile import is_profile_name
+
+    if not is_profile_name(hardware):
+        return
+    path, digest = hardware.partition(":")[2], hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    record, now = rundir / PROFILE_RECORD, digest.hexdigest()
+    if record.is_file():
+        then = record.read_text().split(maxsplit=1)[0] if record.read_text().strip() else ""
+        if then != now:
+            raise MorphError(
+                f"The profile {path} changed since this run started (sha256 {then[:12]} "
+                f"recorded, {now[:12]} now): its steps were priced on the old one. Received: "
+                f"target.hardware={hardware}",
+                hint="restore the profile, or start again with --overwrite.")
+        return
+    if _started(rundir):
+        raise MorphError(f"{rundir} holds a run with no record of its profile ({PROFILE_RECORD})"
+                         f", so a changed profile cannot be ruled out. Received: "
+                         f"target.hardware={hardware}",
+                         hint="start again with --overwrite.")
+    files.write_text(record, f"{now}  {path}\n")
 
 
 def write_report(ctx: RunContext, rundir: Path, final_model: Priced, final: dict,
