@@ -192,7 +192,8 @@ def resolve_target(costs, metric: str, quantity) -> float:
 
 def solve_multiplier(costs, resource: str, target: float, *,
                      base_widths: Mapping[int, int] | None = None, round_to: int = 1,
-                     mode: str = "below", min_channels: int = 1) -> Expansion:
+                     mode: str = "below", min_channels: int = 1,
+                     received: str | None = None) -> Expansion:
     """Finds the width multiplier (and small per-group fix-ups) that hits `target`.
 
     Args:
@@ -205,6 +206,8 @@ def solve_multiplier(costs, resource: str, target: float, *,
         mode: `"below"`: the closest structure not above the target;
             `"nearest"`: the closest structure either side.
         min_channels: Every prunable group keeps at least this many channels.
+        received: How the user wrote the target (`--target latency=0.003ms`), for
+            the message of an unreachable one; default `target=` and its amount.
 
     Returns:
         An `Expansion` with the multiplier, every prunable group's width and
@@ -215,7 +218,7 @@ def solve_multiplier(costs, resource: str, target: float, *,
             target below the smallest structure or above what `w <= 64` reaches.
     """
     problem = _problem(costs, resource, target, base_widths, round_to, mode, min_channels)
-    _check_reachable(problem)
+    _check_reachable(problem, received)
     lo, hi = _bisect(problem, *_bracket(problem))
     starts = _starts(problem, lo, STARTS)
     candidates = [(w, _fix_up(problem, s, above=False)) for w, s in starts]
@@ -293,19 +296,29 @@ def check_reachable(costs, resource: str, target: float, min_channels: int = 1,
         frozen = costs.total(resource, {g.id: 0 for g in groups})
         raise MorphError(
             f"Impossible target for {resource}: the smallest structure (every prunable "
-            f"group at {min_channels} channel(s)) costs {smallest:,.6g} (frozen layers "
-            f"alone cost {frozen:,.6g}). Received: {received or f'target={target:,.6g}'}",
+            f"group at {min_channels} channel(s)) costs {amount(resource, smallest)} (frozen "
+            f"layers alone cost {amount(resource, frozen)}). Received: "
+            f"{received or f'target={amount(resource, target)}'}",
             hint="raise the target; the model's input, output and boundaries never shrink.")
 
 
-def _check_reachable(p: _Problem) -> None:
-    check_reachable(p.costs, p.resource, p.target, p.min_channels, smallest=p.cost_at(0.0))
+def amount(resource: str, value: float) -> str:
+    """A cost as the CLI shows it: latency in ms, counts with thousands separators."""
+    if resource == "latency":
+        return f"{value * 1e3:,.6g} ms"
+    return f"{value:,.0f}" if value >= 1e6 else f"{value:,.6g}"
+
+
+def _check_reachable(p: _Problem, received: str | None = None) -> None:
+    check_reachable(p.costs, p.resource, p.target, p.min_channels, received=received,
+                    smallest=p.cost_at(0.0))
     largest = p.cost_at(MAX_MULTIPLIER)
     if p.target > largest:
         raise MorphError(
             f"Impossible target for {p.resource}: a width multiplier of at most "
-            f"{MAX_MULTIPLIER:g} reaches {largest:,.6g} (the base structure costs "
-            f"{p.cost(p.base):,.6g}). Received: target={p.target:,.6g}",
+            f"{MAX_MULTIPLIER:g} reaches {amount(p.resource, largest)} (the base structure "
+            f"costs {amount(p.resource, p.cost(p.base))}). Received: "
+            f"{received or f'target={amount(p.resource, p.target)}'}",
             hint="lower the target, or expand a wider structure.")
 
 
