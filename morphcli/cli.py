@@ -9,21 +9,26 @@ keeps its traceback (exit 1) (`morphcli.cli_common.MorphGroup`).
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-import click
+try:  # Ctrl-C during these imports (numpy's among them: the first 0.2 s) is one line too
+    from pathlib import Path
 
-from morphcli import deploy_cli
-from morphcli.cli_common import MorphGroup
-from morphcli.cli_common import consoles as _consoles
-from morphcli.cli_common import load as _load
-from morphcli.cli_common import model_options as _model_options
-from morphcli.cli_common import quiet_tensorflow as _quiet_tensorflow
-from morphcli.cli_types import ROUND_TO as _ROUND_TO
-from morphcli.outputs import check_folder as _check_folder
-from morphcli.outputs import check_outputs
-from morphcli.outputs import dumps as _dumps
-from morphcli.outputs import take_folder as _take_folder
+    import click
+
+    from morphcli import deploy_cli
+    from morphcli.cli_common import MorphGroup
+    from morphcli.cli_common import consoles as _consoles
+    from morphcli.cli_common import load as _load
+    from morphcli.cli_common import model_options as _model_options
+    from morphcli.cli_common import quiet_tensorflow as _quiet_tensorflow
+    from morphcli.cli_types import ROUND_TO as _ROUND_TO
+    from morphcli.outputs import check_folder as _check_folder
+    from morphcli.outputs import check_outputs
+    from morphcli.outputs import dumps as _dumps
+    from morphcli.outputs import take_folder as _take_folder
+except KeyboardInterrupt:
+    sys.stderr.write("Interrupted.\n")
+    raise SystemExit(130) from None  # EXIT_INTERRUPTED, before it could be imported
 
 
 @click.group(cls=MorphGroup, context_settings={"help_option_names": ["-h", "--help"],

@@ -45,6 +45,11 @@ def consoles():
                 options.setdefault("soft_wrap", True)
             return super().print(*objects, **options)
 
+        def on_broken_pipe(self) -> None:  # rich's own exits 1
+            self.quiet = True
+            _pipe_closed()
+            raise SystemExit(EXIT_PIPE_CLOSED)
+
     quiet_tensorflow()
     return Lines(), Lines(stderr=True)
 

@@ -75,11 +75,12 @@ def test_usage_errors_are_one_line(args, line):
     assert result.stderr.strip().splitlines() == [line]
 
 
-def test_a_closed_pipe_ends_quietly(tmp_path):
-    """`morph config schema | true` (a reader gone before the first line): exit 141
-    (128 + SIGPIPE), nothing on stderr."""
+@pytest.mark.parametrize("command", ["config schema", "report zoo:cnn"])  # click, rich
+def test_a_closed_pipe_ends_quietly(tmp_path, command):
+    """`morph ... | true` (a reader gone before the first line): exit 141 (128 +
+    SIGPIPE), nothing on stderr."""
     proc = subprocess.run(
-        f"{sys.executable} -m morphcli.cli config schema | true; "
+        f"{sys.executable} -m morphcli.cli {command} | true; "
         "exit ${PIPESTATUS[0]}", shell=True, executable="/bin/bash", capture_output=True,
         text=True, cwd=tmp_path, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": _root()},
         timeout=120)
