@@ -3,94 +3,31 @@
 No ML logic lives here. Data (tables, JSON) goes to stdout; progress, warnings
 and errors go to stderr. A `MorphError` (a user's mistake) becomes one line
 "Error: ..." and exit code 2; Ctrl-C exits 130; anything else is a bug and
-keeps its traceback (exit 1).
+keeps its traceback (exit 1) (`morphcli.cli_common.MorphGroup`).
 """
 
 from __future__ import annotations
 
-import os
 import sys
 
-import click
+try:  # Ctrl-C during these imports (numpy's among them: the first 0.2 s) is one line too
+    import click
 
-from morphcli.cli_types import ROUND_TO as _ROUND_TO
-from morphcli.outputs import beside as _beside
-from morphcli.outputs import check_folder as _check_folder
-from morphcli.outputs import check_outputs
-from morphcli.outputs import dumps as _dumps
-from morphcli.outputs import take_folder as _take_folder
-
-# Quiet TensorFlow's C++ start-up chatter before anything imports it.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-EXIT_USER_ERROR, EXIT_INTERRUPTED = 2, 130
-
-
-def _consoles():
-    """(stdout, stderr) rich consoles; also imports TensorFlow quietly, once."""
-    from rich.console import Console
-
-    _quiet_tensorflow()
-    return Console(), Console(stderr=True)
-
-
-def _quiet_tensorflow() -> None:
-    """Imports TensorFlow with file descriptor 2 muted: its C++ start-up lines
-    (oneDNN, CUDA probing) are printed before any log level applies. Python
-    errors still surface, after stderr is restored. MORPH_TF_LOGS=1 keeps them."""
-    if "tensorflow" in sys.modules or os.environ.get("MORPH_TF_LOGS"):
-        return
-    sys.stderr.flush()
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        import tensorflow  # noqa: F401
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
-class MorphGroup(click.Group):
-    """A click group that turns user errors into one line and exit code 2."""
-
-    def invoke(self, ctx: click.Context):
-        from morphcli.errors import MorphError
-
-        try:
-            return super().invoke(ctx)
-        except MorphError as err:
-            click.echo(f"Error: {err}", err=True)
-            ctx.exit(EXIT_USER_ERROR)
-        except OSError as err:  # read-only or full disk, permissions: the machine, not a bug
-            where = f": {err.filename}" if err.filename else ""
-            click.echo(f"Error: {err.strerror or err}{where}. Nothing was left half-written "
-                       "(every output is written atomically). Hint: free space, fix the "
-                       "permissions or choose another output path.", err=True)
-            ctx.exit(EXIT_USER_ERROR)
-        except KeyboardInterrupt:
-            click.echo("Interrupted.", err=True)
-            ctx.exit(EXIT_INTERRUPTED)
-
-
-def _model_options(func):
-    """--input-shape, --classes and --trust-code, shared by commands taking MODEL."""
-    func = click.option("--trust-code", is_flag=True,
-                        help="Allow Lambda layers and custom code in model files (unsafe: "
-                             "runs code from the file).")(func)
-    func = click.option("--classes", type=int, default=None,
-                        help="Number of output classes for zoo:/applications: seeds.")(func)
-    func = click.option("--input-shape", default=None, metavar="H,W,C",
-                        help="Input shape without batch, e.g. 32,32,3. Needed for models "
-                             "with a dynamic spatial input.")(func)
-    return func
-
-
-def _load(spec: str, input_shape: str | None, classes: int | None, trust_code: bool):
-    from morphcli import api
-
-    return api.load_model(spec, input_shape=input_shape, classes=classes,
-                          trust_code=trust_code)
+    from morphcli import deploy_cli
+    from morphcli.cli_common import MorphGroup
+    from morphcli.cli_common import consoles as _consoles
+    from morphcli.cli_common import load as _load
+    from morphcli.cli_common import model_options as _model_options
+    from morphcli.cli_common import quiet_tensorflow as _quiet_tensorflow
+    from morphcli.cli_types import ROUND_TO as _ROUND_TO
+    from morphcli.outputs import beside as _beside
+    from morphcli.outputs import check_folder as _check_folder
+    from morphcli.outputs import check_outputs
+    from morphcli.outputs import dumps as _dumps
+    from morphcli.outputs import take_folder as _take_folder
+except KeyboardInterrupt:
+    sys.stderr.write("Interrupted.\n")
+    raise SystemExit(130) from None  # EXIT_INTERRUPTED, before it could be imported
 
 
 @click.group(cls=MorphGroup, context_settings={"help_option_names": ["-h", "--help"],
@@ -364,17 +301,32 @@ def expand(model, target, config_path, out_path, hardware, round_to, mode, struc
     result = expand_step(seed, metric, quantity,
                          round_to=round_to_of(conf.expand.round_to, seed.costs.hardware),
                          mode=conf.expand.mode, base_widths=base, model_path=out_path,
-                         record_path=record_path, measure=conf.expand.measure)
+                         record_path=record_path, measure=conf.expand.measure,
+                         received=f"--target {target}" if target else None)
     if as_json:
         click.echo(_dumps(result.record))
-        return
+    else:
+        _show_expansion(out, err, seed, result, metric, out_path)
+    m = result.record.get("measured")
+    if m and conf.expand.mode == "below" and not m["met"]:
+        raise MorphError(
+            f"The target is out of reach on this machine's clock: the fastest structure "
+            f"tried measured {m['latency_s'] * 1e3:.4g} ms ({m['runtime']}) for target "
+            f"{m['target_s'] * 1e3:.4g} ms ({m['error']:+.1%}), and mode `below` never "
+            f"goes above it. It was written to {out_path} with its record for inspection.",
+            hint="raise the target, or pass --mode nearest to accept the closest.")
+
+
+def _show_expansion(out, err, seed, result, metric: str, out_path: str) -> None:
+    from morphcli.core.solver import amount
     from morphcli.report import compare_table
 
     out.print(compare_table(seed.report(), result.expanded.report(name="expanded")))
     expansion = result.expansion
     err.print(f"width multiplier {expansion.multiplier:.4f}{expansion.held_note}: {metric} "
-              f"{expansion.achieved:,.6g} for target {expansion.target:,.6g} "
-              f"({expansion.error:+.2%}); wrote {out_path}", markup=False, highlight=False)
+              f"{amount(metric, expansion.achieved)} for target "
+              f"{amount(metric, expansion.target)} ({expansion.error:+.2%}); wrote {out_path}",
+              markup=False, highlight=False)
     if m := result.record.get("measured"):
         err.print(f"measured {m['latency_s'] * 1e3:.4g} ms here ({m['runtime']}) for target "
                   f"{m['target_s'] * 1e3:.4g} ms ({m['error']:+.1%})", markup=False)
@@ -529,7 +481,8 @@ def main() -> None:
     cli.main(prog_name="morph")
 
 
+for _command in deploy_cli.COMMANDS:
+    cli.add_command(_command)
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
-
-from morphcli import deploy_cli  # noqa: E402, F401  (registers export and bench)

@@ -1,11 +1,14 @@
-"""`morph export`, `morph bench` and `morph profile` (registered on the `morph` group
-by cli.py)."""
+"""`morph export`, `morph bench` and `morph profile` (`COMMANDS`, registered on the
+`morph` group by cli.py)."""
 
 from __future__ import annotations
 
 import click
 
-from morphcli.cli import _consoles, _load, _model_options, cli
+from morphcli.cli_common import consoles as _consoles
+from morphcli.cli_common import load as _load
+from morphcli.cli_common import model_options as _model_options
+from morphcli.cli_common import threads_option
 from morphcli.outputs import check_outputs
 from morphcli.outputs import dumps as _dumps
 from morphcli.steps.export import FORMATS, QUANTIZATIONS
@@ -30,7 +33,7 @@ def _bar(err, label: str, described: bool = False):
     return Progress(*columns, console=err, transient=True, disable=not err.is_terminal)
 
 
-@cli.command()
+@click.command()
 @click.argument("model")
 @click.option("-o", "--output", "out_path", required=True, type=click.Path(),
               help="Where to write: a .tflite file, or a folder for saved_model.")
@@ -67,18 +70,17 @@ def export(model, out_path, fmt, quantize, overwrite, as_json, input_shape, clas
               f"{result.max_abs_delta:.3g}", markup=False, highlight=False)
 
 
-@cli.command()
+@click.command()
 @click.argument("paths", nargs=-1, required=True, metavar="PATH...")
 @click.option("--batch", type=click.IntRange(1), default=1, show_default=True,
               help="Examples per call.")
-@click.option("--threads", type=click.IntRange(1), default=None,
-              help="TFLite interpreter threads (default: TFLite's).")
+@threads_option("TFLite interpreter threads, at most the CPU cores (default: TFLite's).")
 @click.option("--repeats", type=click.IntRange(1), default=50, show_default=True,
               help="Timed calls (of each model).")
 @click.option("--warmup", type=click.IntRange(0), default=10, show_default=True,
               help="Untimed calls first.")
 @click.option("--trust-code", is_flag=True, help="Allow custom code in a .keras file (unsafe).")
-@click.option("--json", "as_json", is_flag=True, help="Print the measurements on stdout.")
+@click.option("--json", "as_json", is_flag=True, help="Print the measurements on stdout: a list, one object per PATH.")
 def bench(paths, batch, threads, repeats, warmup, trust_code, as_json):
     """Measure the end-to-end latency of .keras, .tflite or SavedModel files here.
 
@@ -103,8 +105,7 @@ def bench(paths, batch, threads, repeats, warmup, trust_code, as_json):
                              repeats=repeats, progress=lambda n: bar.advance(task, n),
                              trust_code=trust_code)
     if as_json:
-        found = [r.to_dict() for r in results]
-        click.echo(_dumps(found[0] if len(found) == 1 else found))
+        click.echo(_dumps([r.to_dict() for r in results]))  # a list, however many
         return
     for result in results:
         line = (f"{result.runtime}, batch {batch}: median {result.median_s * 1e3:.3f} ms "
@@ -118,7 +119,7 @@ def bench(paths, batch, threads, repeats, warmup, trust_code, as_json):
         out.print(line, markup=False, highlight=False)
 
 
-@cli.command()
+@click.command()
 @click.argument("model")
 @click.option("-o", "--output", "out_path", required=True, type=click.Path(),
               help="Where to write the profile (JSON).")
@@ -126,9 +127,7 @@ def bench(paths, batch, threads, repeats, warmup, trust_code, as_json):
               show_default=True, help="What runs the model in deployment.")
 @click.option("--batch", type=click.IntRange(1), default=1, show_default=True,
               help="Examples per call.")
-@click.option("--threads", type=click.IntRange(1), default=None,
-              help="TFLite interpreter threads (default: TFLite's); at most 4 per core of "
-                   "this machine, more is refused.")
+@threads_option("TFLite interpreter threads, at most the CPU cores (default: TFLite's).")
 @click.option("--repeats", type=click.IntRange(1), default=15, show_default=True,
               help="Timed calls per measurement (the median is kept).")
 @click.option("--warmup", type=click.IntRange(0), default=3, show_default=True,
@@ -197,3 +196,6 @@ def profile(model, out_path, runtime, batch, threads, repeats, warmup, round_to,
     else:
         out.print(f"so the profile prices a model as {result.scale:.3f} x its layers + "
                   f"{result.fixed_s * 1e3:.3f} ms per call", markup=False, highlight=False)
+
+
+COMMANDS = (export, bench, profile)

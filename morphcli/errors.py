@@ -63,3 +63,19 @@ class DataError(MorphError):
 
 class TrainingError(MorphError):
     """Training stopped for a reason the user can act on (e.g. a NaN loss)."""
+
+
+def one_line(err: BaseException, limit: int = 200) -> str:
+    """A library's error message for one of ours: whitespace collapsed, TensorFlow's
+    `{{function_node ...}}` and `[Op:...]` tags dropped, and, when longer than
+    `limit`, cut in the middle so the end stays: the reason a file operation
+    failed ("No space left on device") comes last."""
+    import re
+
+    text = " ".join(str(err).split())
+    text = re.sub(r"\{\{[^}]*\}\}\s*", "", text)
+    text = re.sub(r"\s*\[Op:[^\]]*\]$", "", text)
+    if len(text) > limit:
+        tail = limit // 3
+        text = f"{text[:limit - tail - 5]} ... {text[-tail:]}"
+    return text

@@ -52,6 +52,7 @@ def build_report(graph: ChannelGraph, costs: CostModel, widths: Mapping[int, int
     """
     per = {r: costs.per_layer(r, widths) for r in ("flops", "macs", "params", "latency")}
     total_flops = float(per["flops"].sum()) or 1.0
+    total_latency = float(per["latency"].sum()) or 1.0
     layers = []
     for i, node in enumerate(graph.nodes):
         if not (per["flops"][i] or per["params"][i]):
@@ -63,6 +64,7 @@ def build_report(graph: ChannelGraph, costs: CostModel, widths: Mapping[int, int
             "flops": int(round(per["flops"][i])), "macs": int(round(per["macs"][i])),
             "params": int(round(per["params"][i])), "latency_s": float(per["latency"][i]),
             "share": float(per["flops"][i] / total_flops),
+            "latency_share": float(per["latency"][i] / total_latency),
             "sets_width": node.kind == Kind.SOURCE,
             "priced_by": "profiler" if node.rule is None else "rule",
         })
@@ -146,13 +148,19 @@ def layer_table(report: Report, limit: int | None = None):
     table.add_column("channels", justify="right")
     for key, label in (("flops", "FLOPs"), ("params", "params"), ("latency_s", "latency")):
         table.add_column(label, justify="right", footer=_fmt(key, report.totals[key]))
+    # On a measured device the share is of the latency: what the user budgets there.
+    measured = report.latency_label.startswith("measured")
+    share = "latency_share" if measured else "share"
     table.add_column("share", justify="right")
     for r in rows:
         table.add_row(escape(r["name"]), r["type"], f"{r['channels_in']} → {r['channels_out']}",
                       human(r["flops"]), human(r["params"]), seconds(r["latency_s"]),
-                      f"{r['share']:.1%}")
+                      f"{r.get(share, r['share']):.1%}")
+    caption = [f"share: of the {'latency' if measured else 'FLOPs'}"]
     if len(rows) < len(report.layers):
-        table.caption = f"{len(rows)} most expensive of {len(report.layers)} layers (--all shows all)"
+        caption.append(f"{len(rows)} most expensive of {len(report.layers)} layers "
+                       "(--all shows all)")
+    table.caption = "; ".join(caption)
     return table
 
 
@@ -196,12 +204,12 @@ def compare_table(before: Report, after: Report):
     table = Table(title=f"{escape(before.name)} → {escape(after.name)}", show_footer=True,
                   caption="layers that set a width; values of the second model, "
                           "× = second / first")
-    longest = max((len(r["name"]) for r in before.layers if r["sets_width"]), default=5)
-    table.add_column("layer", footer="total", min_width=min(longest, 32))
+    # Names wrap past 16 characters and totals take two lines: eight columns fit 80.
+    table.add_column("layer", footer="total", max_width=16, overflow="fold")
     table.add_column("channels", justify="right")
     foot = ratios(before, after)
     for key, label in (("flops", "FLOPs"), ("params", "params"), ("latency_s", "latency")):
-        footer = f"{_fmt(key, before.totals[key])} → {_fmt(key, after.totals[key])}"
+        footer = f"{_fmt(key, before.totals[key])}\n→ {_fmt(key, after.totals[key])}"
         table.add_column(label, justify="right", footer=footer)
         table.add_column("×", justify="right", footer=_ratio(foot[key]))
     for row in before.layers:

@@ -446,7 +446,11 @@ def test_dump_yaml_shape():
 
 def test_describe_schema_is_the_default_config(tmp_path):
     text = describe_schema()
-    assert "  strength: auto" in text and "the regularization loss starts at this value" in text
+    # Comments wrap at 80 columns onto lines aligned under their start.
+    comments = " ".join(line.partition("#")[2].strip() for line in text.splitlines())
+    assert "  strength: auto" in text and "the regularization loss starts at this value" in (
+        comments)
+    assert max(len(line) for line in text.splitlines()) <= 80
     path = tmp_path / "schema.yaml"
     path.write_text(text, encoding="utf-8")
     assert load_config(path) == default_config()

@@ -154,7 +154,7 @@ def test_cli_export_json_then_bench_json(cnn, tmp_path):
     result = CliRunner().invoke(cli, ["bench", str(out), "--repeats", "5", "--warmup", "1",
                                       "--threads", "1", "--json"])
     assert result.exit_code == 0, result.output
-    timing = json.loads(result.stdout)
+    (timing,) = json.loads(result.stdout)  # a list, one object per file
     assert timing["runtime"] == "tflite" and timing["threads"] == 1 and timing["repeats"] == 5
 
 

@@ -116,8 +116,8 @@ def test_morph_run_with_the_search_retrains_the_chosen_structure(tmp_path):
     import keras
     from click.testing import CliRunner
 
-    from morphcli.cli import cli
     from morphcli.api import analyze
+    from morphcli.cli import cli
 
     config = tmp_path / "c.yaml"
     config.write_text("model: {seed: zoo:cnn}\ntarget: {metric: flops, value: 0.25}\n"

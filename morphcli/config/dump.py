@@ -57,10 +57,31 @@ def _render(cls: type, values: Mapping, indent: int, comments: bool) -> Iterable
         nested = section is not None and isinstance(value, dict)
         text = "  " * indent + (f"{f.name}:" if nested else _scalar_line(f.name, value))
         if comments:
-            text = f"{text:<40} # {f.metadata['doc']}" if len(text) < 40 else f"{text}  # {f.metadata['doc']}"
-        yield text
+            yield from _commented(text, f.metadata["doc"], "  " * indent)
+        else:
+            yield text
         if nested:
             yield from _render(section, value, indent + 1, comments)
+
+
+WIDTH = 80  # a terminal's columns: comments wrap to stay within them
+
+
+def _commented(text: str, doc: str, indent: str) -> Iterable[str]:
+    """`key: value  # doc`, the doc wrapped onto comment lines aligned under its
+    start so that no line passes `WIDTH`; above the key when the value is long."""
+    import textwrap
+
+    column = 41 if len(text) < 40 else len(text) + 2
+    room = WIDTH - column - 2
+    if room < 24:
+        yield from textwrap.wrap(doc, WIDTH - len(indent) - 2, initial_indent=f"{indent}# ",
+                                 subsequent_indent=f"{indent}# ", break_on_hyphens=False)
+        yield text
+        return
+    parts = textwrap.wrap(doc, room, break_on_hyphens=False) or [""]
+    yield f"{text:<{column - 1}} # {parts[0]}"
+    yield from (f"{'':<{column - 1}} # {part}" for part in parts[1:])
 
 
 def dump_yaml(config: Config, *, comments: bool = False) -> str:

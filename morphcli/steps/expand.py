@@ -31,7 +31,8 @@ class ExpandResult:
 def expand(source: Priced, metric: str, quantity, *, round_to: int = 1, mode: str = "below",
            base_widths: Mapping[int, int] | None = None, strategy=None,
            model_path: str | Path | None = None,
-           record_path: str | Path | None = None, measure: bool = False) -> ExpandResult:
+           record_path: str | Path | None = None, measure: bool = False,
+           received: str | None = None) -> ExpandResult:
     """Scales `source`'s prunable widths by one multiplier to meet a budget.
 
     Args:
@@ -47,7 +48,9 @@ def expand(source: Priced, metric: str, quantity, *, round_to: int = 1, mode: st
         model_path: Where to write the expanded `.keras` model, if anywhere.
         record_path: Where to write the expansion record (JSON), if anywhere.
         measure: For a latency target, time candidates on this machine and correct
-            the multiplier until the measured latency lands on the target (`_measured`).
+            the multiplier until the measured latency lands on the target (`_measured`;
+            `record["measured"]["met"]` says whether the choice is at or below it).
+        received: How the user wrote the target, echoed by an unreachable one's error.
 
     Returns:
         An `ExpandResult`; the new model has fresh weights.
@@ -62,15 +65,16 @@ def expand(source: Priced, metric: str, quantity, *, round_to: int = 1, mode: st
 
     target = (float(quantity) if isinstance(quantity, int | float)
               else resolve_target(source.costs, metric, quantity))
-    def solve(goal: float):
+
+    def solve(goal: float, received: str | None = None):
         return solve_multiplier(source.costs, metric, goal, round_to=round_to, mode=mode,
-                                base_widths=base_widths)
+                                base_widths=base_widths, received=received)
 
     def build(expansion):
         with strategy.scope() if strategy is not None else contextlib.nullcontext():
             return resize(source.model, expansion.widths, source.graph)
 
-    expansion = solve(target)
+    expansion = solve(target, received)
     measured = None
     if measure:
         if metric != "latency":
@@ -186,6 +190,7 @@ def _measured(source: Priced, quantity, target: float, expansion, solve, build, 
     record = {**hows[0], "final_repeats": FINAL_REPEATS if len(tried) > 1 else None,
               "target_s": goal * unit, "aim_s": aim * unit,
               "latency_s": chosen[2] * unit, "error": chosen[2] / goal - 1,
+              "met": bool(chosen[2] <= goal),
               "source_s": unit if relative else None,
               "candidates": [{"multiplier": e.multiplier, "predicted_s": e.achieved,
                               "measured_s": v * unit, "measured_in_loop_s": alone * loop_unit,

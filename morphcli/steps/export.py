@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from morphcli.errors import ModelError, MorphError
+from morphcli.errors import ModelError, MorphError, one_line
 
 FORMATS = ("tflite", "saved_model")
 QUANTIZATIONS = ("none", "float16", "int8")
@@ -69,15 +69,19 @@ class BenchResult:
         return asdict(self)
 
 
-def _input_shape(model) -> tuple[int, ...]:
+REBUILD_HINT = "rebuild it on a fixed shape with --input-shape H,W,C."
+BENCH_HINT = ("export it on a fixed shape first (`morph export MODEL --input-shape H,W,C "
+              "-o fixed.tflite`) and bench that file.")
+
+
+def _input_shape(model, hint: str = REBUILD_HINT) -> tuple[int, ...]:
     if len(model.inputs) != 1:
         raise ModelError(f"Model `{model.name}` has {len(model.inputs)} inputs; export and "
                          "bench handle models with one input.")
     shape = tuple(model.inputs[0].shape[1:])
     if any(d is None for d in shape):
         raise ModelError(f"Model `{model.name}` has a dynamic input shape {shape}: exports "
-                         "and benchmarks need fixed sizes.",
-                         hint="rebuild it on a fixed shape with --input-shape H,W,C.")
+                         "and benchmarks need fixed sizes.", hint=hint)
     return shape
 
 
@@ -114,7 +118,43 @@ def _quiet_interpreter(**kwargs):
         return interpreter
 
 
+def _outputs(y) -> list[np.ndarray]:
+    """A model's outputs as a list of arrays: one output, a list of them, or a dict
+    (a signature's `output_0`, `output_1`, ... in their number's order)."""
+    if isinstance(y, dict):
+        def number(key: str):
+            tail = key.rsplit("_", 1)[-1]
+            return (int(tail) if tail.isdigit() else -1, key)
+
+        return [np.asarray(y[k]) for k in sorted(y, key=number)]
+    if isinstance(y, list | tuple):
+        return [np.asarray(v) for v in y]
+    return [np.asarray(y)]
+
+
+def _max_delta(got: list[np.ndarray], expected: list[np.ndarray]) -> float:
+    """The largest |got - expected| over every output."""
+    if [g.shape for g in got] != [e.shape for e in expected]:
+        raise ModelError("The exported model's outputs do not match the Keras model's: "
+                         f"shapes {[g.shape for g in got]} for {[e.shape for e in expected]}.")
+    return max(float(np.max(np.abs(np.asarray(g, dtype=np.float64) - e)))
+               for g, e in zip(got, expected, strict=True))
+
+
+def _tflite_outputs(content: bytes, x: np.ndarray) -> list[np.ndarray]:
+    """Every output of a .tflite model on `x`, through its serving signature, so they
+    come in the Keras model's order (`_outputs`)."""
+    interpreter = _quiet_interpreter(model_content=content)
+    runner = interpreter.get_signature_runner()
+    (name,) = interpreter.get_signature_list()[next(iter(interpreter.get_signature_list()))][
+        "inputs"]
+    with _muted_stderr():
+        return _outputs(runner(**{name: x}))
+
+
 def _tflite_runner(content: bytes, threads: int | None) -> Callable[[np.ndarray], np.ndarray]:
+    """A timed call of a .tflite model: its first output (what follows an
+    interpreter's invoke; every output is computed)."""
     interpreter = _quiet_interpreter(model_content=content, num_threads=threads)
     inp = interpreter.get_input_details()[0]
     out = interpreter.get_output_details()[0]
@@ -138,22 +178,34 @@ def _saved_model_runner(path: str | Path) -> Callable[[np.ndarray], np.ndarray]:
 
     loaded = tf.saved_model.load(str(path))
 
-    def run(x: np.ndarray) -> np.ndarray:
-        # `loaded` stays referenced here: its variables live as long as the runner.
-        serve = getattr(loaded, "serve", None) or loaded.signatures["serving_default"]
-        y = serve(tf.constant(x))
-        if isinstance(y, dict):
-            y = next(iter(y.values()))
-        return np.asarray(y)
+    serve = getattr(loaded, "serve", None) or _signature(loaded, path)
 
+    def run(x: np.ndarray) -> list[np.ndarray]:
+        return _outputs(serve(tf.constant(x)))
+
+    run.loaded = loaded  # its variables live as long as the runner
     return run
 
 
-def _keras_runner(model) -> Callable[[np.ndarray], np.ndarray]:
+def _signature(loaded, path):
+    """The SavedModel's serving function: `serving_default`, or its only signature."""
+    signatures = dict(loaded.signatures)
+    if "serving_default" in signatures:
+        return signatures["serving_default"]
+    if len(signatures) == 1:
+        return next(iter(signatures.values()))
+    raise ModelError(f"The SavedModel has no `serving_default` signature to call, and "
+                     f"{len(signatures)} others. Received: path={str(path)!r}, "
+                     f"signatures={sorted(signatures)}",
+                     hint="save it with a serving_default signature, or export the Keras "
+                          "model with `morph export --format saved_model`.")
+
+
+def _keras_runner(model) -> Callable[[np.ndarray], list[np.ndarray]]:
     import tensorflow as tf
 
     call = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
-    return lambda x: np.asarray(call(tf.constant(x)))
+    return lambda x: _outputs(call(tf.constant(x)))
 
 
 def export(model, path: str | Path, fmt: str = "tflite", quantize: str = "none") -> ExportResult:
@@ -193,12 +245,12 @@ def export(model, path: str | Path, fmt: str = "tflite", quantize: str = "none")
             _move_into_place(saved, path, work)
         else:
             content = _convert(saved, quantize)
-            got = _tflite_runner(content, None)(x)
+            got = _tflite_outputs(content, x)
             files.write_bytes(path, content)
             size = len(content)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    delta = float(np.max(np.abs(np.asarray(got, dtype=np.float64) - expected)))
+    delta = _max_delta(got, expected)
     if quantize == "none" and not delta <= TOLERANCE:
         raise MorphError(f"The exported model differs from the Keras model by {delta:.3g} "
                          f"(more than {TOLERANCE:g}) on a random batch; it was written to "
@@ -230,7 +282,7 @@ def _write_saved_model(model, path: Path) -> None:
         model.export(str(path), format="tf_saved_model", verbose=False)
     except Exception as err:  # noqa: BLE001 - the exporter raises many kinds
         raise MorphError(f"TensorFlow could not export model `{model.name}` as a SavedModel: "
-                         f"{' '.join(str(err).split())[:200]}") from None
+                         f"{one_line(err)}") from None
 
 
 def _convert(saved: Path, quantize: str) -> bytes:
@@ -245,8 +297,7 @@ def _convert(saved: Path, quantize: str) -> bytes:
         return converter.convert()
     except Exception as err:  # noqa: BLE001 - the converter raises many kinds
         raise MorphError("The TFLite converter failed: "
-                         f"{' '.join(str(err).split())[:200]}",
-                         hint="try --format saved_model.") from None
+                         f"{one_line(err)}", hint="try --format saved_model.") from None
 
 
 def runtime_of(path: str | Path) -> str:
@@ -325,7 +376,7 @@ def _runner(target, batch: int, threads: int | None, trust_code: bool, runtime: 
             runner, shape = _file_runner(target, runtime, threads, trust_code)
         except (ValueError, OSError, RuntimeError) as err:  # not a model of that kind
             raise ModelError(f"Could not load {target} as a {runtime} model: "
-                             f"{' '.join(str(err).split())[:160]}") from None
+                             f"{one_line(err, 160)}") from None
         return str(target), runtime, runner, sample(shape, batch)
     shape = _input_shape(target)
     if runtime == "tflite":
@@ -415,7 +466,7 @@ def _file_runner(path, runtime: str, threads: int | None, trust_code: bool):
     from morphcli.models.zoo import load_model
 
     model = load_model(path, trust_code=trust_code)
-    return _keras_runner(model), _input_shape(model)
+    return _keras_runner(model), _input_shape(model, BENCH_HINT)
 
 
 def _read(path) -> bytes:
@@ -429,7 +480,10 @@ def _saved_model_shape(path) -> tuple[int, ...]:
     import tensorflow as tf
 
     loaded = tf.saved_model.load(str(path))
-    spec = loaded.signatures["serving_default"].structured_input_signature[1]
+    spec = _signature(loaded, path).structured_input_signature[1]
+    if len(spec) != 1:
+        raise ModelError(f"The SavedModel has {len(spec)} inputs; bench handles one. "
+                         f"Received: path={str(path)!r}")
     shape = next(iter(spec.values())).shape[1:]
     if any(d is None for d in shape):
         raise ModelError(f"The SavedModel's input shape {tuple(shape)} is dynamic.")
