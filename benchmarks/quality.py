@@ -1,4 +1,4 @@
-"""Benchmark: MorphNet's structure vs the uniform-width baseline at equal FLOPs.
+"""Benchmark: MorphNet's structure and the search's vs the uniform width at equal FLOPs.
 
 For each model and each FLOPs budget (a fraction of the seed's FLOPs), runs
 `morphcli.steps.run.run` (shrink -> expand -> retrain, plus the seed narrowed
@@ -33,8 +33,26 @@ Extra budgets (default 0.1) are printed on rows labelled "extra": the issue
 asks for two budgets, the extra one probes whether a tighter budget separates
 the methods when the required ones do not.
 
+Arms, every one retrained with the same schedule and seed (paired): `morphnet`
+(the learned structure expanded to the budget), `search` (the structure the
+accuracy-aware search chooses, `search.enabled`: what the tool returns with it),
+`uniform` (one width multiplier), and a `seed` row: the full-width seed, so the
+accuracy each budget costs is visible. The search scores candidates on the
+selection split; `--rank-sample K` more of its candidates are retrained per
+cell so that the rank correlation between the selection scores and the
+retrained validation accuracy (Spearman, per seed) shows whether the proxy ranks
+structures as retraining does.
+
+With `--workdir DIR` each cell keeps its own folder there and a rerun resumes
+the cells made by the same code and arguments (see `prepare_cell`), so a long
+run can be stopped and continued.
+
 Usage:
     .venv/bin/python benchmarks/quality.py                       # zoo:cnn, 3 seeds, digits
+    .venv/bin/python benchmarks/quality.py --data builtin:mnist5k \
+        --model applications:MobileNetV2 --input-shape 32,32,1 --image-size 32,32 \
+        --budgets 0.1,0.05 --extra-budgets '' --shrink-epochs 15 --retrain-epochs 12 \
+        --workdir runs/quality-mnv2
     .venv/bin/python benchmarks/quality.py --data builtin:mnist5k --model zoo:cnn
     .venv/bin/python benchmarks/quality.py --model zoo:cnn,zoo:resnet20
     .venv/bin/python benchmarks/quality.py --quick               # smoke run, ~1 min
@@ -67,7 +85,8 @@ from morphcli.config import (  # noqa: E402
 )
 from morphcli.errors import MorphError  # noqa: E402
 
-METHODS = ("morphnet", "uniform")
+METHODS = ("morphnet", "search", "uniform")
+ARMS = ("morphnet", "search")  # each paired against uniform
 QUICK = {"seeds": 2, "shrink_epochs": 3, "retrain_epochs": 2}
 
 
@@ -93,6 +112,10 @@ class Cell:
     runs: dict[str, list[Outcome]] = field(default_factory=lambda: {m: [] for m in METHODS})
     val_sizes: list[int] = field(default_factory=list)
     shrunk: list = field(default_factory=list)  # what the shrink learned, per seed
+    seed_accuracy: list[float] = field(default_factory=list)  # the full-width seed, per seed
+    ranks: list[float] = field(default_factory=list)  # Spearman per seed (selection vs val)
+    search_share: list[float] = field(default_factory=list)  # search / shrink wall time
+    chosen: list[str] = field(default_factory=list)  # the search's choice, per seed
 
 
 def _fractions(text: str) -> list[float]:
@@ -127,6 +150,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 2 seeds, 3 shrink epochs, 2 retrain epochs")
     parser.add_argument("--keep", action="store_true", help="keep the run folders")
+    parser.add_argument("--workdir", default=None,
+                        help="keep every cell in its own folder here and resume finished "
+                             "cells made by the same code and arguments (default: a "
+                             "temporary folder)")
+    parser.add_argument("--input-shape", default=None, metavar="H,W,C",
+                        help="model.input_shape, for applications: seeds")
+    parser.add_argument("--image-size", default=None, metavar="H,W",
+                        help="data.image_size: resize images (e.g. 32,32 for MobileNetV2)")
+    parser.add_argument("--rank-sample", type=int, default=2, metavar="K",
+                        help="more search candidates retrained per cell for the rank "
+                             "correlation (default 2)")
     args = parser.parse_args(argv)
     if args.quick:
         for key, value in QUICK.items():
@@ -144,7 +178,11 @@ def make_config(args: argparse.Namespace, model: str, budget: float, seed: int):
     if args.data_source:
         overrides["data.source"] = args.data_source
     overrides.update({"model.seed": model, "target.metric": "flops", "target.value": budget,
-                      "seed": seed, "run.baseline": True})
+                      "seed": seed, "run.baseline": True, "search.enabled": True})
+    if args.input_shape:
+        overrides["model.input_shape"] = args.input_shape
+    if args.image_size:
+        overrides["data.image_size"] = [int(v) for v in args.image_size.split(",")]
     if args.shrink_epochs is not None:
         overrides["shrink.epochs"] = args.shrink_epochs
     if args.retrain_epochs is not None:
@@ -316,9 +354,15 @@ def run_seed(args, model: str, seed: int, cells: list[Cell], workdir: Path, log)
         start = time.perf_counter()
         result = run(conf, rundir)
         first = first or rundir
-        cell.runs["morphnet"].append(_outcome(result.final, rundir / "expand" / "expand.json"))
+        arms = other_arms(args, conf, rundir, result, log)
+        cell.runs["morphnet"].append(_outcome(arms["morphnet"], rundir / "expand" / "expand.json"))
+        cell.runs["search"].append(arms["search"])
         cell.runs["uniform"].append(_outcome(result.baseline, rundir / "baseline" / "expand.json"))
+        cell.ranks.append(arms["rank"])
+        cell.search_share.append(arms["share"])
+        cell.chosen.append(arms["chosen"])
         cell.seed_flops = result.report["models"]["seed"]["flops"]
+        cell.seed_accuracy.append(seed_accuracy(args, spec, model, seed, workdir, log))
         dataset = load_dataset(conf.data.source, batch_size=conf.data.batch_size,
                                validation_split=conf.data.validation_split, seed=conf.seed)
         cell.val_sizes.append(dataset.val_size)
@@ -326,6 +370,100 @@ def run_seed(args, model: str, seed: int, cells: list[Cell], workdir: Path, log)
         accs = " vs ".join(f"{m} {cell.runs[m][-1].accuracy:.2%}" for m in METHODS)
         log(f"{model} budget {cell.budget:g} seed {seed}: {accs} "
             f"({time.perf_counter() - start:.0f} s)")
+
+
+def _retrained(ctx, source, outdir: Path) -> dict:
+    """Metrics of `source` retrained with the cell's schedule in `outdir` (a finished
+    one is read back: the cell's key already vouches for code and arguments)."""
+    from morphcli.steps.retrain import retrain
+
+    done = outdir / "metrics.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    return retrain(ctx, source, outdir).metrics
+
+
+def spearman(x: list[float], y: list[float]) -> float:
+    """Spearman's rank correlation (ties get their mean rank); nan when either side
+    is constant or there are fewer than 3 points."""
+    def ranks(values: list[float]) -> list[float]:
+        order = sorted(range(len(values)), key=lambda i: values[i])
+        out = [0.0] * len(values)
+        i = 0
+        while i < len(order):
+            j = i
+            while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+                j += 1
+            for k in range(i, j + 1):
+                out[order[k]] = (i + j) / 2
+            i = j + 1
+        return out
+
+    if len(x) < 3:
+        return math.nan
+    rx, ry = ranks(x), ranks(y)
+    mx, my = statistics.fmean(rx), statistics.fmean(ry)
+    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
+    var = math.sqrt(sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry))
+    return cov / var if var else math.nan
+
+
+def other_arms(args, conf, rundir: Path, result, log) -> dict:
+    """The arms `run` did not retrain: MorphNet's own structure (run retrained the
+    search's choice) and `--rank-sample` more search candidates, each retrained
+    with the same schedule; then the rank correlation between every retrained
+    candidate's selection score and its validation accuracy."""
+    from morphcli.core.surgery import resize
+    from morphcli.steps.context import Priced, make_context
+
+    record = json.loads((rundir / "search" / "search.json").read_text())
+    scores = {c["name"]: c for c in record["candidates"]}
+    names = {g["id"]: group_name(g) for g in
+             json.loads((rundir / "expand" / "expand.json").read_text())["groups"]}
+    accuracy = {record["chosen"]: result.final, "uniform": result.baseline}
+    ctx = None
+
+    def structure(widths: dict):
+        with ctx.strategy.scope():
+            return Priced.of(resize(ctx.seed.model, {int(g): w for g, w in widths.items()},
+                                    ctx.seed.graph), ctx.hardware)
+
+    if "morphnet" not in accuracy:
+        ctx = make_context(conf)
+        accuracy["morphnet"] = _retrained(ctx, ctx.load(rundir / "expand" / "expanded.keras"),
+                                          rundir / "arm-morphnet")
+    rest = sorted((c for c in record["candidates"] if c["name"] not in accuracy),
+                  key=lambda c: c["select_accuracy"])
+    k = min(args.rank_sample, len(rest))
+    for i in range(k):
+        pick = rest[round(i * (len(rest) - 1) / (k - 1)) if k > 1 else 0]
+        ctx = ctx or make_context(conf)
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", pick["name"])
+        accuracy[pick["name"]] = _retrained(ctx, structure(pick["widths"]), rundir / f"rank-{safe}")
+    pairs = [(scores[n]["select_accuracy"], m["val_accuracy"]) for n, m in accuracy.items()
+             if n in scores]
+    chosen = scores[record["chosen"]]
+    search = Outcome(result.final["val_accuracy"], result.final["flops"], result.final["params"],
+                     {names[int(g)]: w for g, w in chosen["widths"].items()}, math.nan)
+    shrink_s = json.loads((rundir / "shrink" / "summary.json").read_text())["train_seconds"]
+    rank = spearman([a for a, _ in pairs], [b for _, b in pairs])
+    log(f"{rundir.name}: search chose {record['chosen']}; rank correlation over "
+        f"{len(pairs)} retrained candidates {rank:+.2f}")
+    return {"morphnet": accuracy["morphnet"], "search": search, "chosen": record["chosen"],
+            "rank": rank,
+            "share": record["seconds"] / shrink_s if shrink_s else math.nan}
+
+
+def seed_accuracy(args, spec: str, model: str, seed: int, workdir: Path, log) -> float:
+    """The full-width seed retrained with the same schedule (once per model and seed)."""
+    from morphcli.steps.context import make_context
+
+    conf = make_config(args, spec, 1.0, seed)
+    rundir = workdir / f"{cell_name(model)}-seed-s{seed}"
+    prepare_cell(rundir, cell_key(conf, args), log)
+    ctx = make_context(conf)
+    metrics = _retrained(ctx, ctx.seed, rundir / "retrain")
+    return metrics["val_accuracy"]
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -353,10 +491,10 @@ def sign_test(wins: int, losses: int) -> float:
     return min(1.0, 2 * tail)
 
 
-def paired(cell: Cell) -> dict:
-    """Per-seed differences morphnet − uniform, in accuracy and in images."""
+def paired(cell: Cell, arm: str = "morphnet") -> dict:
+    """Per-seed differences arm − uniform, in accuracy and in images."""
     diffs = [m.accuracy - u.accuracy
-             for m, u in zip(cell.runs["morphnet"], cell.runs["uniform"], strict=True)]
+             for m, u in zip(cell.runs[arm], cell.runs["uniform"], strict=True)]
     images = [round(d * n) for d, n in zip(diffs, cell.val_sizes, strict=True)]
     mean, std = _mean_std(diffs)
     wins, losses = sum(i > 0 for i in images), sum(i < 0 for i in images)
@@ -365,31 +503,35 @@ def paired(cell: Cell) -> dict:
             "p_sign": sign_test(wins, losses)}
 
 
-def verdict(cell: Cell, p: dict, seeds: int) -> str:
+def verdict(cell: Cell, p: dict, seeds: int, arm: str = "morphnet") -> str:
     same = all(m.widths == u.widths
-               for m, u in zip(cell.runs["morphnet"], cell.runs["uniform"], strict=True))
+               for m, u in zip(cell.runs[arm], cell.runs["uniform"], strict=True))
     if same:
         return "same structure as uniform on every seed (so same accuracy)"
     if p["ties"] == seeds:
         return "identical accuracy on every seed"
     if p["wins"] == seeds:
-        return "morphnet higher on every seed"
+        return f"{arm} higher on every seed"
     if p["losses"] == seeds:
         return "uniform higher on every seed"
     if p["wins"] > 0 and p["losses"] > 0:
         return "mixed: no consistent difference"
-    side = "morphnet" if p["wins"] else "uniform"
+    side = arm if p["wins"] else "uniform"
     return f"{side} higher or equal on every seed (some ties)"
 
 
 def print_table(cells: list[Cell], seeds: int) -> None:
     header = (f"{'model':<13} {'budget':<13} {'method':<9} {'FLOPs':>10} {'of seed':>8} "
-              f"{'params':>9} {'val acc mean ± std':>19}  {'morphnet − uniform ± 95% CI':>27}  "
+              f"{'params':>9} {'val acc mean ± std':>19}  {'arm − uniform ± 95% CI':>27}  "
               f"{'W/T/L':<7} {'sign p':>6}  verdict")
     print(header)
     print("-" * len(header))
+    for model in dict.fromkeys(c.model for c in cells):
+        accs = next(c.seed_accuracy for c in cells if c.model == model)
+        acc, std = _mean_std(accs)
+        print(f"{model:<13} {'1 (seed)':<13} {'seed':<9} {'':>10} {1:>8.1%} {'':>9} "
+              f"{acc:>10.2%} ± {std:>6.2%}")
     for cell in cells:
-        p = paired(cell)
         label = f"{cell.budget:g}" + (" (extra)" if cell.extra else "")
         for method in METHODS:
             runs = cell.runs[method]
@@ -399,14 +541,20 @@ def print_table(cells: list[Cell], seeds: int) -> None:
             line = (f"{cell.model:<13} {label:<13} {method:<9} {flops:>10,.0f} "
                     f"{flops / cell.seed_flops:>8.1%} {params:>9,.0f} "
                     f"{acc:>10.2%} ± {std:>6.2%}")
-            if method == "morphnet":
+            if method in ARMS:
+                p = paired(cell, method)
                 line += (f"  {p['mean']:>+10.2%} (sd {p['std']:.2%}) ± {p['ci']:>6.2%}  "
                          f"{p['wins']}/{p['ties']}/{p['losses']:<3} {p['p_sign']:>6.2f}  "
-                         f"{verdict(cell, p, seeds)}")
+                         f"{verdict(cell, p, seeds, method)}")
             print(line)
-        print(f"{'':<13} {'':<13} per-seed difference in validation images "
-              f"(of {'/'.join(map(str, cell.val_sizes))}): "
-              f"{', '.join(f'{i:+d}' for i in p['images'])}")
+        for arm in ARMS:
+            print(f"{'':<13} {'':<13} {arm} − uniform per seed, in validation images "
+                  f"(of {'/'.join(map(str, cell.val_sizes))}): "
+                  f"{', '.join(f'{i:+d}' for i in paired(cell, arm)['images'])}")
+        print(f"{'':<13} {'':<13} search chose {', '.join(cell.chosen)}; rank correlation "
+              f"(selection score vs retrained accuracy) per seed "
+              f"{', '.join(f'{r:+.2f}' for r in cell.ranks)}; search time / shrink time "
+              f"{', '.join(f'{x:.0%}' for x in cell.search_share)}")
 
 
 def _mean_widths(runs: list[Outcome]) -> dict[str, float]:
@@ -442,23 +590,42 @@ def print_widths(cells: list[Cell]) -> None:
 
 
 def print_notes(cells: list[Cell], seeds: int, source: str, fixed_split: bool) -> None:
-    required = [(c, paired(c)) for c in cells if not c.extra]
-    extra = [(c, paired(c)) for c in cells if c.extra]
+    required = [(c, a, paired(c, a)) for c in cells if not c.extra for a in ARMS]
+    extra = [(c, a, paired(c, a)) for c in cells if c.extra for a in ARMS]
     best = max(statistics.fmean(r.accuracy for r in c.runs[m]) for c in cells for m in METHODS)
     print("\nNotes (computed from this run):")
     split = ("the same train/validation split for every seed (the data bring their own "
              "validation set)" if fixed_split else
              "each seed is also a different train/validation split")
-    print(f"- data {source}; {seeds} seed(s) per cell; {split}; both methods of a seed share "
+    print(f"- data {source}; {seeds} seed(s) per cell; {split}; every arm of a seed shares "
           "it (paired).")
     if best > 0.97:
         print(f"- best mean accuracy {best:.2%}: accuracies sit near the ceiling, so "
               "differences are a few validation images.")
-    for cell, p in required + extra:
-        label = f"{cell.model} at {cell.budget:g}" + (" (extra)" if cell.extra else "")
+    for cell in cells:
+        seed = statistics.fmean(cell.seed_accuracy)
+        uniform = statistics.fmean(r.accuracy for r in cell.runs["uniform"])
+        search = paired(cell, "search")
+        loss = seed - uniform
+        line = (f"- {cell.model} at {cell.budget:g}: uniform loses {loss:+.2%} to the full "
+                f"seed ({seed:.2%}); search − uniform {search['mean']:+.2%}")
+        if loss >= 0.015:
+            recovered = search["mean"] / loss
+            line += (f", {recovered:.0%} of that loss recovered; ahead on "
+                     f"{search['wins']} of {seeds} seed(s)")
+        else:
+            line += "; under 1.5 points of headroom, so allocation can gain little here"
+        ranks = [r for r in cell.ranks if not math.isnan(r)]
+        if ranks:
+            line += (f"; selection-score rank correlation with retrained accuracy "
+                     f"{statistics.fmean(ranks):+.2f} (mean of {len(ranks)})")
+        print(line + ".")
+    for cell, arm, p in required + extra:
+        label = (f"{cell.model} at {cell.budget:g}" + (" (extra)" if cell.extra else "")
+                 + f", {arm} − uniform")
         low, high = p["mean"] - p["ci"], p["mean"] + p["ci"]
         if low > 0:
-            word = "morphnet ahead (95% interval above 0)"
+            word = f"{arm} ahead (95% interval above 0)"
         elif high < 0:
             word = "uniform ahead (95% interval below 0)"
         else:
@@ -479,7 +646,10 @@ def main(argv: list[str] | None = None) -> int:
     def log(message: str) -> None:
         print(f"[{time.perf_counter() - start:6.0f} s] {message}", file=sys.stderr, flush=True)
 
-    workdir = Path(tempfile.mkdtemp(prefix="morph-quality-"))
+    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(
+        prefix="morph-quality-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    keep = args.keep or bool(args.workdir)
     models = [m.strip() for m in args.model.split(",") if m.strip()]
     cells: list[Cell] = []
     args.data_source = args.data
@@ -497,11 +667,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Error: {error}", file=sys.stderr)
         return 2
     finally:
-        if not args.keep:
+        if not keep:
             shutil.rmtree(workdir, ignore_errors=True)
     conf = make_config(args, models[0], args.budgets[0], 0)
     source = args.data or conf.data.source
-    print(f"MorphNet vs uniform width at equal FLOPs on {source}: "
+    print(f"MorphNet's and the search's structures vs uniform width at equal FLOPs on {source}: "
           f"{args.seeds} seed(s), shrink {conf.shrink.epochs} epochs "
           f"(regularizer {conf.regularizer.kind}, strength {conf.regularizer.strength}), "
           f"retrain {conf.retrain.epochs} epochs, from {args.config}"
@@ -511,7 +681,7 @@ def main(argv: list[str] | None = None) -> int:
     print_widths(cells)
     print_notes(cells, args.seeds, source, fixed_split)
     print(f"\nwall time {time.perf_counter() - start:.0f} s"
-          + (f"; run folders kept in {workdir}" if args.keep else ""))
+          + (f"; run folders kept in {workdir}" if keep else ""))
     return 0
 
 

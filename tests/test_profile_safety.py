@@ -216,13 +216,16 @@ def test_profile_refuses_a_batch_larger_than_memory_before_allocating(tmp_path):
     assert not out.exists()
 
 
-def test_profile_refuses_more_threads_than_four_times_the_cores(tmp_path):
+def test_profile_refuses_more_threads_than_the_cores(tmp_path):
     out = tmp_path / "p.json"
     cores = os.cpu_count()
-    line = user_error("profile", *CNN, "--threads", str(4 * cores + 1), "-o", str(out))
-    assert line.startswith(f"Error: --threads {4 * cores + 1} is more than 4 times this "
-                           f"machine's {cores} cores"), line
+    line = user_error("profile", *CNN, "--threads", str(cores + 1), "-o", str(out))
+    assert line.startswith(f"Error: Invalid value for '--threads': {cores + 1} is more than "
+                           f"this machine's {cores} CPU core(s)"), line
     assert not out.exists()
+    model = load_model("zoo:cnn", input_shape=(8, 8, 1))  # the step itself, from Python
+    with pytest.raises(MorphError, match=f"--threads {cores + 1} is more than this machine's"):
+        measure.profile(model, threads=cores + 1)
 
 
 @pytest.mark.parametrize("threads", ["two", 0, -7, 2.0, True])

@@ -152,3 +152,22 @@ def test_a_gated_shrink_is_refused_before_training(tmp_path):
     line = user_error("run", str(config), "-o", str(tmp_path / "run"))
     assert "Received: regularizer.kind='gates'" in line
     assert not (tmp_path / "run" / "shrink").exists()
+
+
+def test_the_benchmarks_rank_correlation_by_hand():
+    import importlib.util
+    import math
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "benchmarks" / "quality.py"
+    spec = importlib.util.spec_from_file_location("benchmarks_quality_rank", path)
+    quality = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = quality  # its dataclasses look their module up
+    spec.loader.exec_module(quality)
+    assert quality.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert quality.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    # ranks (0, 1, 2) vs (0.5, 0.5, 2): cov 1.0, var 2 x 1.5 -> 1 / sqrt(3)
+    assert quality.spearman([1, 2, 3], [5, 5, 9]) == pytest.approx(1 / math.sqrt(3))
+    assert math.isnan(quality.spearman([1, 2], [3, 4]))
+    assert math.isnan(quality.spearman([1, 1, 1], [3, 4, 5]))

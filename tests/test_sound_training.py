@@ -15,7 +15,8 @@ from morphcli.training import engine
 
 def _slow_momentum_retrain(tmp_path, batches: int, caplog):
     """zoo:cnn on digits with keras.applications' MobileNetV2 momentum (0.999),
-    3 epochs of 23 batches: 0.999 ** 69 = 0.933 of the initial statistics remain."""
+    3 epochs of 21 batches (1,293 training digits once validation and selection are
+    held out): 0.999 ** 63 = 0.939 of the initial statistics remain."""
     conf = load_config(None, {"model.seed": "zoo:cnn", "seed": 0, "retrain.epochs": 3,
                               "retrain.precise_batch_norm": batches})
     ctx = make_context(conf)
@@ -35,15 +36,15 @@ def test_precise_batch_norm_restores_a_slow_momentum_models_inference_accuracy(
     # same weights (precise BN changes only the moving statistics): same training accuracy
     assert precise["train_accuracy"] == pytest.approx(stale["train_accuracy"])
     assert stale["train_accuracy"] > 0.98
-    assert stale["val_accuracy"] < 0.6  # the moving statistics still hold 93% of their start
+    assert stale["val_accuracy"] < 0.6  # the moving statistics still hold 94% of their start
     assert precise["val_accuracy"] > 0.97
     assert precise["precise_batch_norm"] == 100
     # one warning line each, saying what was done about it
-    assert stale_lines == ["batch norm momentum 0.999 keeps 93% of its initial statistics "
-                           "after 69 steps; precise batch norm is off, so validation may "
+    assert stale_lines == ["batch norm momentum 0.999 keeps 94% of its initial statistics "
+                           "after 63 steps; precise batch norm is off, so validation may "
                            "score near chance; set precise_batch_norm > 0"]
-    assert precise_lines == ["batch norm momentum 0.999 keeps 93% of its initial statistics "
-                             "after 69 steps; re-estimating them over 23 training batches "
+    assert precise_lines == ["batch norm momentum 0.999 keeps 94% of its initial statistics "
+                             "after 63 steps; re-estimating them over 21 training batches "
                              "after training (precise batch norm)"]
 
 

@@ -24,9 +24,9 @@ from morphcli.errors import MorphError
 MIN_TIME = 0.05  # seconds of timed calls per measurement, at least
 MAX_REPEATS = 2000
 # More threads than cores only wait for each other: a measurement with 10,000
-# threads on 2 cores ran 10 times slower. Up to 4 per core is allowed (a profile
-# for a device with more cores, measured here, is still wrong: measure it there).
-THREADS_PER_CORE = 4
+# threads on 2 cores ran 10 times slower. The CLI's --threads has the same bound
+# (a profile for a device with more cores, measured here, is wrong: measure it there).
+THREADS_PER_CORE = 1
 # The share of this machine's memory one tensor of the measured model may take
 # at the batch asked: the runtime holds several at once (the input, its copy, a
 # layer's output).
@@ -47,8 +47,8 @@ def check_threads(threads) -> int | None:
         raise MorphError("threads must be a whole number from 1. "
                          f"Received: threads={threads!r}")
     if threads > THREADS_PER_CORE * cores:
-        raise MorphError(f"--threads {threads} is more than {THREADS_PER_CORE} times this "
-                         f"machine's {cores} cores: the threads would wait for each other and "
+        raise MorphError(f"--threads {threads} is more than this machine's {cores} CPU "
+                         "core(s): the threads would wait for each other and "
                          f"every time would be slower. Received: threads={threads}",
                          hint="measure with the threads the device you deploy to runs, on it.")
     return threads
