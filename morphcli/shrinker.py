@@ -45,7 +45,8 @@ class Shrinker:
 
     Attributes:
         model: What to `compile` and `fit`: `model` with `lambda * penalty` added
-            to its training loss (its layers are `model`'s own).
+            to its training loss (its layers are `model`'s own; for kind
+            ``"gates"`` a gated copy's, and `model` itself is left as it was).
 
     Raises:
         MorphError: A bad target or option, a model with nothing to prune, a
@@ -197,14 +198,14 @@ class Shrinker:
     def apply(self, path: str | Path | None = None, *, recalibrate: Any = None,
               batches: int = 100) -> Any:
         """The narrower model: dead channels removed, the surviving weights kept
-        (gates folded away for kind ``"gates"``). The trained model is not changed.
+        (gates folded away for kind ``"gates"``).
 
         Args:
             path: Also write the structure (`structure()`) to this JSON file.
             recalibrate: A `tf.data.Dataset` of `(x, y)` training batches: first
-                re-estimate the batch norms' moving statistics on it ("precise
-                batch norm", as `morph shrink` does), which a shrink at a high
-                learning rate leaves far behind the weights.
+                re-estimate the trained model's batch-norm moving statistics on it,
+                in place ("precise batch norm", as `morph shrink` does): a shrink
+                at a high learning rate leaves them far behind the weights.
             batches: Batches of `recalibrate` to use.
 
         Returns:

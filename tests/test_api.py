@@ -112,6 +112,20 @@ def test_shrinker_refuses_bad_options(cnn):
         shrinker.step(0, 0)
 
 
+@pytest.mark.parametrize("kind", ["gamma", "group_lasso", "gates"])
+def test_shrinker_apply_costs_what_structure_claims(cnn, kind, tmp_path):
+    """Untrained, with a fixed strength: every kind composes, and the model `apply`
+    builds costs what `structure()` (and the file it writes) says."""
+    shrinker = morphcli.Shrinker(cnn, "flops=50%", kind=kind, strength=2.0)
+    assert float(shrinker.penalty()) == pytest.approx(2.0, rel=1e-5)  # strength: the start
+    assert shrinker.step(0, 0) == pytest.approx(shrinker.lambda_start, rel=1e-6)  # fixed
+    narrow = shrinker.apply(tmp_path / "structure.json")
+    claimed = json.loads((tmp_path / "structure.json").read_text())
+    assert claimed == json.loads(json.dumps(shrinker.structure()))
+    assert morphcli.cost(narrow, "flops") == claimed["cost"]["after"]["flops"]
+    assert claimed["regularizer"]["steered"] is False and claimed["regularizer"]["strength"] == 2
+
+
 # -- the Shrinker against morph shrink --------------------------------------------------
 
 EPOCHS = 2
