@@ -7,6 +7,8 @@ renderables or strings and never print: the CLI decides where output goes.
 
 from __future__ import annotations
 
+import sys
+import types
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -87,6 +89,37 @@ def build_report(graph: ChannelGraph, costs: CostModel, widths: Mapping[int, int
         notes += costs.profile.warnings()
     return Report(name or graph.model.name, input_shape, costs.hardware.name, totals, layers,
                   groups, notes, costs.hardware.label)
+
+
+def analyze(model, *, hardware: str | None = "cpu", structure: str | Path | None = None,
+            widths: Mapping[int, int] | None = None, name: str | None = None) -> Report:
+    """The `Report` of a Keras model (`morphcli.analyze`)."""
+    from morphcli.core import structure as struct
+    from morphcli.core.graph import build_graph
+
+    graph = build_graph(model)
+    if structure is not None:
+        widths = struct.load(structure).widths_for(graph)
+        name = name or f"{model.name} (structure)"
+    return build_report(graph, CostModel(graph, hardware), widths, name=name)
+
+
+def as_dict(model, *, hardware: str | None = "cpu", structure: str | Path | None = None,
+            compare=None) -> dict:
+    """What `morph report MODEL --json` prints (`morphcli.report(model)`)."""
+    before = analyze(model, hardware=hardware, structure=structure)
+    return to_json(before, None if compare is None else analyze(compare, hardware=hardware))
+
+
+class _Callable(types.ModuleType):
+    """`morphcli.report` names this module (the CLI renders with it) and the API's
+    `report(model) -> dict`: calling the module calls `as_dict`."""
+
+    def __call__(self, model, **options) -> dict:
+        return as_dict(model, **options)
+
+
+sys.modules[__name__].__class__ = _Callable
 
 
 def to_json(report: Report, other: Report | None = None) -> dict:

@@ -41,7 +41,7 @@ def layer_of(rel: str) -> str:
     name = parts[0]
     if name in BASE_MODULES:
         return "base"
-    return {"report": "report", "api": "api", "__init__": "api"}.get(name, "cli")
+    return {"report": "report", "api": "api", "shrinker": "api", "__init__": "api"}.get(name, "cli")
 
 
 def target_layer(module: str) -> str:

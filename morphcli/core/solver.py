@@ -280,6 +280,17 @@ def _problem(costs, resource, target, base_widths, round_to, mode, min_channels)
     return _Problem(costs, resource, float(target), ids, base, int(round_to), int(min_channels))
 
 
+def uniform_widths(costs, multiplier: float, *, round_to: int = 1,
+                   min_channels: int = 1) -> dict[int, int]:
+    """Every prunable group's width times `multiplier`, rounded as `solve_multiplier`
+    rounds (to the nearest multiple of lcm(round_to, block), at least `min_channels`)."""
+    if not multiplier > 0:
+        raise MorphError("The width multiplier must be a positive number. "
+                         f"Received: multiplier={multiplier!r}")
+    problem = _problem(costs, "flops", 1.0, None, round_to, "below", min_channels)
+    return {int(g): int(w) for g, w in zip(problem.ids, problem.widths(multiplier), strict=True)}
+
+
 def check_reachable(costs, resource: str, target: float, min_channels: int = 1,
                     received: str | None = None, smallest: float | None = None) -> None:
     """Refuses a target below the cheapest structure the model allows (every

@@ -146,12 +146,9 @@ def shrink(ctx: RunContext, outdir: str | Path, *, callbacks: Sequence = ()) -> 
                      callbacks=[*steps, *callbacks],
                      **distribute.fit_options(conf.distribute, strategy))
 
-    landing = controller.landing_threshold(reg, aim) if steered else reg.threshold
-    raw = gates.rekey(reg.alive_masks(landing), trained.graph, seed.graph)
-    values = gates.rekey(reg.numpy_vectors(), trained.graph, seed.graph)
+    landing, raw, values, masks = land(reg, aim if steered else None, trained.graph, seed.graph,
+                                       round_to_of(conf.shrink.round_to, ctx.hardware))
     floor = [g for g, m in raw.items() if not (values[g] > reg.threshold).any()]
-    masks = round_masks(raw, values, round_to_of(conf.shrink.round_to, ctx.hardware),
-                        {g: seed.graph.groups[g].block for g in raw})
     widths = {g: int(m.sum()) for g, m in masks.items()}
     _warn_if_nothing(raw, reg.cost(landing) / reg.costs.total(ctx.metric), steered)
     with strategy.scope():  # the next step (expand, another round) trains under it too
@@ -165,9 +162,7 @@ def shrink(ctx: RunContext, outdir: str | Path, *, callbacks: Sequence = ()) -> 
     after = seed.report(widths=widths).totals
     files.write_json(outdir / "structure.json", structure.to_dict(
         seed.graph, masks, model=seed.model.name, resource=ctx.metric,
-        regularizer={"kind": reg.kind, "threshold": reg.threshold, "strength": strength,
-                     "lambda": fit.strength, "lambda_start": lam, "steered": steered,
-                     "landing_threshold": landing},
+        regularizer=regularizer_record(reg, strength, fit.strength, lam, steered, landing),
         cost={"before": before, "after": after}))
     files.save_model(shrunk.model, outdir / "shrunk.keras")
     if not gated:  # the trained network at the seed's widths: the search cuts from it
@@ -180,6 +175,28 @@ def shrink(ctx: RunContext, outdir: str | Path, *, callbacks: Sequence = ()) -> 
     engine.finish(outdir)
     distribute.remove_write_dir(outdir, strategy)
     return result
+
+
+def land(reg, aim: float | None, trained_graph, seed_graph, round_to: int):
+    """The learned structure, keyed by the seed's groups: `(landing threshold, raw
+    masks, per-channel values, masks rounded to round_to)`. `aim`: the steered
+    shrink's budget (None: fixed strength, the regularizer's threshold).
+    `morph shrink` and `morphcli.Shrinker` both call it."""
+    from morphcli.training import controller, gates
+
+    landing = reg.threshold if aim is None else controller.landing_threshold(reg, aim)
+    raw = gates.rekey(reg.alive_masks(landing), trained_graph, seed_graph)
+    values = gates.rekey(reg.numpy_vectors(), trained_graph, seed_graph)
+    masks = round_masks(raw, values, round_to, {g: seed_graph.groups[g].block for g in raw})
+    return landing, raw, values, masks
+
+
+def regularizer_record(reg, strength: float, lam: float | None, lam0: float, steered: bool,
+                       landing: float) -> dict:
+    """The `regularizer` entry of structure.json."""
+    return {"kind": reg.kind, "threshold": reg.threshold, "strength": strength,
+            "lambda": lam, "lambda_start": lam0, "steered": steered,
+            "landing_threshold": landing}
 
 
 def _shrink_target(ctx: RunContext) -> float:

@@ -1,0 +1,237 @@
+"""The Python API (`morphcli/__init__.py`): the Shrinker in a user's own training
+against `morph shrink`, target strings as on the command line, the README example."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import morphcli
+from morphcli.config import load_config
+from morphcli.errors import ConfigError, MorphError
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+
+
+@pytest.fixture(scope="module")
+def cnn():
+    return morphcli.load_model("zoo:cnn", input_shape=(8, 8, 1), classes=10)
+
+
+# -- cost, report, expand, scale_width ------------------------------------------------
+
+
+def test_cost_and_report_are_analyze_numbers(cnn):
+    totals = morphcli.analyze(cnn, hardware="T4").totals
+    for resource in ("flops", "macs", "params", "kernel_params"):
+        assert morphcli.cost(cnn, resource) == totals[resource]
+    assert morphcli.cost(cnn, "latency", hardware="T4") == totals["latency_s"]
+    assert morphcli.cost(cnn, "flops") == 4_781_948  # zoo:cnn on 8x8x1, 10 classes
+    data = morphcli.report(cnn, hardware="T4")
+    assert data["totals"] == totals
+    assert set(data) == {"name", "input_shape", "hardware", "totals", "layers", "groups",
+                         "notes", "latency_label"}
+    assert data["input_shape"] == [8, 8, 1]
+
+
+def test_report_is_the_cli_json(cnn, tmp_path):
+    """`morphcli.report(model)` equals `morph report MODEL --json`, keys and numbers."""
+    from click.testing import CliRunner
+
+    from morphcli.cli import cli
+
+    path = tmp_path / "cnn.keras"
+    cnn.save(path)
+    result = CliRunner().invoke(cli, ["report", str(path), "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output) == json.loads(json.dumps(morphcli.report(cnn)))
+
+
+def test_report_module_stays_the_module():
+    """`morphcli.report` is the module the CLI renders with, and calling it reports."""
+    import morphcli.report as rep
+
+    assert morphcli.report is rep and callable(rep.to_json) and callable(morphcli.report)
+
+
+@pytest.mark.parametrize("target", ["flops=0.5", "flops=50%"])
+def test_expand_reads_a_fraction_of_the_seed(cnn, target):
+    half = morphcli.expand(cnn, target)
+    seed = morphcli.cost(cnn, "flops")
+    assert morphcli.cost(half, "flops") <= seed / 2
+    assert morphcli.cost(half, "flops") == pytest.approx(seed / 2, rel=1e-3)
+
+
+def test_expand_absolute_and_twice(cnn):
+    assert morphcli.cost(morphcli.expand(cnn, "flops=2M"), "flops") == pytest.approx(2e6, 1e-3)
+    seed = morphcli.cost(cnn, "params")
+    assert morphcli.cost(morphcli.expand(cnn, "params=2x"), "params") == pytest.approx(
+        2 * seed, rel=1e-3)
+
+
+@pytest.mark.parametrize(("target", "message"), [
+    ("flops", "Expected METRIC=VALUE"),
+    ("flops=-1", "a budget must be positive"),
+    ("watts=0.5", "target.metric"),
+])
+def test_bad_targets_are_one_clear_error(cnn, target, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        morphcli.expand(cnn, target)
+
+
+def test_scale_width_is_uniform(cnn):
+    from morphcli.core.graph import build_graph
+
+    graph = build_graph(cnn)
+    half = build_graph(morphcli.scale_width(cnn, 0.5))
+    widths = {g.members[0]: g.width for g in half.prunable_groups()}
+    assert widths == {g.members[0]: max(1, math.floor(g.width * 0.5 + 0.5))
+                      for g in graph.prunable_groups()}
+    with pytest.raises(MorphError, match="multiplier"):
+        morphcli.scale_width(cnn, 0)
+
+
+def test_shrinker_refuses_bad_options(cnn):
+    with pytest.raises(MorphError, match=r"Received: strength='strong'"):
+        morphcli.Shrinker(cnn, "flops=50%", strength="strong")
+    with pytest.raises(MorphError, match=r"Impossible target .* Received: target='flops=2'"):
+        morphcli.Shrinker(cnn, "flops=2")
+    shrinker = morphcli.Shrinker(cnn, "flops=50%")
+    with pytest.raises(MorphError, match="no optimizer yet"):
+        shrinker.callbacks()
+    with pytest.raises(MorphError, match="steps_per_epoch=None"):
+        shrinker.step(0, 0)
+
+
+@pytest.mark.parametrize("kind", ["gamma", "group_lasso", "gates"])
+def test_shrinker_apply_costs_what_structure_claims(cnn, kind, tmp_path):
+    """Untrained, with a fixed strength: every kind composes, and the model `apply`
+    builds costs what `structure()` (and the file it writes) says."""
+    shrinker = morphcli.Shrinker(cnn, "flops=50%", kind=kind, strength=2.0)
+    assert float(shrinker.penalty()) == pytest.approx(2.0, rel=1e-5)  # strength: the start
+    assert shrinker.step(0, 0) == pytest.approx(shrinker.lambda_start, rel=1e-6)  # fixed
+    narrow = shrinker.apply(tmp_path / "structure.json")
+    claimed = json.loads((tmp_path / "structure.json").read_text())
+    assert claimed == json.loads(json.dumps(shrinker.structure()))
+    assert morphcli.cost(narrow, "flops") == claimed["cost"]["after"]["flops"]
+    assert claimed["regularizer"]["steered"] is False and claimed["regularizer"]["strength"] == 2
+
+
+# -- the Shrinker against morph shrink --------------------------------------------------
+
+EPOCHS = 2
+
+
+@pytest.mark.slow
+def test_shrinker_in_model_fit_learns_what_morph_shrink_learns(tmp_path):
+    """Same model, data, seed and schedule: the same alive channels in every group."""
+    import keras
+
+    from morphcli.steps.context import make_context
+    from morphcli.steps.shrink import shrink
+    from morphcli.training import engine
+
+    conf = load_config(None, {"model.seed": "zoo:cnn", "seed": 0, "shrink.epochs": EPOCHS,
+                              "target.value": 0.4})
+    cli_side = shrink(make_context(conf), tmp_path / "shrink")
+    written = json.loads((tmp_path / "shrink" / "structure.json").read_text())
+
+    ctx = make_context(conf)  # the same seed weights and the same dataset object
+    data = ctx.dataset
+    shrinker = morphcli.Shrinker(ctx.seed.model, "flops=0.4")
+    engine.set_seed(0)  # as `shrink` does before it trains
+    shrinker.model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True),
+                           loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    shrinker.model.fit(data.train_epochs(0, EPOCHS), epochs=EPOCHS,
+                       steps_per_epoch=data.steps_per_epoch, callbacks=shrinker.callbacks(),
+                       verbose=0)
+    mine = shrinker.structure()
+    alive = {g["key"]: g["alive_indices"] for g in mine["groups"]}
+    assert alive == {g["key"]: g["alive_indices"] for g in written["groups"]}
+    assert {g: int(m.sum()) for g, m in cli_side.masks.items()} == {
+        g["id"]: g["alive"] for g in mine["groups"] if g["prunable"]}
+    assert mine["cost"]["after"] == written["cost"]["after"]
+    # Two epochs remove a quarter of the FLOPs (3,588,886 of 4,781,948 left on this machine).
+    assert mine["cost"]["after"]["flops"] == cli_side.shrunk_costs["flops"]
+    assert mine["cost"]["after"]["flops"] < 0.8 * mine["cost"]["before"]["flops"]
+    assert mine["regularizer"] == written["regularizer"]
+    narrow = shrinker.apply()
+    assert morphcli.cost(narrow, "flops") == mine["cost"]["after"]["flops"]
+
+
+# -- the examples -----------------------------------------------------------------------
+
+
+def _readme_block(name: str) -> str:
+    """The README's first python block after it names examples/NAME."""
+    text = (ROOT / "README.md").read_text()
+    match = re.search(rf"`examples/{re.escape(name)}`.*?```python\n(.*?)```", text, re.S)
+    assert match, f"README shows no examples/{name}"
+    return match[1]
+
+
+def test_the_readme_shows_the_examples():
+    """The whole of from_python.py, verbatim; lines of custom_loop.py."""
+    assert _readme_block("from_python.py") == (EXAMPLES / "from_python.py").read_text()
+    loop = [line.strip() for line in (EXAMPLES / "custom_loop.py").read_text().splitlines()]
+    shown = [line.strip() for line in _readme_block("custom_loop.py").splitlines()]
+    assert len(shown) == 4 and all(line in loop for line in shown if line != "...")
+
+
+@pytest.mark.slow
+def test_the_readme_example_runs_and_its_model_costs_what_structure_says(tmp_path,
+                                                                        monkeypatch):
+    monkeypatch.setenv("MORPH_EXAMPLE_EPOCHS", "2")
+    monkeypatch.chdir(tmp_path)
+    found = runpy.run_path(str(EXAMPLES / "from_python.py"), run_name="example")
+    claimed = json.loads((tmp_path / "structure.json").read_text())
+    narrow, seed = found["narrow"], found["model"]
+    assert morphcli.cost(narrow, "flops") == claimed["cost"]["after"]["flops"]
+    assert morphcli.cost(narrow, "flops") < 0.95 * morphcli.cost(seed, "flops")  # 2 epochs
+    logs = found["history"].history  # the Shrinker's callbacks ran in the user's fit
+    assert logs["alive_cost"][-1] == claimed["cost"]["after"]["flops"]
+    assert logs["target_fraction"] == [0.5, 0.5]
+    assert (tmp_path / "narrow.tflite").stat().st_size > 0
+    wide = found["wide"]
+    assert morphcli.cost(wide, "flops") == pytest.approx(0.5 * morphcli.cost(seed, "flops"),
+                                                         rel=1e-3)
+
+
+@pytest.mark.slow
+def test_the_custom_loop_shrinks_below_the_seed(monkeypatch):
+    monkeypatch.setenv("MORPH_EXAMPLE_EPOCHS", "2")
+    found = runpy.run_path(str(EXAMPLES / "custom_loop.py"), run_name="example")
+    seed_flops = morphcli.cost(found["model"], "flops")
+    narrow_flops = morphcli.cost(found["narrow"], "flops")
+    assert seed_flops == 4_781_948
+    assert narrow_flops < 0.9 * seed_flops  # 2 epochs; 10 land on the target, flops=50%
+    assert narrow_flops == found["shrinker"].structure()["cost"]["after"]["flops"]
+
+
+# -- typing -----------------------------------------------------------------------------
+
+
+def test_public_names_are_exported_and_typed():
+    assert set(morphcli.__all__) >= {"Shrinker", "expand", "cost", "report", "scale_width",
+                                     "load_model", "analyze"}
+    assert (ROOT / "morphcli" / "py.typed").exists()
+    mypy = pytest.importorskip("mypy")
+    assert mypy
+    result = subprocess.run([sys.executable, "-m", "mypy", "--strict", "--follow-imports=silent",
+                             "morphcli/__init__.py", "morphcli/api.py", "morphcli/shrinker.py"],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+
+
+def test_numbers_are_floats(cnn):
+    assert isinstance(morphcli.cost(cnn, "flops"), float)
+    assert np.isfinite(morphcli.cost(cnn, "latency"))
