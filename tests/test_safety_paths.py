@@ -393,3 +393,32 @@ def test_temporaries_of_killed_commands_are_swept_when_the_folder_is_next_writte
     morph("report", "zoo:cnn", "--markdown", str(tmp_path / "r.md"))
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*kept, "r.md"])
     assert all((tmp_path / name).read_text() == text for name, text in kept.items())
+
+
+# --- every file read has a bound (issue 25, group 9) -------------------------------------
+
+def test_a_deeply_nested_config_is_one_line(tmp_path):
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("a: " + "[" * 50_000 + "]" * 50_000 + "\n")  # 100 KB, under the 1 MiB cap
+    line = user_error("config", "show", str(deep))
+    assert line.startswith(f"Error: Invalid YAML in {deep}: it is nested too deeply")
+
+
+def test_bench_refuses_a_tflite_link_to_a_device(tmp_path):
+    link = tmp_path / "zero.tflite"
+    link.symlink_to("/dev/zero")
+    start = time.monotonic()
+    line = user_error("bench", str(link))
+    assert "is not a regular file (a device, pipe or folder)" in line
+    assert time.monotonic() - start < 30  # refused, not read until memory runs out
+
+
+def test_bench_refuses_a_batch_whose_input_outgrows_the_memory(seed):
+    from morphcli.steps import clock
+
+    before = _digest(seed)
+    line = user_error("bench", str(seed), "--batch", "100000000")
+    # zoo:cnn at 8x8x1: 100,000,000 x 64 floats x 4 bytes = 23.8 GiB
+    assert line.startswith("Error: --batch 100000000 needs 23.8 GiB for the input of ")
+    assert f"{clock.MEMORY_SHARE:.0%} of this machine's" in line
+    assert _digest(seed) == before

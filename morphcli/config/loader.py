@@ -85,6 +85,9 @@ def _read_yaml(path: str | Path) -> tuple[dict, dict[int, dict[str, int]]]:
         raise ConfigError(f"Invalid YAML in {name}{where}: {error.problem}.", hint=hint) from None
     except yaml.YAMLError as error:
         raise ConfigError(f"Invalid YAML in {name}: {error}") from None
+    except RecursionError:  # e.g. 50,000 nested brackets: no config is that deep
+        raise ConfigError(f"Invalid YAML in {name}: it is nested too deeply to be a config. "
+                          f"Received: path={name!r}") from None
     finally:
         loader.dispose()
     if data is None:  # an empty file, or only comments

@@ -16,6 +16,7 @@ is timed; TFLite uses its interpreter with the given thread count.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import shutil
 import statistics
@@ -377,6 +378,7 @@ def _runner(target, batch: int, threads: int | None, trust_code: bool, runtime: 
         except (ValueError, OSError, RuntimeError) as err:  # not a model of that kind
             raise ModelError(f"Could not load {target} as a {runtime} model: "
                              f"{one_line(err, 160)}") from None
+        _check_input_batch(str(target), shape, batch)
         return str(target), runtime, runner, sample(shape, batch)
     shape = _input_shape(target)
     if runtime == "tflite":
@@ -384,6 +386,22 @@ def _runner(target, batch: int, threads: int | None, trust_code: bool, runtime: 
 
         return "model", "tflite", _tflite_runner(convert(target), threads), sample(shape, batch)
     return "model", "keras", _keras_runner(target), sample(shape, batch)
+
+
+def _check_input_batch(label: str, shape, batch: int) -> None:
+    """Refuses a `batch` whose input alone would take more than `clock.MEMORY_SHARE`
+    of this machine's memory (before it is allocated)."""
+    from morphcli.steps import clock
+
+    need = batch * math.prod(int(d) for d in shape) * clock.FLOAT_BYTES
+    have = clock.memory_bytes()
+    if need > clock.MEMORY_SHARE * have:
+        raise ModelError(
+            f"--batch {batch} needs {need / 2**30:.1f} GiB for the input of {label} alone, "
+            f"more than {clock.MEMORY_SHARE:.0%} of this machine's {have / 2**30:.1f} GiB. "
+            f"Received: batch={batch}",
+            hint=f"use --batch {max(1, int(clock.MEMORY_SHARE * have // (need / batch)))} "
+                 "or less.")
 
 
 def quantiles(values: list[float]) -> tuple[float, float, float]:
@@ -469,9 +487,24 @@ def _file_runner(path, runtime: str, threads: int | None, trust_code: bool):
     return _keras_runner(model), _input_shape(model, BENCH_HINT)
 
 
+MAX_TFLITE_BYTES = 2**31  # FlatBuffers, and so .tflite files, stop at 2 GiB
+
+
 def _read(path) -> bytes:
+    """The bytes of a .tflite file: a regular file (a link to /dev/zero or a pipe
+    would be read until memory runs out) of at most `MAX_TFLITE_BYTES`."""
+    import stat
+
     try:
-        return Path(path).read_bytes()
+        info = Path(path).stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise ModelError(f"{path} is not a regular file (a device, pipe or folder): not a "
+                             f"TFLite model. Received: path={str(path)!r}")
+        if info.st_size > MAX_TFLITE_BYTES:
+            raise ModelError(f"{path} is larger than 2 GiB, the most a .tflite file holds. "
+                             f"Received: size={info.st_size:,} bytes")
+        with open(path, "rb") as f:
+            return f.read(MAX_TFLITE_BYTES + 1)
     except OSError as err:
         raise ModelError(f"Could not read {path}: {err.strerror}.") from None
 
