@@ -30,7 +30,8 @@ channel. On keras.applications' MobileNetV2 at 32x32 the channel weights
 spread ~100x (a channel at 16x16 against one at 1x1), so that cap held lambda
 where the median channel fell by ~0.1 per epoch: lambda sat at the cap from
 the third epoch on, and after 15 epochs 56% of the FLOPs were alive for a 25%
-target.
+target. With the clip the same shrinks end at 25.6% and 9.9% for 25% and 10%
+(mnist5k, demo config).
 
 Both lambdas are variables of the trainee, so they are checkpointed with the
 weights and a resumed shrink continues with the lambdas it had; every decision depends
