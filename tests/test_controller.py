@@ -41,7 +41,7 @@ def test_one_step_moves_lambda_by_the_clipped_log_error_times_the_fraction():
 def test_bounds_stop_where_even_the_cheapest_channel_is_clipped():
     low, high = controller.bounds(1e-6, learning_rate=0.1, min_weight=10.0, threshold=0.01)
     assert low == pytest.approx(1e-9)
-    assert high == pytest.approx(0.5 * 0.01 / (0.1 * 10.0))  # 5e-3, below 1e4 * 1e-6
+    assert high == pytest.approx(0.15 * 0.01 / (0.1 * 10.0))  # 1.5e-3, below 1e4 * 1e-6
     assert controller.bounds(1e-6, 0.1, 1e-9, 0.01)[1] == pytest.approx(1e-2)  # the range
     assert controller.cheapest(np.array([0.0, 30.0, 10.0, 1000.0])) == 10.0  # 0: unregularized
     assert controller.cheapest(np.zeros(3)) == 0.0
