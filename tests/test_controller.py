@@ -38,11 +38,13 @@ def test_one_step_moves_lambda_by_the_clipped_log_error_times_the_fraction():
     assert controller.step(3.0, 100.0, 100.0, 1.0) == pytest.approx(3.0)
 
 
-def test_bounds_cap_one_sgd_step_at_half_the_threshold():
-    low, high = controller.bounds(1e-6, learning_rate=0.1, max_weight=1000.0, threshold=0.01)
+def test_bounds_stop_where_even_the_cheapest_channel_is_clipped():
+    low, high = controller.bounds(1e-6, learning_rate=0.1, min_weight=10.0, threshold=0.01)
     assert low == pytest.approx(1e-9)
-    assert high == pytest.approx(0.5 * 0.01 / (0.1 * 1000.0))  # 5e-5, below 1e4 * 1e-6
+    assert high == pytest.approx(0.15 * 0.01 / (0.1 * 10.0))  # 1.5e-3, below 1e4 * 1e-6
     assert controller.bounds(1e-6, 0.1, 1e-9, 0.01)[1] == pytest.approx(1e-2)  # the range
+    assert controller.cheapest(np.array([0.0, 30.0, 10.0, 1000.0])) == 10.0  # 0: unregularized
+    assert controller.cheapest(np.zeros(3)) == 0.0
 
 
 @pytest.fixture
@@ -64,6 +66,26 @@ def test_channel_weights_are_the_terms_gradient(cnn, metric):
     weights = reg.channel_weights()
     for gid, grad in zip(reg.groups, grads, strict=True):
         np.testing.assert_allclose(grad.numpy(), weights[gid], rtol=1e-5)
+
+
+def test_the_step_limit_clips_each_channel_weight_in_the_term(cnn):
+    _, graph, costs = cnn
+    reg = regularizers.make_regularizer(graph, costs, "gamma", "flops")
+    weights = reg.channel_weights()[reg.groups]  # every gamma is 1
+    np.testing.assert_allclose(weights, [918854, 905526, 226406], rtol=1e-6)
+    assert list(costs.width_vector()[reg.groups]) == [32, 64, 128]
+    strength = tf.Variable(1e-7)
+    # one step of lr 0.1 moves a value by at most 5e-3: at lambda 1e-7 the
+    # weights are clipped at 5e-3 / (0.1 * 1e-7) = 5e5 (the first two groups)
+    reg.limit_step(strength, learning_rate=0.1, largest_step=5e-3)
+    assert float(reg.term()) == pytest.approx(5e5 * 32 + 5e5 * 64 + 226406 * 128, rel=1e-5)
+    variables = [src.variable for gid in reg.groups for src in reg.sources[gid]]
+    with tf.GradientTape() as tape:
+        term = reg.term()
+    for grad, weight in zip(tape.gradient(term, variables), [5e5, 5e5, 226406], strict=True):
+        np.testing.assert_allclose(grad.numpy(), weight, rtol=1e-5)
+    strength.assign(1e-6)  # read at every call: the clip falls to 5e4, below every weight
+    assert float(reg.term()) == pytest.approx(5e4 * (32 + 64 + 128), rel=1e-5)
 
 
 def test_cost_exponent_zero_weighs_every_channel_alike(cnn):

@@ -86,6 +86,9 @@ class Regularizer:
     cost_exponent: float = 1.0
     sources: dict[int, list[_Source]] = field(default_factory=dict)
     kept_whole: dict[int, str] = field(default_factory=dict)
+    # (strength variable, largest weight at strength 1): `term` clips every channel
+    # weight at `largest / strength` (see `limit_step`); None: no clipping.
+    step_limit: tuple | None = None
 
     @property
     def groups(self) -> list[int]:
@@ -163,10 +166,21 @@ class Regularizer:
         import tensorflow as tf
 
         widths, sums = self._widths_and_sums()
-        if self.cost_exponent == 1.0:
+        if self.cost_exponent == 1.0 and self.step_limit is None:
             return self._term_of(widths, sums)
-        weights = tf.stop_gradient(self._weights_at(widths))
-        return tf.reduce_sum(weights * tf.stack(sums))
+        weights = self._weights_at(widths)
+        if self.step_limit is not None:
+            strength, largest = self.step_limit
+            weights = tf.minimum(weights, largest / tf.cast(strength, tf.float32))
+        return tf.reduce_sum(tf.stop_gradient(weights) * tf.stack(sums))
+
+    def limit_step(self, strength, learning_rate: float, largest_step: float) -> None:
+        """Clips each channel's weight in `term` so that one plain-SGD step of the
+        penalty alone, `learning_rate · strength · weight`, moves no value by more
+        than `largest_step`: channels above the clip are all pushed at that rate,
+        cheaper ones in proportion to their cost. `strength` is the variable the
+        term is multiplied by (read at every step)."""
+        self.step_limit = (strength, float(largest_step) / float(learning_rate))
 
     def _widths_and_sums(self):
         import tensorflow as tf
