@@ -129,6 +129,7 @@ def test_shrinker_apply_costs_what_structure_claims(cnn, kind, tmp_path):
 # -- the Shrinker against morph shrink --------------------------------------------------
 
 EPOCHS = 2
+SAME_EPOCHS = 6
 
 
 @pytest.mark.slow
@@ -140,7 +141,7 @@ def test_shrinker_in_model_fit_learns_what_morph_shrink_learns(tmp_path):
     from morphcli.steps.shrink import shrink
     from morphcli.training import engine
 
-    conf = load_config(None, {"model.seed": "zoo:cnn", "seed": 0, "shrink.epochs": EPOCHS,
+    conf = load_config(None, {"model.seed": "zoo:cnn", "seed": 0, "shrink.epochs": SAME_EPOCHS,
                               "target.value": 0.4})
     cli_side = shrink(make_context(conf), tmp_path / "shrink")
     written = json.loads((tmp_path / "shrink" / "structure.json").read_text())
@@ -151,7 +152,7 @@ def test_shrinker_in_model_fit_learns_what_morph_shrink_learns(tmp_path):
     engine.set_seed(0)  # as `shrink` does before it trains
     shrinker.model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True),
                            loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    shrinker.model.fit(data.train_epochs(0, EPOCHS), epochs=EPOCHS,
+    shrinker.model.fit(data.train_epochs(0, SAME_EPOCHS), epochs=SAME_EPOCHS,
                        steps_per_epoch=data.steps_per_epoch, callbacks=shrinker.callbacks(),
                        verbose=0)
     mine = shrinker.structure()
@@ -160,7 +161,8 @@ def test_shrinker_in_model_fit_learns_what_morph_shrink_learns(tmp_path):
     assert {g: int(m.sum()) for g, m in cli_side.masks.items()} == {
         g["id"]: g["alive"] for g in mine["groups"] if g["prunable"]}
     assert mine["cost"]["after"] == written["cost"]["after"]
-    # Two epochs remove a quarter of the FLOPs (3,588,886 of 4,781,948 left on this machine).
+    # Six steered epochs remove a real share of the FLOPs (the per-channel clip of the
+    # controller removes nothing in the first two).
     assert mine["cost"]["after"]["flops"] == cli_side.shrunk_costs["flops"]
     assert mine["cost"]["after"]["flops"] < 0.8 * mine["cost"]["before"]["flops"]
     assert mine["regularizer"] == written["regularizer"]
