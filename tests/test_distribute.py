@@ -386,7 +386,7 @@ def multi_worker_run(tmp_path_factory):
 def test_multi_worker_shrink_only_the_chief_writes(multi_worker_run, one_and_two_replicas):
     _, out, _ = multi_worker_run
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
-        "config.yaml", "logs", "shrunk.keras", "structure.json", "summary.json"]  # no workertemp_1
+        "config.yaml", "logs", "shrunk.keras", "structure.json", "summary.json", "trained.keras"]  # no workertemp_1
     assert (out / ".morph-run").exists() and (out / ".morph-lock").exists()  # morph's, locked
     # 2 workers x 1 CPU = 2 replicas on the same global batches: the first epochs match
     # the single-device run (same float argument as the mirrored test).
