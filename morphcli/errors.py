@@ -7,6 +7,8 @@ line and exits with code 2. Anything else that escapes is a bug in morphcli.
 
 from __future__ import annotations
 
+import re
+
 
 class MorphError(Exception):
     """A problem with the user's input, explained in one line.
@@ -79,3 +81,14 @@ def one_line(err: BaseException, limit: int = 200) -> str:
         tail = limit // 3
         text = f"{text[:limit - tail - 5]} ... {text[-tail:]}"
     return text
+
+
+def tf_first_line(error: Exception) -> str:
+    """The informative line of a TensorFlow error (not "Graph execution error:")."""
+    text = re.sub(r"\{\{[^}]*\}\}\s*", "", getattr(error, "message", None) or str(error))
+    cause = re.search(r"aborted by: (.+)", text, re.DOTALL)
+    lines = [line.strip() for line in (cause[1] if cause else text).splitlines() if line.strip(
+        ) and not line.strip().startswith(("Graph execution error", "Detected at node", "File "))]
+    lines = lines or [type(error).__name__]
+    first = f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
+    return first.split(". ")[0][:300].rstrip(".")  # its first sentence

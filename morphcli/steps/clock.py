@@ -18,8 +18,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from morphcli.core.machine import FLOAT_BYTES, MEMORY_SHARE, memory_bytes  # noqa: F401
 from morphcli.core.profile import RUNTIMES
 from morphcli.errors import MorphError
+from morphcli.steps.export import convert
 
 MIN_TIME = 0.05  # seconds of timed calls per measurement, at least
 MAX_REPEATS = 2000
@@ -27,11 +29,6 @@ MAX_REPEATS = 2000
 # threads on 2 cores ran 10 times slower. The CLI's --threads has the same bound
 # (a profile for a device with more cores, measured here, is wrong: measure it there).
 THREADS_PER_CORE = 1
-# The share of this machine's memory one tensor of the measured model may take
-# at the batch asked: the runtime holds several at once (the input, its copy, a
-# layer's output).
-MEMORY_SHARE = 0.25
-FLOAT_BYTES = 4  # float32
 
 
 def check_threads(threads) -> int | None:
@@ -52,14 +49,6 @@ def check_threads(threads) -> int | None:
                          f"every time would be slower. Received: threads={threads}",
                          hint="measure with the threads the device you deploy to runs, on it.")
     return threads
-
-
-def memory_bytes() -> int:
-    """This machine's physical memory (8 GiB where the system does not say)."""
-    try:
-        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    except (AttributeError, ValueError, OSError):
-        return 8 << 30
 
 
 def check_batch(graph, batch: int) -> None:
@@ -211,23 +200,3 @@ def prefix(x):
     import keras
 
     return keras.layers.ReLU()(x)
-
-
-def convert(model) -> bytes:
-    """A Keras model as TFLite float32, without the converter's chatter on stdout.
-
-    Raises:
-        MorphError: The converter failed (in one line).
-    """
-    import contextlib
-    import io
-
-    import tensorflow as tf
-
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            return tf.lite.TFLiteConverter.from_keras_model(model).convert()
-    except Exception as err:  # noqa: BLE001 - the converter raises many kinds
-        raise MorphError(f"The TFLite converter failed on `{model.name}`: "
-                         f"{' '.join(str(err).split())[:200]}",
-                         hint="measure with the keras runtime.") from None

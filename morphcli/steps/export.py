@@ -16,7 +16,6 @@ is timed; TFLite uses its interpreter with the given thread count.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import shutil
 import statistics
@@ -30,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from morphcli.core import machine
 from morphcli.errors import ModelError, MorphError, one_line
 
 FORMATS = ("tflite", "saved_model")
@@ -378,30 +378,32 @@ def _runner(target, batch: int, threads: int | None, trust_code: bool, runtime: 
         except (ValueError, OSError, RuntimeError) as err:  # not a model of that kind
             raise ModelError(f"Could not load {target} as a {runtime} model: "
                              f"{one_line(err, 160)}") from None
-        _check_input_batch(str(target), shape, batch)
+        machine.check_input_batch(str(target), shape, batch)
         return str(target), runtime, runner, sample(shape, batch)
     shape = _input_shape(target)
     if runtime == "tflite":
-        from morphcli.steps.profile import convert
-
         return "model", "tflite", _tflite_runner(convert(target), threads), sample(shape, batch)
     return "model", "keras", _keras_runner(target), sample(shape, batch)
 
 
-def _check_input_batch(label: str, shape, batch: int) -> None:
-    """Refuses a `batch` whose input alone would take more than `clock.MEMORY_SHARE`
-    of this machine's memory (before it is allocated)."""
-    from morphcli.steps import clock
+def convert(model) -> bytes:
+    """A Keras model as TFLite float32, without the converter's chatter on stdout.
 
-    need = batch * math.prod(int(d) for d in shape) * clock.FLOAT_BYTES
-    have = clock.memory_bytes()
-    if need > clock.MEMORY_SHARE * have:
-        raise ModelError(
-            f"--batch {batch} needs {need / 2**30:.1f} GiB for the input of {label} alone, "
-            f"more than {clock.MEMORY_SHARE:.0%} of this machine's {have / 2**30:.1f} GiB. "
-            f"Received: batch={batch}",
-            hint=f"use --batch {max(1, int(clock.MEMORY_SHARE * have // (need / batch)))} "
-                 "or less.")
+    Raises:
+        MorphError: The converter failed (in one line).
+    """
+    import contextlib
+    import io
+
+    import tensorflow as tf
+
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    except Exception as err:  # noqa: BLE001 - the converter raises many kinds
+        raise MorphError(f"The TFLite converter failed on `{model.name}`: "
+                         f"{' '.join(str(err).split())[:200]}",
+                         hint="measure with the keras runtime.") from None
 
 
 def quantiles(values: list[float]) -> tuple[float, float, float]:

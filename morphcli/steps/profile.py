@@ -43,14 +43,8 @@ import numpy as np
 from morphcli.core import profile as profiles
 from morphcli.core.graph import build_graph
 from morphcli.errors import MorphError
-from morphcli.steps.clock import (  # noqa: F401 - convert: export.py imports it from here
-    Clock,
-    Timing,
-    check_batch,
-    check_threads,
-    convert,
-    prefix,
-)
+from morphcli.steps.clock import Clock, Timing, check_batch, check_threads, prefix  # noqa: F401
+from morphcli.steps.export import convert  # noqa: F401 - callers import it from here
 
 RUNTIMES = profiles.RUNTIMES
 FRACTIONS = (0.125, 0.25, 0.5, 0.75, 1.0)

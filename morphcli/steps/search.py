@@ -78,14 +78,19 @@ class SearchResult:
 
 def check_searchable(conf, dataset) -> None:
     """Refuses, before any training, a run whose search could not run."""
+    _refuse_gates(conf.regularizer.kind)
+    if dataset is not None and dataset.select is None:
+        raise MorphError(_NO_SELECTION, hint="set data.selection_split (e.g. 0.1) on array data.")
+
+
+def _refuse_gates(kind: str) -> None:
+    """Gates train a gated copy whose values do not rank the seed's channels."""
     from morphcli.training import regularizers
 
-    if regularizers.canonical_kind(conf.regularizer.kind) == "gates":
+    if regularizers.canonical_kind(kind) == "gates":
         raise MorphError("The search ranks channels by batch-norm scales or weight norms. "
                          "Received: regularizer.kind='gates'",
                          hint="use regularizer.kind gamma or group_lasso with search.")
-    if dataset is not None and dataset.select is None:
-        raise MorphError(_NO_SELECTION, hint="set data.selection_split (e.g. 0.1) on array data.")
 
 
 _NO_SELECTION = ("The search chooses on the selection split, and these data have none. "
@@ -97,10 +102,7 @@ def channel_values(trained: Priced, kind: str, metric: str) -> dict[int, np.ndar
     group-lasso norm), by which cuts keep channels."""
     from morphcli.training import regularizers
 
-    if regularizers.canonical_kind(kind) == "gates":
-        raise MorphError("The search ranks channels by batch-norm scales or weight norms. "
-                         "Received: regularizer.kind='gates'",
-                         hint="use regularizer.kind gamma or group_lasso with search.")
+    _refuse_gates(kind)
     reg = regularizers.make_regularizer(trained.graph, trained.costs, kind, metric)
     return reg.numpy_vectors()
 

@@ -36,13 +36,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from morphcli.errors import MorphError, TrainingError
+from morphcli.errors import tf_first_line as _first_line
 
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
 COMMUNICATIONS = ("auto", "ring", "nccl")  # multi_worker all-reduce implementations
@@ -334,17 +334,6 @@ def peer_errors(strategy, resume_hint: str) -> Iterator[None]:
         raise TrainingError(
             f"Lost contact with another worker of the cluster: {_first_line(error)}. "
             f"Received: task={_task(strategy)}", hint=resume_hint) from None
-
-
-def _first_line(error: Exception) -> str:
-    """The informative line of a TensorFlow error (not "Graph execution error:")."""
-    text = re.sub(r"\{\{[^}]*\}\}\s*", "", getattr(error, "message", None) or str(error))
-    cause = re.search(r"aborted by: (.+)", text, re.DOTALL)
-    lines = [line.strip() for line in (cause[1] if cause else text).splitlines() if line.strip(
-        ) and not line.strip().startswith(("Graph execution error", "Detected at node", "File "))]
-    lines = lines or [type(error).__name__]
-    first = f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
-    return first.split(". ")[0][:300].rstrip(".")  # its first sentence
 
 
 def _task(strategy) -> str:

@@ -10,7 +10,7 @@ import os
 import socket
 
 from morphcli.errors import MorphError
-from morphcli.training.distribute import _first_line
+from morphcli.errors import tf_first_line as _first_line
 
 
 def _default(conf):
