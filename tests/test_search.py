@@ -101,6 +101,29 @@ def test_local_moves_climb_while_they_improve(shrunk, monkeypatch):
     assert any(c.name.startswith("local-2") for c in result.candidates)  # it kept climbing
 
 
+def test_candidates_are_scored_on_one_masked_network_as_their_rebuilt_cuts_score(shrunk):
+    """The masked copy is traced once for every candidate; each candidate starts
+    from the same weights, optimizer state and batches (scoring one twice gives the
+    same numbers), and scores what its cut, rebuilt and fine-tuned alone, scores."""
+    ctx, learned = shrunk
+    values = search_step.channel_values(ctx.seed, "gamma", "flops")
+    groups = [g.id for g in ctx.seed.graph.prunable_groups()]
+    half = {g: ctx.seed.graph.groups[g].width // 2 for g in groups}
+    quarter = {g: ctx.seed.graph.groups[g].width // 4 for g in groups}
+
+    masked = search_step._Scorer(ctx, ctx.seed, values, finetune_epochs=0.5, learning_rate=1e-3)
+    first = masked(search_step.Candidate("half", half, 0.0))
+    assert masked.masked is not None
+    masked(search_step.Candidate("quarter", quarter, 0.0))
+    again = masked(search_step.Candidate("half again", half, 0.0))
+    assert again.select_loss == pytest.approx(first.select_loss, rel=1e-6)
+    assert again.select_accuracy == first.select_accuracy
+    # the same cut rebuilt (and traced) on its own, on the same batches
+    alone = masked._rebuilt_score(search_step.top_masks(values, half, masked.blocks))
+    assert alone["loss"] == pytest.approx(first.select_loss, rel=1e-3)
+    assert abs(alone["accuracy"] - first.select_accuracy) <= 1 / 145
+
+
 def test_the_search_needs_a_selection_split(shrunk, monkeypatch):
     from morphcli.errors import MorphError
 

@@ -168,7 +168,7 @@ class SearchConfig:
                          "run: choose the structure to retrain among uniform, MorphNet's, "
                          "blends and local moves, by selection-split accuracy")
     rounds: int = _opt(1, c.integer(0), "rounds of local moves around the best candidate")
-    finetune_epochs: float = _opt(1.0, c.real("a number with 0 <= x <= 100",
+    finetune_epochs: float = _opt(0.5, c.real("a number with 0 <= x <= 100",
                                               lambda x: 0 <= x <= 100),
                                   "training of each cut candidate before it is scored")
     learning_rate: float = _opt(0.001, c.POSITIVE, "Adam's learning rate for that training")

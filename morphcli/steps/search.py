@@ -144,7 +144,16 @@ def _blend(seed: Mapping[int, int], learned: Mapping[int, int], alpha: float) ->
 
 
 class _Scorer:
-    """Cuts, fine-tunes, recalibrates and scores candidates on the selection split."""
+    """Cuts, fine-tunes, recalibrates and scores candidates on the selection split.
+
+    A cut removes its dead channels outright (no constant folded into the
+    readers: `surgery.rebuild(fold_constants=False)`), which is what a zero mask
+    computes. One masked copy of the trained network serves every candidate
+    (`training.masks`: traced once), when its masks reach every prunable group
+    and its first cut predicts what the same cut rebuilt by surgery predicts;
+    otherwise every candidate is rebuilt (and traced) on its own. Each candidate
+    starts from the same trained weights, a fresh optimizer and the same batches.
+    """
 
     def __init__(self, ctx: RunContext, trained: Priced, values, *, finetune_epochs: float,
                  learning_rate: float, progress: Callable[[str], None] | None = None):
@@ -152,30 +161,94 @@ class _Scorer:
         self.blocks = {g: trained.graph.groups[g].block for g in values}
         self.finetune_epochs, self.learning_rate = finetune_epochs, learning_rate
         self.progress = progress or (lambda name: None)
+        self.masked = None
+        self.checked = False
+        self.steps = max(1, round(finetune_epochs * ctx.dataset.steps_per_epoch))
+        # The same batches for every candidate, in the same order (a shuffled dataset
+        # draws another order each time it is read): the scores are paired.
+        train = ctx.dataset.train
+        self.finetune_data = train.repeat().take(self.steps).cache()
+        self.recalibration_data = train.take(RECALIBRATION_BATCHES).cache()
 
     def __call__(self, candidate: Candidate) -> Candidate:
+        from morphcli.core import surgery
+
+        self.progress(candidate.name)
+        masks = top_masks(self.values, candidate.widths, self.blocks)
+        cut = None
+        if not self.checked:
+            self.checked = True
+            with self.ctx.strategy.scope():
+                cut = surgery.rebuild(self.trained.model, masks, self.trained.graph,
+                                      fold_constants=False)[0]
+            self._try_masks(masks, cut)
+        if self.masked is not None:
+            scores = self._masked_score(masks)
+        else:
+            scores = self._rebuilt_score(masks, cut)
+        candidate.select_accuracy = scores["accuracy"]
+        candidate.select_loss = scores["loss"]
+        return candidate
+
+    def _try_masks(self, masks, cut) -> None:
+        import keras
+        import tensorflow as tf
+
+        from morphcli.training import engine
+        from morphcli.training.masks import Masked
+
+        graph = self.trained.graph
+        with self.ctx.strategy.scope():
+            masked = Masked(self.trained.model, graph)
+            if not set(self.values) <= masked.covered:
+                return
+            masked.set(masks)
+            x = next(iter(self.ctx.dataset.select))[0]
+            if not masked.agrees(cut, x):
+                return
+            model = masked.model
+            model.compile(optimizer=keras.optimizers.Adam(self.learning_rate),
+                          loss="sparse_categorical_crossentropy")
+            model.optimizer.build(model.trainable_variables)
+        self.masked = masked
+        self.start = [v.numpy() for v in model.variables]
+        self.optimizer_start = [v.numpy() for v in model.optimizer.variables]
+        self.recalibrator = engine.Recalibrator(model)
+        self.forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+
+    def _masked_score(self, masks) -> dict:
+        from morphcli.training import engine
+
+        model = self.masked.model
+        for variable, value in zip(model.variables, self.start, strict=True):
+            variable.assign(value)
+        for variable, value in zip(model.optimizer.variables, self.optimizer_start, strict=True):
+            variable.assign(value)
+        self.masked.set(masks)
+        engine.set_seed(self.ctx.conf.seed)
+        if self.finetune_epochs > 0:
+            model.fit(self.finetune_data, epochs=1, verbose=0, shuffle=False)
+        with self.ctx.strategy.scope():
+            self.recalibrator(self.recalibration_data, RECALIBRATION_BATCHES)
+        return engine.evaluate(model, self.ctx.dataset.select, self.forward)
+
+    def _rebuilt_score(self, masks, cut=None) -> dict:
         import keras
 
         from morphcli.core import surgery
         from morphcli.training import engine
 
-        self.progress(candidate.name)
         dataset = self.ctx.dataset
-        masks = top_masks(self.values, candidate.widths, self.blocks)
         engine.set_seed(self.ctx.conf.seed)
         with self.ctx.strategy.scope():
-            model = surgery.rebuild(self.trained.model, masks, self.trained.graph)[0]
-            steps = max(1, round(self.finetune_epochs * dataset.steps_per_epoch))
+            model = cut or surgery.rebuild(self.trained.model, masks, self.trained.graph,
+                                      fold_constants=False)[0]
             if self.finetune_epochs > 0:
                 model.compile(optimizer=keras.optimizers.Adam(self.learning_rate),
                               loss="sparse_categorical_crossentropy")
-                model.fit(dataset.train.repeat(), steps_per_epoch=steps, epochs=1, verbose=0,
-                          shuffle=False)  # tf.data shuffles
-        engine.recalibrate_batch_norm(model, dataset.train, RECALIBRATION_BATCHES)
-        scores = engine.evaluate(model, dataset.select)
-        candidate.select_accuracy = scores["accuracy"]
-        candidate.select_loss = scores["loss"]
-        return candidate
+                model.fit(self.finetune_data, epochs=1, verbose=0, shuffle=False)
+            engine.recalibrate_batch_norm(model, self.recalibration_data, RECALIBRATION_BATCHES)
+        return engine.evaluate(model, dataset.select)
 
 
 def search(ctx: RunContext, trained: Priced, learned: Mapping[int, int], *,

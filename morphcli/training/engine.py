@@ -340,26 +340,50 @@ def recalibrate_batch_norm(model, train, batches: int) -> int:
     Returns:
         The number of batches used (0 when the model has no batch norm).
     """
-    import keras
+    return Recalibrator(model)(train, batches)
 
-    norms = batch_norms(model)
-    if not norms:
-        return 0
-    momenta = [layer.momentum for layer in norms]
-    for layer in norms:
-        layer.moving_mean.assign(keras.ops.zeros_like(layer.moving_mean))
-        layer.moving_variance.assign(keras.ops.zeros_like(layer.moving_variance))
-    used = 0
-    try:
-        for x, _ in train.take(batches):
-            for layer in norms:  # running mean: batch k weighs 1 / (k + 1)
-                layer.momentum = used / (used + 1)
-            model(x, training=True)
-            used += 1
-    finally:
-        for layer, momentum in zip(norms, momenta, strict=True):
-            layer.momentum = momentum
-    return used
+
+class Recalibrator:
+    """Precise batch norm for one model, its forward pass traced once.
+
+    Each batch runs the model in training mode with every momentum at 0, so each
+    moving statistic holds that batch's statistic; their mean over the batches is
+    assigned at the end. Tracing matters on deep networks: eagerly, one batch of
+    MobileNetV2 at 32x32 took about 1 s here, traced a few ms, and the search
+    recalibrates every candidate with the same `Recalibrator`.
+    """
+
+    def __init__(self, model):
+        self.model, self.norms, self._step = model, batch_norms(model), None
+
+    def __call__(self, train, batches: int) -> int:
+        import tensorflow as tf
+
+        if not self.norms:
+            return 0
+        momenta = [layer.momentum for layer in self.norms]
+        sums, used = None, 0
+        try:
+            for layer in self.norms:
+                layer.momentum = 0.0  # the moving statistics become the batch's
+            if self._step is None:
+                self._step = tf.function(lambda x: self.model(x, training=True),
+                                         reduce_retracing=True)
+            for x, _ in train.take(batches):
+                self._step(x)
+                stats = [(layer.moving_mean.numpy().astype("float64"),
+                          layer.moving_variance.numpy().astype("float64"))
+                         for layer in self.norms]
+                sums = stats if sums is None else [(m + a, v + b) for (m, v), (a, b)
+                                                   in zip(sums, stats, strict=True)]
+                used += 1
+        finally:
+            for layer, momentum in zip(self.norms, momenta, strict=True):
+                layer.momentum = momentum
+        for layer, (mean, variance) in zip(self.norms, sums or (), strict=False):
+            layer.moving_mean.assign((mean / used).astype(layer.moving_mean.dtype))
+            layer.moving_variance.assign((variance / used).astype(layer.moving_variance.dtype))
+        return used
 
 
 def _all_layers(model):
@@ -369,20 +393,24 @@ def _all_layers(model):
             yield from _all_layers(layer)
 
 
-def evaluate(model, val) -> dict[str, float]:
+def evaluate(model, val, forward=None) -> dict[str, float]:
     """Validation loss and accuracy, without compiling `model` (a saved model then
     carries no optimizer of ours), and `chance`: the accuracy of always answering
-    the most frequent validation label. Empty when there is no validation set."""
+    the most frequent validation label. Empty when there is no validation set.
+
+    `forward(x)` replaces `model(x, training=False)`: a traced version of it, for
+    a caller that scores the same network many times (the search)."""
     import keras
     import numpy as np
 
     if val is None:
         return {}
+    forward = forward or (lambda x: model(x, training=False))
     loss, accuracy = keras.metrics.Mean(), keras.metrics.SparseCategoricalAccuracy()
     cross_entropy = keras.losses.SparseCategoricalCrossentropy(reduction=None)
     counts = np.zeros(0, np.int64)
-    for x, y in val:  # eager: one pass, no tracing per batch shape
-        probs = model(x, training=False)
+    for x, y in val:  # eager by default: one pass, no tracing per batch shape
+        probs = forward(x)
         loss.update_state(cross_entropy(y, probs))
         accuracy.update_state(y, probs)
         seen = np.bincount(np.asarray(y).astype(np.int64).ravel())

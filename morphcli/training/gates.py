@@ -289,25 +289,44 @@ def insert(model, graph: ChannelGraph | None = None, *, temperature: float = TEM
         `{layer}_gate` after the layer that absorbs them (see the module
         docstring). Sources inside nested models get no gate.
     """
+    def gate(anchor, i: int, name: str):
+        return ChannelGate(temperature=temperature, threshold=threshold,
+                           init_probability=init_probability, logit_scale=logit_scale,
+                           seed=None if seed is None else seed + i, name=name)
+
+    return insert_after_sources(model, graph, gate, "gate")[0]
+
+
+def insert_after_sources(model, graph: ChannelGraph | None, make, suffix: str):
+    """A copy of `model` (its weights copied) with one per-channel layer after the
+    layer that absorbs each prunable source's channels (module docstring).
+
+    Args:
+        model: A functional or Sequential model (left untouched).
+        graph: `build_graph(model)`, if already computed.
+        make: `make(anchor_layer, index, name)` returns the layer to insert.
+        suffix: Inserted layers are named `{anchor}_{suffix}` (made unique).
+
+    Returns:
+        `(copy, inserted)`: `inserted` maps each anchor layer's name to the layer
+        inserted after it.
+    """
     graph = graph or build_graph(model)
     fn = keras_adapter.functional_of(model)
     taken = {layer.name for layer in fn.layers}
-    gates = {
-        id(anchor): ChannelGate(temperature=temperature, threshold=threshold,
-                                init_probability=init_probability, logit_scale=logit_scale,
-                                seed=None if seed is None else seed + i,
-                                name=_unique(f"{anchor.name}_gate", taken))
-        for i, anchor in enumerate(_anchors(fn, graph))
-    }
+    anchors = _anchors(fn, graph)
+    made = {id(anchor): make(anchor, i, _unique(f"{anchor.name}_{suffix}", taken))
+            for i, anchor in enumerate(anchors)}
 
     def call(original, clone, *args, **kwargs):
         out = clone(*args, **kwargs)
-        gate = gates.get(id(original))
-        return out if gate is None else gate(out)
+        layer = made.get(id(original))
+        return out if layer is None else layer(out)
 
-    gated = _clone(fn, call)
-    _copy_weights(fn, gated)
-    return keras.Model(gated.input, gated.output, name=model.name)
+    copy = _clone(fn, call)
+    _copy_weights(fn, copy)
+    return (keras.Model(copy.input, copy.output, name=model.name),
+            {anchor.name: made[id(anchor)] for anchor in anchors})
 
 
 # ---------------------------------------------------------------------------
