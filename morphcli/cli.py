@@ -13,7 +13,7 @@ import sys
 try:  # Ctrl-C during these imports (numpy's among them: the first 0.2 s) is one line too
     import click
 
-    from morphcli import deploy_cli
+    from morphcli import deploy_cli, search_cli
     from morphcli.cli_common import MorphGroup
     from morphcli.cli_common import consoles as _consoles
     from morphcli.cli_common import load as _load
@@ -481,7 +481,7 @@ def main() -> None:
     cli.main(prog_name="morph")
 
 
-for _command in deploy_cli.COMMANDS:
+for _command in deploy_cli.COMMANDS + search_cli.COMMANDS:
     cli.add_command(_command)
 
 if __name__ == "__main__":  # pragma: no cover

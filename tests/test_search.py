@@ -25,17 +25,22 @@ def test_blend_is_the_geometric_mean_by_hand():
 
 
 @pytest.fixture(scope="module")
-def shrunk():
-    """zoo:cnn (8x8 digits) after a 6-epoch steered shrink to 25% of its FLOPs."""
+def shrunk_dir(tmp_path_factory):
+    """zoo:cnn (8x8 digits) after a 6-epoch steered shrink to 25% of its FLOPs:
+    the context, the learned widths and the shrink folder."""
     from morphcli.steps.shrink import shrink
 
     conf = load_config(None, {"model.seed": "zoo:cnn", "seed": 0, "shrink.epochs": 6,
                               "target.value": 0.25})
     ctx = make_context(conf)
-    import tempfile
+    folder = tmp_path_factory.mktemp("shrink")
+    result = shrink(ctx, folder)
+    return ctx, {g: int(m.sum()) for g, m in result.masks.items()}, folder
 
-    result = shrink(ctx, tempfile.mkdtemp())
-    return ctx, {g: int(m.sum()) for g, m in result.masks.items()}
+
+@pytest.fixture(scope="module")
+def shrunk(shrunk_dir):
+    return shrunk_dir[:2]
 
 
 def test_tiers_order_groups_by_the_cost_of_one_more_channel(shrunk):
@@ -195,3 +200,56 @@ def test_the_benchmarks_rank_correlation_by_hand():
     assert quality.spearman([1, 2, 3], [5, 5, 9]) == pytest.approx(math.sqrt(3) / 2)
     assert math.isnan(quality.spearman([1, 2], [3, 4]))
     assert math.isnan(quality.spearman([1, 1, 1], [3, 4, 5]))
+
+
+def _hashes(folder):
+    import hashlib
+
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_morph_search_on_a_shrink_folder(shrunk_dir, tmp_path):
+    """`morph search SHRINK_DIR`: every candidate at or under 20% of the seed's FLOPs
+    (4,781,948 as TensorFlow's profiler counts zoo:cnn: tests/test_api.py), the best
+    selection score chosen, chosen.keras priced as its record says, the shrink folder
+    untouched."""
+    import json
+
+    import keras
+
+    from morphcli.steps.context import Priced
+    from tests.test_cli import morph
+
+    ctx, _, folder = shrunk_dir
+    before = _hashes(folder)
+    out = tmp_path / "search"
+    result = morph("search", str(folder), "-o", str(out), "--target", "flops=20%",
+                   "--rounds", "1", "--finetune-epochs", "0.25", "--json")
+    record = json.loads(result.stdout)
+    target = 0.2 * ctx.seed.costs.total("flops")
+    assert target == pytest.approx(956_389.6)
+    assert record["target"] == pytest.approx(target)
+    assert record["finetune_epochs"] == 0.25 and record["chosen_on"] == "selection"
+    assert all(target * 0.98 < c["cost"] <= target for c in record["candidates"])
+    best = max(record["candidates"], key=lambda c: (c["select_accuracy"], -c["select_loss"]))
+    assert record["chosen"] == best["name"]
+    chosen = keras.saving.load_model(out / "chosen.keras")
+    assert Priced.of(chosen, ctx.hardware).costs.total("flops") == best["cost"]
+    assert _hashes(folder) == before
+
+
+def test_morph_search_refuses_what_is_not_a_finished_shrink(shrunk_dir, tmp_path):
+    from tests.test_cli import user_error
+
+    _, _, folder = shrunk_dir
+    before = _hashes(folder)
+    assert "is not a shrink folder" in user_error("search", str(tmp_path), "-o",
+                                                  str(tmp_path / "o"))
+    for inside in (folder, folder.parent):  # --overwrite would delete the shrink
+        assert "holds the input --config" in user_error("search", str(folder), "-o", str(inside),
+                                                        "--overwrite")
+    assert "target" in user_error("search", str(folder), "-o", str(tmp_path / "o"),
+                                  "--target", "flops=-3").lower()
+    assert not (tmp_path / "o").exists()
+    assert _hashes(folder) == before

@@ -108,26 +108,19 @@ class _Runner:
     def search(self) -> Priced:
         """The structure the accuracy-aware search chooses at the budget, cut from
         the first round's trained network (`steps.search`)."""
-        from morphcli.core import structure
-        from morphcli.steps.search import search
+        from morphcli.steps.search import search_shrink
 
-        conf, outdir = self.ctx.conf, self.rundir / "search"
+        outdir = self.rundir / "search"
         if self.done(outdir / "search.json", "search"):  # written after chosen.keras
             return self.ctx.load(outdir / "chosen.keras")
         shrunk = _round_dir(self.rundir, "shrink", 1)
-        trained = self.ctx.load(shrunk / "trained.keras")
-        learned = structure.load(shrunk / "structure.json").widths_for(self.ctx.seed.graph)
         done = []
 
         def scored(name: str) -> None:
             done.append(name)
             self.log(f"search: scoring candidate {len(done)} ({name})")
 
-        result = search(self.ctx, trained, learned, kind=conf.regularizer.kind,
-                        round_to=round_to_of(conf.expand.round_to, self.ctx.hardware),
-                        rounds=conf.search.rounds, finetune_epochs=conf.search.finetune_epochs,
-                        learning_rate=conf.search.learning_rate, outdir=outdir,
-                        progress=scored)
+        result = search_shrink(self.ctx, shrunk, outdir, progress=scored)
         scores = {c.name: c.select_accuracy for c in result.candidates}
         shrink_s = json.loads((shrunk / "summary.json").read_text()).get("train_seconds")
         share = f", {result.seconds / shrink_s:.0%} of the shrink's" if shrink_s else ""

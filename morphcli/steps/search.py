@@ -347,3 +347,41 @@ def search(ctx: RunContext, trained: Priced, learned: Mapping[int, int], *,
         files.save_model(structure.model, outdir / "chosen.keras")
         files.write_json(outdir / "search.json", record)  # the step's last write
     return SearchResult(candidates, chosen, structure, seconds, record)
+
+
+SHRINK_FILES = ("trained.keras", "structure.json")
+
+
+def search_shrink(ctx: RunContext, shrinkdir: str | Path, outdir: str | Path | None = None,
+                  progress: Callable[[str], None] | None = None) -> SearchResult:
+    """`search` on a shrink folder: its trained network and learned structure, with
+    the settings of `ctx.conf` (`search`, `regularizer.kind`, `expand.round_to`).
+
+    Raises:
+        MorphError: The folder lacks what `morph shrink` writes (a gated shrink
+            writes no trained.keras), or as `search`.
+    """
+    from morphcli.core import structure
+    from morphcli.steps.context import round_to_of
+
+    shrinkdir, conf = Path(shrinkdir), ctx.conf
+    _refuse_gates(conf.regularizer.kind)
+    missing = [name for name in SHRINK_FILES if not (shrinkdir / name).is_file()]
+    if missing:
+        raise MorphError(f"{shrinkdir} is not a finished shrink: {' and '.join(missing)} "
+                         f"missing. Received: {shrinkdir}",
+                         hint="pass the -o folder of a finished `morph shrink` (gamma or "
+                              "group_lasso).")
+    trained = ctx.load(shrinkdir / "trained.keras")
+    if _widths(trained.graph) != _widths(ctx.seed.graph):
+        raise MorphError(f"{shrinkdir}/trained.keras is not the seed's architecture. "
+                         f"Received: {shrinkdir}", hint="pass the shrink folder of this seed.")
+    learned = structure.load(shrinkdir / "structure.json").widths_for(ctx.seed.graph)
+    return search(ctx, trained, learned, kind=conf.regularizer.kind,
+                  round_to=round_to_of(conf.expand.round_to, ctx.hardware),
+                  rounds=conf.search.rounds, finetune_epochs=conf.search.finetune_epochs,
+                  learning_rate=conf.search.learning_rate, outdir=outdir, progress=progress)
+
+
+def _widths(graph) -> dict[int, int]:
+    return {g.id: int(g.width) for g in graph.prunable_groups()}
