@@ -253,3 +253,20 @@ def test_morph_search_refuses_what_is_not_a_finished_shrink(shrunk_dir, tmp_path
                                   "--target", "flops=-3").lower()
     assert not (tmp_path / "o").exists()
     assert _hashes(folder) == before
+
+
+def test_a_parameter_target_is_searched_at_its_exact_budget(shrunk, monkeypatch):
+    """A params target: every candidate at or under 30% of the seed's weights, and
+    within 5% of that budget."""
+    ctx, learned = shrunk
+    conf = load_config(None, {"model.seed": "zoo:cnn", "seed": 0, "target.metric": "params",
+                              "target.value": 0.3})
+    params = make_context(conf)
+    seed_params = params.seed.costs.total("params")
+    assert params.target == pytest.approx(0.3 * seed_params)
+    monkeypatch.setattr(search_step._Scorer, "__call__", _fake_scores(lambda c: c.widths[1]))
+    result = search_step.search(params, params.seed, learned, finetune_epochs=0)
+    assert len(result.candidates) >= 4
+    for c in result.candidates:
+        assert 0.95 * params.target < c.cost <= params.target, c.name
+    assert result.structure.costs.total("params") == result.chosen.cost
