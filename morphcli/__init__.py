@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # what type checkers see; at run time `__getattr__` imports on first use
-    from morphcli import report as report
     from morphcli.api import analyze as analyze
     from morphcli.api import cost as cost
     from morphcli.api import expand as expand
     from morphcli.api import load_model as load_model
+    from morphcli.api import report as report
     from morphcli.api import scale_width as scale_width
     from morphcli.api import with_input_shape as with_input_shape
     from morphcli.config import load_config as load_config
@@ -37,6 +37,7 @@ _API = {
     "load_model": "morphcli.api",
     "analyze": "morphcli.api",
     "cost": "morphcli.api",
+    "report": "morphcli.api",
     "expand": "morphcli.api",
     "scale_width": "morphcli.api",
     "with_input_shape": "morphcli.api",
@@ -55,11 +56,9 @@ _API = {
 def __getattr__(name: str) -> Any:
     import importlib
 
-    if name == "report":  # the module, callable: `morphcli.report(model) -> dict`
-        return importlib.import_module("morphcli.report")
     if name in _API:
         return getattr(importlib.import_module(_API[name]), name)
     raise AttributeError(f"module 'morphcli' has no attribute {name!r}")
 
 
-__all__ = sorted([*_API, "report"])
+__all__ = sorted(_API)

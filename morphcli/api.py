@@ -34,7 +34,7 @@ def with_input_shape(model: Any, shape: Sequence[int]) -> Any:
 
 def analyze(model: Any, *, hardware: str | None = "cpu", structure: str | None = None,
             widths: Mapping[int, int] | None = None, name: str | None = None) -> Any:
-    """Prices a model per layer and in total (see `morphcli.report.Report`).
+    """Prices a model per layer and in total (see `morphcli.reporting.Report`).
 
     Args:
         model: A functional Keras model with static shapes.
@@ -43,7 +43,7 @@ def analyze(model: Any, *, hardware: str | None = "cpu", structure: str | None =
         widths: Optional width per group id (instead of `structure`).
         name: Label for the report (default: the model's name).
     """
-    from morphcli import report as rep
+    from morphcli import reporting as rep
 
     return rep.analyze(model, hardware=hardware, structure=structure, widths=widths, name=name)
 
@@ -72,21 +72,29 @@ def cost(model: Any, resource: str = "flops", hardware: str | None = None) -> fl
 
 def report(model: Any, *, hardware: str | None = "cpu", structure: str | None = None,
            compare: Any = None) -> dict[str, Any]:
-    """What `morph report MODEL --json` prints, as a dict: `name`, `input_shape`,
-    `hardware`, `totals`, `layers`, `groups`, `notes`... With `compare` (a second
-    model, as `--compare`): `{"before": ..., "after": ..., "ratio": ...}`.
-
-    `morphcli.report` is also the module `morphcli.report`; calling it calls this.
+    """What `morph report MODEL --json` prints, as a dict (the CLI prints this one).
 
     Args:
         model: A functional Keras model with static shapes.
-        hardware: Device for latency (as `--hardware`).
+        hardware: Device for latency (as `--hardware`): a name or ``"profile:PATH"``.
         structure: A structure.json whose widths to price (as `--structure`).
-        compare: A second model, priced on the same hardware.
-    """
-    from morphcli import report as rep
+        compare: A second model, priced on the same hardware (as `--compare`).
 
-    return rep.as_dict(model, hardware=hardware, structure=structure, compare=compare)
+    Returns:
+        `name`, `input_shape`, `hardware`, `totals` (flops, macs, params,
+        kernel_params, latency_s), `layers`, `groups`, `notes`, `latency_label`;
+        with `compare`: ``{"before": ..., "after": ..., "ratio": ...}``.
+
+    Example:
+
+    >>> morphcli.report(model, hardware="T4")["totals"]["latency_s"]
+    """
+    from morphcli import reporting
+
+    before = analyze(model, hardware=hardware, structure=structure)
+    after = None if compare is None else analyze(compare, hardware=hardware)
+    data: dict[str, Any] = reporting.to_json(before, after)
+    return data
 
 
 def expand(model: Any, target: str, *, hardware: str | None = None, round_to: int | str = 1,

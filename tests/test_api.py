@@ -43,24 +43,42 @@ def test_cost_and_report_are_analyze_numbers(cnn):
     assert data["input_shape"] == [8, 8, 1]
 
 
-def test_report_is_the_cli_json(cnn, tmp_path):
-    """`morphcli.report(model)` equals `morph report MODEL --json`, keys and numbers."""
+@pytest.mark.parametrize("compare", [False, True])
+def test_report_is_the_cli_json(cnn, tmp_path, compare):
+    """`morphcli.report(model)` equals `morph report MODEL --json`, key for key."""
     from click.testing import CliRunner
 
     from morphcli.cli import cli
 
-    path = tmp_path / "cnn.keras"
+    path, narrow_path = tmp_path / "cnn.keras", tmp_path / "narrow.keras"
     cnn.save(path)
-    result = CliRunner().invoke(cli, ["report", str(path), "--json"], catch_exceptions=False)
+    narrow = morphcli.scale_width(cnn, 0.5)
+    narrow.save(narrow_path)
+    args = ["report", str(path), "--hardware", "T4", "--json"]
+    result = CliRunner().invoke(cli, args + ["--compare", str(narrow_path)] * compare,
+                                catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output) == json.loads(json.dumps(morphcli.report(cnn)))
+    printed = json.loads(result.output)
+    mine = json.loads(json.dumps(morphcli.report(cnn, hardware="T4",
+                                                 compare=narrow if compare else None)))
+    assert list(printed) == list(mine)
+    for key in printed:
+        assert printed[key] == mine[key], key
+    if compare:
+        assert mine["ratio"]["flops"] == pytest.approx(
+            morphcli.cost(narrow, "flops") / morphcli.cost(cnn, "flops"))
 
 
-def test_report_module_stays_the_module():
-    """`morphcli.report` is the module the CLI renders with, and calling it reports."""
-    import morphcli.report as rep
+def test_report_is_a_function_and_the_renderers_a_module():
+    """`morphcli.report` is the API's typed function; the tables live in `morphcli.reporting`."""
+    import inspect
 
-    assert morphcli.report is rep and callable(rep.to_json) and callable(morphcli.report)
+    from morphcli import api, reporting
+
+    assert morphcli.report is api.report and inspect.isfunction(morphcli.report)
+    assert inspect.signature(morphcli.report).return_annotation == "dict[str, Any]"
+    assert callable(reporting.to_json) and not callable(reporting)
+    assert not (ROOT / "morphcli" / "report.py").exists()
 
 
 @pytest.mark.parametrize("target", ["flops=0.5", "flops=50%"])
