@@ -3,8 +3,9 @@
 Importing the package is cheap; TensorFlow loads on first use of a function.
 
 The public API (one line each in the README's "From Python"): `Shrinker`
-(shrink inside your own training), `expand`, `scale_width`, `cost`, `report`,
-`analyze`, `export`, `load_model`, `with_input_shape`; lower-level pieces below.
+(shrink inside your own training), `expand`, `scale_width`, `search`, `cost`,
+`report`, `analyze`, `export`, `load_model`, `with_input_shape`; lower-level
+pieces below.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ if TYPE_CHECKING:  # what type checkers see; at run time `__getattr__` imports o
     from morphcli.api import load_model as load_model
     from morphcli.api import report as report
     from morphcli.api import scale_width as scale_width
+    from morphcli.api import search as search
     from morphcli.api import with_input_shape as with_input_shape
     from morphcli.config import load_config as load_config
     from morphcli.core.costs import CostModel as CostModel
@@ -40,6 +42,7 @@ _API = {
     "report": "morphcli.api",
     "expand": "morphcli.api",
     "scale_width": "morphcli.api",
+    "search": "morphcli.api",
     "with_input_shape": "morphcli.api",
     "build_graph": "morphcli.core.graph",
     "CostModel": "morphcli.core.costs",
