@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from morphcli.steps.expand import ExpandResult
     from morphcli.steps.search import SearchResult
 
 
@@ -127,18 +128,51 @@ def expand(model: Any, target: str, *, hardware: str | None = None, round_to: in
 
     >>> wide = morphcli.expand(narrow, "latency=50%", hardware="profile:p.json")
     """
+    return expansion(model, target, hardware=hardware, round_to=round_to, mode=mode,
+                     structure=structure).expanded.model
+
+
+def expansion(model: Any, target: str | tuple[str, Any], *, hardware: Any = None,
+              round_to: int | str = 1, mode: str = "below",
+              structure: str | Path | None = None, measure: bool = False,
+              model_path: str | Path | None = None, record_path: str | Path | None = None,
+              received: str | None = None) -> ExpandResult:
+    """`expand` with everything it decided: what `morph expand` calls.
+
+    Args:
+        model: As `expand`, or a `steps.context.Priced` (its graph and cost model
+            built already, on its own device: `hardware` is then not read).
+        round_to, mode, structure: As `expand`.
+        target: A target string, or `(metric, Quantity)` already parsed (a config's).
+        hardware: As `expand`, or a device object (`get_hardware`'s).
+        measure: Latency: time candidates here and correct until the clock agrees.
+        model_path: Also write the new model there (`.keras`).
+        record_path: Also write the expansion record (JSON) there.
+        received: How the user wrote the target, for the error of an unreachable one.
+
+    Returns:
+        An `ExpandResult`: `.expanded` (the model, priced), `.expansion` (the
+        multiplier, achieved cost and error) and `.record` (expand.json).
+    """
     from morphcli.config import parse_target
     from morphcli.core import structure as struct
     from morphcli.core.costs import get_hardware
     from morphcli.steps.context import Priced, round_to_of
     from morphcli.steps.expand import expand as expand_step
 
-    metric, quantity = parse_target(target)
+    if isinstance(target, str):
+        received = received or f"target={target!r}"
+        metric, quantity = parse_target(target)
+    else:
+        metric, quantity = target
     device: Any = get_hardware(hardware)  # a named device or a measured profile
-    source = Priced.of(model, device)
+    source = model if isinstance(model, Priced) else Priced.of(model, device)
     base = struct.load(structure).widths_for(source.graph) if structure else None
-    return expand_step(source, metric, quantity, mode=mode, base_widths=base,
-                       round_to=round_to_of(round_to, source.costs.hardware)).expanded.model
+    result: ExpandResult = expand_step(
+        source, metric, quantity, mode=mode, base_widths=base,
+        round_to=round_to_of(round_to, source.costs.hardware), model_path=model_path,
+        record_path=record_path, measure=measure, received=received)
+    return result
 
 
 def scale_width(model: Any, multiplier: float, *, round_to: int = 1,

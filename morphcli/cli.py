@@ -276,11 +276,10 @@ def expand(model, target, config_path, out_path, hardware, round_to, mode, struc
       morph expand shrunk.keras --target latency=2ms --hardware T4 -o fast.keras
       morph expand seed.keras --structure runs/x/structure.json --target flops=0.5 -o y.keras
     """
+    from morphcli import api
     from morphcli import config as cfg
-    from morphcli.core import structure
     from morphcli.errors import MorphError
-    from morphcli.steps.context import Priced, hardware_of, round_to_of
-    from morphcli.steps.expand import expand as expand_step
+    from morphcli.steps.context import Priced, hardware_of
 
     out, err = _consoles()
     conf = _resolve(config_path, {k: v for k, v in {
@@ -298,12 +297,10 @@ def expand(model, target, config_path, out_path, hardware, round_to, mode, struc
                    "--hardware": conf.target.hardware},
                   {"-o": out_path, "its record": record_path}, overwrite=overwrite)
     seed = Priced.of(_load(model, input_shape, classes, trust_code), hardware_of(conf))
-    base = structure.load(structure_path).widths_for(seed.graph) if structure_path else None
-    result = expand_step(seed, metric, quantity,
-                         round_to=round_to_of(conf.expand.round_to, seed.costs.hardware),
-                         mode=conf.expand.mode, base_widths=base, model_path=out_path,
-                         record_path=record_path, measure=conf.expand.measure,
-                         received=f"--target {target}" if target else None)
+    result = api.expansion(  # what `morphcli.expand` returns the model of
+        seed, (metric, quantity), round_to=conf.expand.round_to, mode=conf.expand.mode,
+        structure=structure_path, measure=conf.expand.measure, model_path=out_path,
+        record_path=record_path, received=f"--target {target}" if target else None)
     if as_json:
         click.echo(_dumps(result.record))
     else:

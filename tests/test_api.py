@@ -96,6 +96,28 @@ def test_expand_absolute_and_twice(cnn):
         2 * seed, rel=1e-3)
 
 
+def test_morph_expand_builds_what_expand_builds(cnn, tmp_path):
+    """The CLI calls the API (`api.expansion`): the same widths, the same record."""
+    from click.testing import CliRunner
+
+    from morphcli.cli import cli
+    from morphcli.core.graph import build_graph
+
+    path, out = tmp_path / "cnn.keras", tmp_path / "half.keras"
+    cnn.save(path)
+    result = CliRunner().invoke(cli, ["expand", str(path), "--target", "flops=0.5", "-o",
+                                      str(out), "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.output)
+    mine = morphcli.expand(cnn, "flops=0.5")
+    assert record["achieved"] == morphcli.cost(mine, "flops")
+    import keras
+
+    written = build_graph(keras.saving.load_model(out, compile=False))
+    assert {g.key: g.width for g in written.groups.values()} == {
+        g.key: g.width for g in build_graph(mine).groups.values()}
+
+
 @pytest.mark.parametrize(("target", "message"), [
     ("flops", "Expected METRIC=VALUE"),
     ("flops=-1", "a budget must be positive"),
