@@ -218,6 +218,10 @@ def test_search_refuses_data_it_cannot_use(cnn):
                         select=tf.data.Dataset.from_tensor_slices((x, y)).batch(4).repeat())
     with pytest.raises(MorphError, match=r"Received: data=str"):
         morphcli.search(cnn, learned, "flops=0.5", data="digits", select=(x, y))
+    with pytest.raises(MorphError, match=r"^The structure is not a morphcli structure file"):
+        morphcli.search(cnn, {"groups": []}, "flops=0.5", data=(x, y), select=(x, y))
+    with pytest.raises(MorphError, match=r"Impossible target .* Received: target='flops=2'"):
+        morphcli.search(cnn, learned, "flops=2", data=(x, y), select=(x, y))
 
 
 # -- the Shrinker against morph shrink --------------------------------------------------
