@@ -210,8 +210,9 @@ def search(trained: Any, learned: str | Path | Mapping[str, Any], target: str, *
     `data` and scored on `select`; none is above the budget.
 
     Args:
-        trained: The shrink's trained network at the seed's widths (the model
-            a `Shrinker` trained, kind gamma or group_lasso); not modified.
+        trained: The shrink's trained network at the seed's widths: the model
+            given to a `Shrinker` (kind gamma or group_lasso), which fitting
+            `shrinker.model` trained in place; not modified.
         learned: Its learned structure: a structure.json path or the dict
             `Shrinker.structure()` returns.
         target: As `--target`: ``"flops=0.5"`` (half of `trained`'s FLOPs),
@@ -240,7 +241,7 @@ def search(trained: Any, learned: str | Path | Mapping[str, Any], target: str, *
 
     Example:
 
-    >>> result = morphcli.search(shrinker.model, shrinker.structure(), "flops=0.5",
+    >>> result = morphcli.search(model, shrinker.structure(), "flops=0.5",
     ...                          data=train, select=(x_select, y_select))
     >>> result.structure.model.fit(train, epochs=30)
     """
