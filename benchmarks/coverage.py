@@ -43,7 +43,7 @@ from morphcli.core.solver import solve_multiplier  # noqa: E402
 from morphcli.core.surgery import apply_structure, check  # noqa: E402
 from morphcli.errors import MorphError  # noqa: E402
 from morphcli.models.zoo import application_names  # noqa: E402
-from morphcli.report import build_report  # noqa: E402
+from morphcli.reporting import build_report  # noqa: E402
 
 QUICK = ("ResNet50", "MobileNetV2", "MobileNetV3Small", "InceptionV3", "InceptionResNetV2",
          "DenseNet121", "EfficientNetB0", "ConvNeXtTiny", "NASNetMobile", "Xception")

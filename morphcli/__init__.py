@@ -3,8 +3,9 @@
 Importing the package is cheap; TensorFlow loads on first use of a function.
 
 The public API (one line each in the README's "From Python"): `Shrinker`
-(shrink inside your own training), `expand`, `scale_width`, `cost`, `report`,
-`analyze`, `export`, `load_model`, `with_input_shape`; lower-level pieces below.
+(shrink inside your own training), `expand`, `scale_width`, `search`, `cost`,
+`report`, `analyze`, `export`, `load_model`, `with_input_shape`; lower-level
+pieces below.
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # what type checkers see; at run time `__getattr__` imports on first use
-    from morphcli import report as report
     from morphcli.api import analyze as analyze
     from morphcli.api import cost as cost
     from morphcli.api import expand as expand
     from morphcli.api import load_model as load_model
+    from morphcli.api import report as report
     from morphcli.api import scale_width as scale_width
+    from morphcli.api import search as search
     from morphcli.api import with_input_shape as with_input_shape
     from morphcli.config import load_config as load_config
     from morphcli.core.costs import CostModel as CostModel
@@ -37,8 +39,10 @@ _API = {
     "load_model": "morphcli.api",
     "analyze": "morphcli.api",
     "cost": "morphcli.api",
+    "report": "morphcli.api",
     "expand": "morphcli.api",
     "scale_width": "morphcli.api",
+    "search": "morphcli.api",
     "with_input_shape": "morphcli.api",
     "build_graph": "morphcli.core.graph",
     "CostModel": "morphcli.core.costs",
@@ -55,11 +59,9 @@ _API = {
 def __getattr__(name: str) -> Any:
     import importlib
 
-    if name == "report":  # the module, callable: `morphcli.report(model) -> dict`
-        return importlib.import_module("morphcli.report")
     if name in _API:
         return getattr(importlib.import_module(_API[name]), name)
     raise AttributeError(f"module 'morphcli' has no attribute {name!r}")
 
 
-__all__ = sorted([*_API, "report"])
+__all__ = sorted(_API)

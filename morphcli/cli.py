@@ -93,24 +93,25 @@ def report(model, input_shape, classes, trust_code, hardware, other, structure_p
       morph report seed.keras --structure runs/x/shrink/structure.json
     """
     from morphcli import api
-    from morphcli import report as rep
+    from morphcli import reporting as rep
 
     check_outputs({"MODEL": model, "--compare": other, "--structure": structure_path,
                    "--hardware": hardware}, {"--markdown": markdown, "--plot": plot})
     out, err = _consoles()
     seed = _load(model, input_shape, classes, trust_code)
-    before = api.analyze(seed, hardware=hardware, structure=structure_path)
-    after = None
-    if other:
-        after = api.analyze(_load(other, input_shape, classes, trust_code), hardware=hardware)
+    compared = _load(other, input_shape, classes, trust_code) if other else None
+    if markdown or plot or not as_json:
+        before = api.analyze(seed, hardware=hardware, structure=structure_path)
+        after = None if compared is None else api.analyze(compared, hardware=hardware)
     if markdown:
         from morphcli.files import write_text
 
         write_text(markdown, rep.to_markdown(before, after))
     if plot:
         rep.plot_widths(plot, [before] + ([after] if after else []))
-    if as_json:
-        click.echo(_dumps(rep.to_json(before, after)))
+    if as_json:  # the very dict `morphcli.report` returns
+        click.echo(_dumps(api.report(seed, hardware=hardware, structure=structure_path,
+                                     compare=compared)))
         return
     out.print(rep.layer_table(before, None if all_layers else 25))
     if groups:
@@ -210,7 +211,7 @@ def _progress(console, title: str, epochs: int):
 
 
 def _show_shrink(out, err, ctx, result, as_json: bool) -> None:
-    from morphcli import report as rep
+    from morphcli import reporting as rep
 
     if as_json:
         click.echo(_dumps({"seed": result.seed_costs, "shrunk": result.shrunk_costs,
@@ -275,11 +276,10 @@ def expand(model, target, config_path, out_path, hardware, round_to, mode, struc
       morph expand shrunk.keras --target latency=2ms --hardware T4 -o fast.keras
       morph expand seed.keras --structure runs/x/structure.json --target flops=0.5 -o y.keras
     """
+    from morphcli import api
     from morphcli import config as cfg
-    from morphcli.core import structure
     from morphcli.errors import MorphError
-    from morphcli.steps.context import Priced, hardware_of, round_to_of
-    from morphcli.steps.expand import expand as expand_step
+    from morphcli.steps.context import Priced, hardware_of
 
     out, err = _consoles()
     conf = _resolve(config_path, {k: v for k, v in {
@@ -297,12 +297,10 @@ def expand(model, target, config_path, out_path, hardware, round_to, mode, struc
                    "--hardware": conf.target.hardware},
                   {"-o": out_path, "its record": record_path}, overwrite=overwrite)
     seed = Priced.of(_load(model, input_shape, classes, trust_code), hardware_of(conf))
-    base = structure.load(structure_path).widths_for(seed.graph) if structure_path else None
-    result = expand_step(seed, metric, quantity,
-                         round_to=round_to_of(conf.expand.round_to, seed.costs.hardware),
-                         mode=conf.expand.mode, base_widths=base, model_path=out_path,
-                         record_path=record_path, measure=conf.expand.measure,
-                         received=f"--target {target}" if target else None)
+    result = api.expansion(  # what `morphcli.expand` returns the model of
+        seed, (metric, quantity), round_to=conf.expand.round_to, mode=conf.expand.mode,
+        structure=structure_path, measure=conf.expand.measure, model_path=out_path,
+        record_path=record_path, received=f"--target {target}" if target else None)
     if as_json:
         click.echo(_dumps(result.record))
     else:
@@ -319,7 +317,7 @@ def expand(model, target, config_path, out_path, hardware, round_to, mode, struc
 
 def _show_expansion(out, err, seed, result, metric: str, out_path: str) -> None:
     from morphcli.core.solver import amount
-    from morphcli.report import compare_table
+    from morphcli.reporting import compare_table
 
     out.print(compare_table(seed.report(), result.expanded.report(name="expanded")))
     expansion = result.expansion
@@ -373,7 +371,7 @@ def retrain(model, config_path, outdir, epochs, keep_weights, resume, overwrite,
     if as_json:
         click.echo(_dumps(metrics))
         return
-    from morphcli.report import results_table
+    from morphcli.reporting import results_table
 
     out.print(results_table({"retrained": metrics}))
     err.print(f"wrote {outdir}/final.keras and {outdir}/metrics.json", markup=False)
@@ -406,7 +404,7 @@ def run(config_path, rundir, rounds, baseline, resume, overwrite, sets, as_json)
       morph run configs/demo.yaml --resume           # after an interruption
     """
     from morphcli import config as cfg
-    from morphcli.report import comparison_line, measured_note, results_table
+    from morphcli.reporting import comparison_line, measured_note, results_table
     from morphcli.steps.context import make_context
     from morphcli.steps.run import recorded_config
     from morphcli.steps.run import run as run_steps

@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "morphcli"
 
 # Each layer and what it may import from morphcli (besides itself). Arrows point
 # down only: core is pure model arithmetic; training and models sit on it; config
-# takes its choice lists from them; report renders core's numbers; steps use
+# takes its choice lists from them; reporting renders core's numbers; steps use
 # all of those; api and the CLI are the shells on top.
 BASE_MODULES = {"errors", "files"}
 BASE = {"base"}
@@ -41,7 +41,7 @@ def layer_of(rel: str) -> str:
     name = parts[0]
     if name in BASE_MODULES:
         return "base"
-    return {"report": "report", "api": "api", "shrinker": "api", "__init__": "api"}.get(name, "cli")
+    return {"reporting": "report", "api": "api", "shrinker": "api", "__init__": "api"}.get(name, "cli")
 
 
 def target_layer(module: str) -> str:

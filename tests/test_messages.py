@@ -199,7 +199,7 @@ def test_latency_errors_echo_the_target_as_typed(tmp_path):
 
 def test_the_share_is_of_the_latency_on_a_measured_device():
     from morphcli import api
-    from morphcli.report import layer_table
+    from morphcli.reporting import layer_table
 
     report = api.analyze(api.load_model("zoo:cnn"), hardware="T4")
     assert layer_table(report).caption == "share: of the FLOPs"

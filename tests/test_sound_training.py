@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from morphcli import report
+from morphcli import reporting as report
 from morphcli.config import load_config
 from morphcli.steps.context import make_context
 from morphcli.steps.retrain import retrain

@@ -143,6 +143,18 @@ def load(path: str | Path) -> Structure:
         raise MorphError(f"Structure file not found. Received: path={str(path)!r}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise MorphError(f"Structure file {path} is not valid JSON ({err}).") from None
+    return from_dict(data, path)
+
+
+def from_dict(data: Any, path: str | Path | None = None) -> Structure:
+    """A structure from the dict a structure file holds (`Shrinker.structure()`).
+
+    Raises:
+        MorphError: Not a morphcli structure, or a damaged one (the messages
+            name `path`, the file it was read from, if any).
+    """
+    where = f"Structure file {path}" if path is not None else "The structure"
+    path = path if path is not None else "The structure"
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise MorphError(f"{path} is not a morphcli structure file (no \"format\": \"{FORMAT}\").")
     if data.get("version") != VERSION:
@@ -158,7 +170,7 @@ def load(path: str | Path) -> Structure:
     except (KeyError, TypeError, ValueError) as err:
         detail = f"missing {err}" if isinstance(err, KeyError) else str(err)
         raise MorphError(
-            f"Structure file {path} is damaged: {detail}. Expected each group with a `key`, a "
+            f"{where} is damaged: {detail}. Expected each group with a `key`, a "
             "`width` and `alive_indices`: distinct integers from 0 to width - 1, at least "
             "one, as many as `alive`.") from None
     meta = {k: v for k, v in data.items() if k not in ("groups", "layers")}

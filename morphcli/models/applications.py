@@ -11,7 +11,7 @@ from morphcli.models.naming import normalise, shorten, unknown
 # (MobileNetV3 builds on (None, None, 3)); FLOPs and latency need a static one.
 DEFAULT_SIZE = (224, 224)
 # Set on a model built on DEFAULT_SIZE because its input was dynamic; the report
-# header says so (morphcli.report.build_report).
+# header says so (morphcli.reporting.build_report).
 INPUT_NOTE = "morph_input_note"
 
 

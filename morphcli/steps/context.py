@@ -32,8 +32,8 @@ class Priced:
         return cls(model, graph, CostModel(graph, hardware))
 
     def report(self, name: str | None = None, widths=None):
-        """The per-layer and total report (`morphcli.report.Report`) of this model."""
-        from morphcli.report import build_report
+        """The per-layer and total report (`morphcli.reporting.Report`) of this model."""
+        from morphcli.reporting import build_report
 
         return build_report(self.graph, self.costs, widths, name=name)
 

@@ -288,7 +288,7 @@ def write_report(ctx: RunContext, rundir: Path, final_model: Priced, final: dict
     """report.json, report.md and widths.png comparing seed, the retrained structure
     (`name`: morphnet, or search when the search chose it) and the baseline."""
     from morphcli import files
-    from morphcli import report as rep
+    from morphcli import reporting as rep
 
     seed = ctx.seed.report(name="seed")
     morph = final_model.report(name=name)

@@ -7,8 +7,6 @@ renderables or strings and never print: the CLI decides where output goes.
 
 from __future__ import annotations
 
-import sys
-import types
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,7 +16,7 @@ from morphcli.core.graph import ChannelGraph
 from morphcli.core.rules import Kind
 
 # Set by morphcli.models.applications (INPUT_NOTE) on a model built at its default
-# size because its input was dynamic; spelled out here, models/ sits below report.py.
+# size because its input was dynamic; spelled out here, models/ sits below reporting.py.
 INPUT_NOTE = "morph_input_note"
 
 TOTAL_KEYS = ("flops", "macs", "params", "kernel_params", "latency_s")
@@ -102,24 +100,6 @@ def analyze(model, *, hardware: str | None = "cpu", structure: str | Path | None
         widths = struct.load(structure).widths_for(graph)
         name = name or f"{model.name} (structure)"
     return build_report(graph, CostModel(graph, hardware), widths, name=name)
-
-
-def as_dict(model, *, hardware: str | None = "cpu", structure: str | Path | None = None,
-            compare=None) -> dict:
-    """What `morph report MODEL --json` prints (`morphcli.report(model)`)."""
-    before = analyze(model, hardware=hardware, structure=structure)
-    return to_json(before, None if compare is None else analyze(compare, hardware=hardware))
-
-
-class _Callable(types.ModuleType):
-    """`morphcli.report` names this module (the CLI renders with it) and the API's
-    `report(model) -> dict`: calling the module calls `as_dict`."""
-
-    def __call__(self, model, **options) -> dict:
-        return as_dict(model, **options)
-
-
-sys.modules[__name__].__class__ = _Callable
 
 
 def to_json(report: Report, other: Report | None = None) -> dict:
