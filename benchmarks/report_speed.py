@@ -19,7 +19,7 @@ def main() -> None:
 
     t_import = time.perf_counter() - t0
     from morphcli.api import analyze
-    from morphcli.report import layer_table, to_json
+    from morphcli.reporting import layer_table, to_json
 
     t1 = time.perf_counter()
     model = keras.applications.ResNet50(weights=None, input_shape=(224, 224, 3))
