@@ -11,6 +11,7 @@
 - `application(name)`: a `keras.applications` network at 32x32.
 - `randomize`, `sample_input`: seeded weights and inputs, so pruning tests
   compare non-trivial outputs.
+- `alive_from_counts`: masks keeping the first channels of some groups.
 """
 
 from __future__ import annotations
@@ -431,6 +432,16 @@ def sample_input(model: keras.Model, batch: int = 2, seed: int = 1) -> np.ndarra
 def group_of(graph, layer: str) -> int:
     """Id of the (first) group on the output channel axis of `layer`."""
     return graph.node(layer).outputs[0].groups[0]
+
+
+def alive_from_counts(graph, counts: dict[int, int]) -> dict[int, np.ndarray]:
+    """Masks keeping the first `counts[g]` channels of each listed group."""
+    masks = {}
+    for gid, count in counts.items():
+        mask = np.zeros(graph.groups[gid].width, dtype=bool)
+        mask[: int(count)] = True
+        masks[gid] = mask
+    return masks
 
 
 def probe_node(graph, key: str):

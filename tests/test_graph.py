@@ -10,6 +10,7 @@ from keras import layers
 from patterns import (
     PATTERNS,
     PROBES,
+    alive_from_counts,
     group_norm,
     group_of,
     probe_model,
@@ -18,7 +19,8 @@ from patterns import (
 )
 
 from morphcli.core import rules
-from morphcli.core.graph import Space, alive_from_counts, build_graph
+from morphcli.core.graph import build_graph
+from morphcli.core.layers import Space
 from morphcli.core.rules import Kind
 from morphcli.errors import ModelError
 from morphcli.training import gates

@@ -29,7 +29,8 @@ from collections.abc import Mapping
 import numpy as np
 
 from morphcli.core import keras_adapter
-from morphcli.core.graph import ChannelGraph, LayerNode, Space, build_graph
+from morphcli.core.graph import ChannelGraph, build_graph
+from morphcli.core.layers import LayerNode, Space
 from morphcli.core.rules import IN, OUT, Kind
 from morphcli.core.terms import is_inner
 from morphcli.errors import ModelError

@@ -42,7 +42,8 @@ import numpy as np
 from keras import ops
 
 from morphcli.core import keras_adapter
-from morphcli.core.graph import ChannelGraph, LayerNode, build_graph
+from morphcli.core.graph import ChannelGraph, build_graph
+from morphcli.core.layers import LayerNode
 from morphcli.core.rules import IN, OUT, Kind
 from morphcli.core.surgery import rebuild
 from morphcli.errors import ModelError
