@@ -21,6 +21,11 @@ WeightSpec = Callable[["LayerNode"], list[dict[int, str]]]
 Resizer = Callable[..., dict]
 
 
+# The setting keys of Keras's convolutions (`Rule.activation` ... `Rule.kernel_size`).
+CONV_KEYS = {"activation": "activation", "bias": "use_bias", "padding": "padding",
+             "kernel_size": "kernel_size"}
+
+
 @dataclass(frozen=True)
 class Space:
     """The channel axis of one tensor.
@@ -90,6 +95,22 @@ class Rule:
     # Why the channels that pass through the layer may not be pruned (a softmax over
     # them): the channels stay the same channels, frozen, instead of a boundary.
     couples: str | None = None
+    # The config keys of the layer's settings that surgery and the gates read, None
+    # where the layer has no such setting (`CONV_KEYS` for a conv): its fused
+    # activation, the switch of its bias, its padding mode, its kernel's spatial size.
+    activation: str | None = None
+    bias: str | None = None
+    padding: str | None = None
+    kernel_size: str | None = None
+    # The names of the layer's moving mean and variance weights (a batch norm's), None
+    # without moving statistics. A layer with them updates them in training as
+    # `m = momentum * m + (1 - momentum) * batch` by its `momentum` attribute, which
+    # precise batch norm sets (morphcli.training.engine); `weights` slices them, and
+    # surgery folds a constant into the mean (morphcli.core.surgery).
+    moving: tuple[str, str] | None = None
+    # The config keys `resize` writes widths to (`filters`, `units`, `key_dim`):
+    # a latency table varies them, so they are not part of its key (core/profile.py).
+    widths: tuple[str, ...] = ()
     # A closer look at one layer's config: returns None (the rule holds), a
     # reason why the layer is a boundary here, or another rule to use instead.
     check: Callable[[LayerNode], str | Rule | None] | None = field(default=None)
@@ -128,6 +149,19 @@ class LayerNode:
     @property
     def type(self) -> str:
         return type(self.layer).__name__
+
+    def setting(self, name: str, default=None):
+        """The config value of a setting the rule names the key of (`"activation"`,
+        `"bias"`, `"padding"`, `"kernel_size"`), or `default` when the rule names
+        none or the config lacks it.
+
+        Example:
+
+        >>> node.setting("activation")  # a Conv2D(..., activation="relu")
+        'relu'
+        """
+        key = getattr(self.rule, name) if self.rule is not None else None
+        return self.config.get(key, default) if key else default
 
     @property
     def in_shape(self) -> tuple[int, ...]:

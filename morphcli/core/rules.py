@@ -8,7 +8,12 @@ entry is all the rest of the tool needs to know about it:
 - `weights`: for each weight variable, which axes index input or output
   channels, read by `surgery.py` to slice weights;
 - `resize`: how to edit the layer's config for new channel counts
-  (`filters`, `units`, a reshape's target), read by `surgery.py`;
+  (`filters`, `units`, a reshape's target), read by `surgery.py`; `widths`
+  names those keys, which a latency profile's table key leaves out;
+- `moving`: the moving statistics of a batch norm, re-estimated by precise
+  batch norm and synchronized across replicas (`morphcli.training`);
+- `activation`, `bias`, `padding`, `kernel_size`: the config keys of those
+  settings, read by surgery's constant folding and the channel gates;
 - `granularity`: how many adjacent channels must go together (a group
   normalization's group size), read by the graph, masks, rounding and solver;
 - `flops` / `params`: the layer's cost as a sum of monomials in the alive
@@ -27,7 +32,7 @@ import dataclasses
 from collections.abc import Callable, Sequence
 
 from morphcli.core import attention
-from morphcli.core.layers import Rule
+from morphcli.core.layers import CONV_KEYS, Rule
 from morphcli.core.pricing import (  # the pricers, weight specs and resizers of the table
     activation_flops,
     average_flops,
@@ -80,7 +85,8 @@ from morphcli.core.pricing import (  # the pricers, weight specs and resizers of
 )
 from morphcli.core.terms import IN, OUT, Kind, Term
 
-__all__ = ["IN", "OUT", "Kind", "Rule", "Term", "get", "positions", "register", "registered"]
+__all__ = ["IN", "OUT", "Kind", "Rule", "Term", "get", "moving_statistics", "positions", "register",
+           "registered", "width_keys"]
 
 
 _RULES: dict[str, Rule] = {}
@@ -104,6 +110,20 @@ def get(layer) -> Rule | None:
 def registered() -> dict[str, Rule]:
     """All registered layer class names and their rules (read-only copy)."""
     return dict(_RULES)
+
+
+def moving_statistics(layer) -> list:
+    """The moving mean and variance variables of a layer whose rule names them
+    (`Rule.moving`: a batch norm's), else an empty list."""
+    rule = get(layer)
+    return [getattr(layer, name) for name in rule.moving] if rule and rule.moving else []
+
+
+def width_keys() -> set[str]:
+    """Every config key a rule writes widths to (`Rule.widths`), the rules a
+    `check` picks instead of a registered one included."""
+    rules = [*_RULES.values(), _grouped_depthwise_rule]
+    return {key for rule in rules for key in rule.widths}
 
 
 # ---------------------------------------------------------------------------
@@ -217,39 +237,44 @@ def _all(*checks) -> Callable:
 
 _grouped_depthwise_rule = Rule(Kind.PASS, depthwise_flops, depthwise_params,
                                grouped_depthwise_weights, resize_grouped, macs=depthwise_macs,
-                               tiled=True)
+                               tiled=True, widths=("filters", "groups"), **CONV_KEYS)
 register(
     ["Conv1D", "Conv2D", "Conv3D"],
     Rule(Kind.SOURCE, conv_flops, conv_params, conv_weights, resize_key("filters"),
-         macs=conv_macs, tiled=True, check=_grouped_conv),
+         macs=conv_macs, tiled=True, widths=("filters",), check=_grouped_conv, **CONV_KEYS),
 )
 register(
     ["Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose"],
     Rule(Kind.SOURCE, conv_transpose_flops, conv_params, conv_transpose_weights,
-         resize_key("filters"), macs=conv_transpose_macs, tiled=True, check=_channels_last),
+         resize_key("filters"), macs=conv_transpose_macs, tiled=True, widths=("filters",),
+         check=_channels_last, **CONV_KEYS),
 )
 register("Dense", Rule(Kind.SOURCE, dense_flops, dense_params, dense_weights,
-                       resize_key("units"), macs=dense_macs, tiled=True))
+                       resize_key("units"), macs=dense_macs, tiled=True, widths=("units",),
+                       activation="activation", bias="use_bias"))
 register("EinsumDense", Rule(Kind.SOURCE, einsum_dense_flops, einsum_dense_params,
                              einsum_dense_weights, resize_einsum_dense, macs=dense_macs,
-                             tiled=True, check=_dense_like))
+                             tiled=True, widths=("output_shape",), activation="activation",
+                             check=_dense_like))
 register(
     ["DepthwiseConv1D", "DepthwiseConv2D"],
     Rule(Kind.PASS, depthwise_flops, depthwise_params, depthwise_weights, macs=depthwise_macs,
-         scale="kernel", tiled=True, check=_all(_single_multiplier, _channels_last)),
+         scale="kernel", tiled=True, check=_all(_single_multiplier, _channels_last),
+         **CONV_KEYS),
 )
 register(
     ["SeparableConv1D", "SeparableConv2D"],
     Rule(Kind.SOURCE, separable_flops, separable_params, separable_weights,
-         resize_key("filters"), macs=separable_macs, tiled=True,
-         check=_all(_single_multiplier, _channels_last)),
+         resize_key("filters"), macs=separable_macs, tiled=True, widths=("filters",),
+         check=_all(_single_multiplier, _channels_last), **CONV_KEYS),
 )
 
 register(  # per-head key and value widths as groups of their own: see core/attention.py
     "MultiHeadAttention",
     Rule(Kind.SOURCE, attention.flops, attention.params, attention.weights, attention.resize,
          macs=attention.macs, inner=attention.inner, rescale=attention.rescale,
-         fold=attention.fold, check=attention.check),
+         fold=attention.fold, bias="use_bias", widths=("output_shape", "key_dim", "value_dim"),
+         check=attention.check),
 )
 
 # Per-channel layers with weights. Batch norm at inference is x * a + b with
@@ -258,7 +283,8 @@ register(  # per-head key and value widths as groups of their own: see core/atte
 register(
     "BatchNormalization",
     Rule(Kind.PASS, batch_norm_flops, per_channel_params, last_axis_weights, scale="gamma",
-         normalizes=True, fuses=True, check=_last_axis),
+         normalizes=True, fuses=True, moving=("moving_mean", "moving_variance"),
+         check=_last_axis),
 )
 register(
     "LayerNormalization",
@@ -268,7 +294,8 @@ register(
 register(  # statistics per group of channels: pruned in whole groups, so surgery is exact
     "GroupNormalization",
     Rule(Kind.PASS, group_norm_flops, per_channel_params, last_axis_weights, resize_group_norm,
-         scale="gamma", normalizes=True, granularity=group_size, check=_last_axis),
+         scale="gamma", normalizes=True, granularity=group_size, widths=("groups",),
+         check=_last_axis),
 )
 register(
     "PReLU",
@@ -285,7 +312,7 @@ register(  # keras.applications.convnext.LayerScale: gamma of size projection_di
     Rule(Kind.PASS, elementwise_flops(1), per_channel_params, last_axis_weights,
          resize=lambda config, width_in, width_out, node=None: {**config,
                                                                 "projection_dim": width_in},
-         scale="gamma", check=_per_channel_params),
+         scale="gamma", widths=("projection_dim",), check=_per_channel_params),
 )
 
 register(  # morphcli.training.gates.ChannelGate: inserted for `regularizer.kind: gates`, folded
@@ -337,5 +364,6 @@ register(  # keras.applications.inception_resnet_v2: x0 + x1 * scale
 _concat_other_axis_rule = Rule(Kind.TIE, no_flops)
 register("Concatenate", Rule(Kind.CONCAT, no_flops, check=_concat_axis))
 register("Flatten", Rule(Kind.FLATTEN, no_flops, moves_memory=False, check=_flatten_layout))
-register("Reshape", Rule(Kind.RESHAPE, no_flops, resize=resize_reshape, moves_memory=False))
+register("Reshape", Rule(Kind.RESHAPE, no_flops, resize=resize_reshape, moves_memory=False,
+                         widths=("target_shape",)))
 register("InputLayer", Rule(Kind.INPUT, no_flops, moves_memory=False))

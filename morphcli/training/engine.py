@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from morphcli.core import keras_adapter
+from morphcli.core import keras_adapter, rules
 from morphcli.errors import MorphError, TrainingError
 from morphcli.training import checkpoints
 
@@ -321,11 +321,9 @@ def _warn_stale(model, steps: int, batches: int) -> None:
 
 
 def batch_norms(model) -> list:
-    """Every layer of `model` (nested models included) with moving statistics."""
-    import keras
-
-    return [layer for layer in _all_layers(model)
-            if isinstance(layer, keras.layers.BatchNormalization)]
+    """Every layer of `model` (nested models included) with moving statistics: a
+    batch norm, or any layer whose rule names them (`Rule.moving`)."""
+    return [layer for layer in _all_layers(model) if rules.moving_statistics(layer)]
 
 
 def recalibrate_batch_norm(model, train, batches: int) -> int:
@@ -347,8 +345,8 @@ def recalibrate_batch_norm(model, train, batches: int) -> int:
         return 0
     momenta = [layer.momentum for layer in norms]
     for layer in norms:
-        layer.moving_mean.assign(keras.ops.zeros_like(layer.moving_mean))
-        layer.moving_variance.assign(keras.ops.zeros_like(layer.moving_variance))
+        for statistic in rules.moving_statistics(layer):
+            statistic.assign(keras.ops.zeros_like(statistic))
     used = 0
     try:
         for x, _ in train.take(batches):

@@ -175,7 +175,7 @@ def _absorbs(node: LayerNode) -> bool:
     rule = node.rule
     scaled = (rule is not None and rule.scale is not None
               and getattr(node.layer, rule.scale, None) is not None)
-    return (node.kind == Kind.SOURCE or scaled) and _zero_at_zero(node.config.get("activation"))
+    return (node.kind == Kind.SOURCE or scaled) and _zero_at_zero(node.setting("activation"))
 
 
 def _zero_at_zero(activation) -> bool:
