@@ -11,6 +11,8 @@
 - `application(name)`: a `keras.applications` network at 32x32.
 - `randomize`, `sample_input`: seeded weights and inputs, so pruning tests
   compare non-trivial outputs.
+- `alive_from_counts`: masks keeping the first channels of some groups.
+- `every_model()`: a model for each registered layer class.
 """
 
 from __future__ import annotations
@@ -431,6 +433,27 @@ def sample_input(model: keras.Model, batch: int = 2, seed: int = 1) -> np.ndarra
 def group_of(graph, layer: str) -> int:
     """Id of the (first) group on the output channel axis of `layer`."""
     return graph.node(layer).outputs[0].groups[0]
+
+
+def every_model():
+    """Every pattern and probe, a chain with channel gates and a group norm: a model
+    for each registered layer class."""
+    from morphcli.training import gates
+
+    yield from (build() for build in PATTERNS.values())
+    yield from (probe_model(key) for key in PROBES)
+    yield gates.insert(PATTERNS["chain"]())  # ChannelGate
+    yield group_norm()
+
+
+def alive_from_counts(graph, counts: dict[int, int]) -> dict[int, np.ndarray]:
+    """Masks keeping the first `counts[g]` channels of each listed group."""
+    masks = {}
+    for gid, count in counts.items():
+        mask = np.zeros(graph.groups[gid].width, dtype=bool)
+        mask[: int(count)] = True
+        masks[gid] = mask
+    return masks
 
 
 def probe_node(graph, key: str):

@@ -10,7 +10,8 @@ from keras import layers
 from patterns import (
     PATTERNS,
     PROBES,
-    group_norm,
+    alive_from_counts,
+    every_model,
     group_of,
     probe_model,
     probe_node,
@@ -18,10 +19,10 @@ from patterns import (
 )
 
 from morphcli.core import rules
-from morphcli.core.graph import Space, alive_from_counts, build_graph
+from morphcli.core.graph import build_graph
+from morphcli.core.layers import Space
 from morphcli.core.rules import Kind
 from morphcli.errors import ModelError
-from morphcli.training import gates
 
 # --- the groups of every pattern ------------------------------------------------
 #
@@ -374,16 +375,9 @@ NOT_KERAS_LAYERS = {
 NOT_BUILDABLE: dict[str, str] = {}
 
 
-def _all_test_models():
-    yield from (build() for build in PATTERNS.values())
-    yield from (probe_model(key) for key in PROBES)
-    yield gates.insert(PATTERNS["chain"]())  # ChannelGate
-    yield group_norm()
-
-
 def test_every_registered_layer_is_exercised():
     seen = set()
-    for model in _all_test_models():
+    for model in every_model():
         graph = build_graph(model)
         seen |= {node.type for node in graph.nodes}
         seen |= {type(layer).__name__ for layer in model.layers}  # InputLayer
@@ -418,7 +412,7 @@ def test_rules_have_what_their_kind_needs():
 
 def test_scale_weights_named_by_rules_exist():
     checked = set()
-    for model in _all_test_models():
+    for model in every_model():
         for node in build_graph(model).nodes:
             rule = node.rule
             if rule is None or rule.scale is None or not node.config.get("scale", True):

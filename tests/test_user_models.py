@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from keras import layers
+from patterns import alive_from_counts
 
 from morphcli.cli import cli
-from morphcli.core.graph import alive_from_counts, build_graph
+from morphcli.core.graph import build_graph
 from morphcli.core.surgery import apply_structure, zero_dead_channels
 
 

@@ -29,7 +29,6 @@ import math
 
 import numpy as np
 
-from morphcli.core.pricing import _cfg
 from morphcli.core.terms import OUT, Term, inner_role, input_role
 
 # Where each argument of `MultiHeadAttention.call` arrives: positional or keyword.
@@ -48,7 +47,7 @@ def _part(weight) -> tuple[str, str]:
 def _query_factor(node, key_dim: int) -> float:
     """What the query projection is multiplied by when `key_dim` of the seed's key
     widths are left: the scores are divided by sqrt(key_dim)."""
-    return math.sqrt(key_dim / int(_cfg(node, "key_dim")))
+    return math.sqrt(key_dim / int(node.config.get("key_dim")))
 
 
 def _inputs(node) -> dict[str, int]:
@@ -68,7 +67,7 @@ def check(node) -> str | None:
         return "MultiHeadAttention call without a query and a value tensor"
     if len(node.out_shapes) != 1:
         return "MultiHeadAttention returning its attention scores"
-    out = _cfg(node, "output_shape")
+    out = node.config.get("output_shape")
     if out is not None and not isinstance(out, int) and len(tuple(out)) != 1:
         return f"MultiHeadAttention with a {len(tuple(out))}-D output_shape"
     if any(len(node.in_shapes[i]) != 2 for i in found.values()):
@@ -79,17 +78,17 @@ def check(node) -> str | None:
 def _fused(node) -> bool:
     """Whether Keras computes the attention with `ops.dot_product_attention` (no
     dropout), which TensorFlow runs as two `Einsum`s; else as explicit matmuls."""
-    return not _cfg(node, "dropout", 0.0)
+    return not node.config.get("dropout", 0.0)
 
 
 def inner(node) -> list[tuple[str, int]]:
-    key_dim = int(_cfg(node, "key_dim"))
-    return list(zip(INNER, (key_dim, int(_cfg(node, "value_dim") or key_dim)), strict=True))
+    key_dim = int(node.config.get("key_dim"))
+    return list(zip(INNER, (key_dim, int(node.config.get("value_dim") or key_dim)), strict=True))
 
 
 def _shapes(node):
     found = _inputs(node)
-    heads = int(_cfg(node, "num_heads"))
+    heads = int(node.config.get("num_heads"))
     q_shape, k_shape = node.in_shapes[found["query"]], node.in_shapes[found["key"]]
     scores = heads * q_shape[0] * k_shape[0]  # (sequence, features) inputs: `check`
     return found, heads, q_shape[0], k_shape[0], scores
@@ -104,7 +103,7 @@ def _spaces(node):
 def flops(node) -> list[Term]:
     _, heads, pq, pk, scores = _shapes(node)
     query, key, value, qk, v, out = _spaces(node)
-    bias = int(bool(_cfg(node, "use_bias", True)))
+    bias = int(bool(node.config.get("use_bias", True)))
     terms = [
         Term(2 * pq * heads, (query, qk)), Term(bias * pq * heads, (qk,)),
         Term(2 * pk * heads, (key, qk)), Term(bias * pk * heads, (qk,)),
@@ -117,9 +116,9 @@ def flops(node) -> list[Term]:
         terms += [Term(pq * heads, (qk,)), Term(2 * scores, (qk,)), Term(2 * scores, (v,))]
         if node.options.get("use_causal_mask"):  # the mask built once (GreaterEqual)
             terms.append(Term(pq * pk))
-    if _cfg(node, "sliding_window") is not None:  # its mask: a Sub and a Less per score
+    if node.config.get("sliding_window") is not None:  # its mask: a Sub and a Less per score
         terms.append(Term(2 * pq * pk))
-    if _cfg(node, "use_gate", False):  # sigmoid(gate(query)) * attention, before the output
+    if node.config.get("use_gate", False):  # sigmoid(gate(query)) * attention, before the output
         terms += [Term(2 * pq * heads, (query, v)), Term((bias + 1) * pq * heads, (v,))]
     return [t for t in terms if t.coef]
 
@@ -130,17 +129,17 @@ def macs(node) -> list[Term]:
     terms = [Term(pq * heads, (query, qk)), Term(pk * heads, (key, qk)),
              Term(pk * heads, (value, v)), Term(scores, (qk,)), Term(scores, (v,)),
              Term(pq * heads, (v, out))]
-    if _cfg(node, "use_gate", False):
+    if node.config.get("use_gate", False):
         terms.append(Term(pq * heads, (query, v)))
     return terms
 
 
 def params(node) -> list[Term]:
-    heads = int(_cfg(node, "num_heads"))
+    heads = int(node.config.get("num_heads"))
     query, key, value, qk, v, out = _spaces(node)
-    bias = bool(_cfg(node, "use_bias", True))
+    bias = bool(node.config.get("use_bias", True))
     kernels = [(query, qk), (key, qk), (value, v), (v, out)]
-    if _cfg(node, "use_gate", False):
+    if node.config.get("use_gate", False):
         kernels.append((query, v))
     terms = [Term(heads, pair, kernel=True) for pair in kernels]
     if bias:

@@ -32,7 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from morphcli.core import profile as profiles
-from morphcli.core.graph import ChannelGraph, Space
+from morphcli.core.graph import ChannelGraph
+from morphcli.core.layers import Space
 from morphcli.core.rules import Term, positions
 from morphcli.errors import MorphError
 

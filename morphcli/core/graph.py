@@ -23,25 +23,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from morphcli.core import keras_adapter, rules, terms
-from morphcli.core.rules import Kind
+from morphcli.core import keras_adapter, rules
+from morphcli.core.layers import LayerNode, Space
+from morphcli.core.terms import Kind
 from morphcli.errors import ModelError
-
-
-@dataclass(frozen=True)
-class Space:
-    """The channel axis of one tensor.
-
-    Attributes:
-        groups: Group ids whose channels sit side by side on the axis
-            (one id, or several after a channel-axis `Concatenate`).
-        repeat: How many times the channels repeat along the axis; greater than
-            one after `Flatten`, where feature `p * C + c` is channel `c` at
-            position `p`.
-    """
-
-    groups: tuple[int, ...]
-    repeat: int = 1
 
 
 @dataclass
@@ -86,49 +71,6 @@ class Group:
             state += f" in blocks of {self.block}"
         tied = f", tied from {len(self.sources)} sources" if len(self.sources) > 1 else ""
         return f"group {self.id} ({self.width} ch, {state}{tied}): " + ", ".join(self.members)
-
-
-@dataclass
-class LayerNode:
-    """One call of one layer, with its static shapes and channel spaces.
-
-    Shapes exclude the batch axis. `kind` is the rule's kind, or `BOUNDARY`
-    when the layer is unknown or its configuration couples channels (`note`
-    says why).
-    """
-
-    name: str
-    layer: object
-    rule: rules.Rule | None
-    kind: Kind
-    config: dict
-    in_shapes: list[tuple[int, ...]]
-    out_shapes: list[tuple[int, ...]]
-    inputs: list[Space] = field(default_factory=list)
-    outputs: list[Space] = field(default_factory=list)
-    note: str | None = None
-    # FLOPs of a layer without a rule, as TensorFlow's profiler counts its call alone.
-    profiled_flops: int | None = None
-    # Channel spaces inside the layer, on no tensor (an attention's per-head key and
-    # value widths), named by `inner_names`; see `rules.Rule.inner`.
-    inner: list[Space] = field(default_factory=list)
-    inner_names: list[str] = field(default_factory=list)
-    # The argument each input was passed as ("0", "1", "key"...), None if unknown.
-    arguments: list[str] | None = None
-    options: dict = field(default_factory=dict)  # plain keyword options of the call
-
-    @property
-    def type(self) -> str:
-        return type(self.layer).__name__
-
-    def space(self, role: str) -> Space:
-        """The channel space a weight axis role (`rules.IN`, `OUT`, `input_role(i)`,
-        `inner_role(i)`) stands for."""
-        if role == rules.OUT:
-            return self.outputs[0]
-        if terms.is_inner(role):
-            return self.inner[int(role[len("inner"):])]
-        return self.inputs[int(role[2:] or 0)]
 
 
 class ChannelGraph:
@@ -521,14 +463,4 @@ def build_graph(model) -> ChannelGraph:
     for tensor in fn.outputs:
         builder.freeze(spaces[id(tensor)], "model output")
     return builder.finish(model)
-
-
-def alive_from_counts(graph: ChannelGraph, counts: Mapping[int, int]) -> dict[int, np.ndarray]:
-    """Masks keeping the first `counts[g]` channels of each listed group."""
-    masks = {}
-    for gid, count in counts.items():
-        mask = np.zeros(graph.groups[gid].width, dtype=bool)
-        mask[: int(count)] = True
-        masks[gid] = mask
-    return masks
 

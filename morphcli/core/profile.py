@@ -47,14 +47,15 @@ from pathlib import Path
 
 import numpy as np
 
-from morphcli.core import profile_file
+from morphcli.core import profile_file, rules
 from morphcli.core.profile_file import FORMAT, PREFIX, RUNTIMES, VERSION
 from morphcli.errors import MorphError
 
 __all__ = ["FORMAT", "PREFIX", "RUNTIMES", "VERSION", "Profile", "Table", "load"]
-# Config keys that do not change what a layer computes at inference for given widths.
-_WIDTH_KEYS = {"filters", "units", "groups", "target_shape", "name", "trainable", "momentum",
-               "dtype", "output_shape", "key_dim", "value_dim"}
+# Config keys that do not change what a layer computes at inference. The keys a rule
+# writes widths to (`filters`, `units`, `key_dim`: `rules.width_keys()`) are left out
+# of a table's key too: the table varies them.
+_INERT_KEYS = {"name", "trainable", "momentum", "dtype"}
 _IGNORED_SUFFIXES = ("_initializer", "_regularizer", "_constraint")
 
 
@@ -81,8 +82,9 @@ def cpu_model() -> str:
 
 
 def _layer_signature(node) -> dict:
+    left_out = _INERT_KEYS | rules.width_keys()
     config = {k: v for k, v in sorted(node.config.items())
-              if k not in _WIDTH_KEYS and not k.endswith(_IGNORED_SUFFIXES)}
+              if k not in left_out and not k.endswith(_IGNORED_SUFFIXES)}
     return {"class": node.type, "config": config}
 
 

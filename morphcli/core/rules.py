@@ -8,31 +8,32 @@ entry is all the rest of the tool needs to know about it:
 - `weights`: for each weight variable, which axes index input or output
   channels, read by `surgery.py` to slice weights;
 - `resize`: how to edit the layer's config for new channel counts
-  (`filters`, `units`, a reshape's target), read by `surgery.py`;
+  (`filters`, `units`, a reshape's target), read by `surgery.py`; `widths`
+  names those keys, which a latency profile's table key leaves out;
+- `moving`: the moving statistics of a batch norm, re-estimated by precise
+  batch norm and synchronized across replicas (`morphcli.training`);
+- `activation`, `bias`, `padding`, `kernel_size`: the config keys of those
+  settings, read by surgery's constant folding and the channel gates;
 - `granularity`: how many adjacent channels must go together (a group
   normalization's group size), read by the graph, masks, rounding and solver;
 - `flops` / `params`: the layer's cost as a sum of monomials in the alive
   widths of its channel spaces, read by `costs.py` for reports, targets and
   the regularizer alike.
 
-Supporting a new layer type is one `register(...)` call. A layer class that
-is not registered is a *boundary*: the channel spaces it touches are frozen
-and the report says why.
+Supporting a new layer type is one `register(...)` call; the `Rule` it takes
+is defined in `morphcli.core.layers`, below the pricers. A layer class that is
+not registered is a *boundary*: the channel spaces it touches are frozen and
+the report says why.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from morphcli.core import attention
+from morphcli.core.layers import CONV_KEYS, Rule
 from morphcli.core.pricing import (  # the pricers, weight specs and resizers of the table
-    _cfg,
-    _in,
-    _out,
-    _per_output,
     activation_flops,
     average_flops,
     batch_norm_flops,
@@ -65,6 +66,7 @@ from morphcli.core.pricing import (  # the pricers, weight specs and resizers of
     layer_norm_flops,
     no_flops,
     per_channel_params,
+    per_output,
     pool_flops,
     positions,
     prelu_flops,
@@ -81,69 +83,10 @@ from morphcli.core.pricing import (  # the pricers, weight specs and resizers of
     softmax_flops,
     upsampling_flops,
 )
-from morphcli.core.terms import IN, OUT, Kind, Pricer, Resizer, Term, WeightSpec
+from morphcli.core.terms import IN, OUT, Kind, Term
 
-if TYPE_CHECKING:  # pragma: no cover
-    from morphcli.core.graph import LayerNode
-
-__all__ = ["IN", "OUT", "Kind", "Rule", "Term", "get", "positions", "register", "registered"]
-
-
-@dataclass(frozen=True)
-class Rule:
-    """What morphcli knows about one layer class. See the module docstring."""
-
-    kind: Kind
-    flops: Pricer | None = None
-    params: Pricer | None = None
-    weights: WeightSpec | None = None
-    resize: Resizer | None = None
-    # Real multiply-adds of the kernels (`flops` follows the profiler, which
-    # prices dilated and transposed convs by what TF runs, not by the math).
-    macs: Pricer | None = None
-    # The weight that multiplies each output channel (a norm's or LayerScale's
-    # `gamma`, a depthwise `kernel`): a 0/1 gate folds into it (morphcli.training.gates).
-    scale: str | None = None
-    # Whether `scale` is a batch norm's gamma, what `regularizer.kind: gamma` reads.
-    normalizes: bool = False
-    # Whether the layer is a channel gate the tool inserted: its keep-probabilities
-    # are what `regularizer.kind: gates` reads.
-    gate: bool = False
-    # How many adjacent input channels must live or die together (a group
-    # normalization's group size): the channel group is pruned in whole blocks.
-    granularity: Callable[[LayerNode], int] | None = None
-    # Whether the layer's output mixes statistics over all its channels (layer norm):
-    # removing channels then changes the survivors, and surgery is approximate.
-    mixes_channels: bool = False
-    # Whether running the layer reads and writes activations (roofline latency);
-    # False for views such as Flatten, Reshape, Dropout at inference.
-    moves_memory: bool = True
-    # Channel spaces inside the layer, on no tensor: (name, seed width) of each; they
-    # become groups of their own (an attention's per-head key and value widths), and
-    # `weights` names them `inner_role(i)`, `resize` gets their widths as `inner`.
-    inner: Callable[[LayerNode], list[tuple[str, int]]] | None = None
-    # After surgery copied the surviving weights: `(node, new layer, width of each
-    # inner space)` corrects what depends on a width (an attention's 1/sqrt(key_dim)).
-    rescale: Callable[..., None] | None = None
-    # Folds a constant that dead channels carry into the layer: `(node, new layer,
-    # which input, the constant on every channel of it (0 where alive), kept indices
-    # of each inner space)`. Without it a single-input kernel's response is folded
-    # into its bias (surgery._fold_constants).
-    fold: Callable[..., None] | None = None
-    # Whether the layer runs fused with the layer before it (or as its cheap epilogue),
-    # as TFLite runs a batch norm or an activation: a latency profile times the two
-    # as one unit (morphcli.core.profile.units).
-    fuses: bool = False
-    # Whether the layer computes its output channels in tiles of the runtime's vector
-    # kernels (a convolution, a dense or depthwise layer): on a measured device its
-    # latency falls in steps of the profile's `round_to` (morphcli.core.profile.Table).
-    tiled: bool = False
-    # Why the channels that pass through the layer may not be pruned (a softmax over
-    # them): the channels stay the same channels, frozen, instead of a boundary.
-    couples: str | None = None
-    # A closer look at one layer's config: returns None (the rule holds), a
-    # reason why the layer is a boundary here, or another rule to use instead.
-    check: Callable[[LayerNode], str | Rule | None] | None = field(default=None)
+__all__ = ["IN", "OUT", "Kind", "Rule", "Term", "get", "moving_statistics", "positions", "register",
+           "registered", "width_keys"]
 
 
 _RULES: dict[str, Rule] = {}
@@ -169,25 +112,39 @@ def registered() -> dict[str, Rule]:
     return dict(_RULES)
 
 
+def moving_statistics(layer) -> list:
+    """The moving mean and variance variables of a layer whose rule names them
+    (`Rule.moving`: a batch norm's), else an empty list."""
+    rule = get(layer)
+    return [getattr(layer, name) for name in rule.moving] if rule and rule.moving else []
+
+
+def width_keys() -> set[str]:
+    """Every config key a rule writes widths to (`Rule.widths`), the rules a
+    `check` picks instead of a registered one included."""
+    rules = [*_RULES.values(), _grouped_depthwise_rule]
+    return {key for rule in rules for key in rule.widths}
+
+
 # ---------------------------------------------------------------------------
 # Checks that turn a registered layer into a boundary in unusual settings.
 
 
 def _single_multiplier(node) -> str | None:
-    if _cfg(node, "depth_multiplier", 1) != 1:
+    if node.config.get("depth_multiplier", 1) != 1:
         return "depth_multiplier != 1 couples channels"
     return None
 
 
 def _channels_last(node) -> str | None:
-    if _cfg(node, "data_format", "channels_last") == "channels_first":
+    if node.config.get("data_format", "channels_last") == "channels_first":
         return "channels_first data format is not supported"
     return None
 
 
 def _grouped_conv(node) -> str | Rule | None:
-    groups = _cfg(node, "groups", 1) or 1
-    if groups == _in(node)[-1] == _out(node)[-1]:
+    groups = node.config.get("groups", 1) or 1
+    if groups == node.in_shape[-1] == node.out_shape[-1]:
         return _grouped_depthwise_rule  # ConvNeXt's depthwise convs
     if groups != 1:
         return f"grouped convolution (groups={groups}) couples channels"
@@ -195,9 +152,9 @@ def _grouped_conv(node) -> str | Rule | None:
 
 
 def _last_axis(node) -> str | None:
-    axis = _cfg(node, "axis", -1)
+    axis = node.config.get("axis", -1)
     axes = axis if isinstance(axis, list | tuple) else [axis]
-    rank = len(_in(node))
+    rank = len(node.in_shape)
     if [a % (rank + 1) for a in axes] != [rank]:
         return f"normalizes over axis {axis}, not the channel axis"
     return None
@@ -207,38 +164,38 @@ def _across_channels(node) -> Rule | None:
     """Softmax over the channel axis mixes channels: removing one changes the rest.
     Its channels are still its input's (a classifier's logits become the model's
     output classes), so it passes them on, frozen."""
-    axis = _cfg(node, "axis", -1)
-    softmax_layer = "axis" in node.config and axis in (-1, len(_out(node)))
-    if softmax_layer or _cfg(node, "activation") == "softmax":
+    axis = node.config.get("axis", -1)
+    softmax_layer = "axis" in node.config and axis in (-1, len(node.out_shape))
+    if softmax_layer or node.config.get("activation") == "softmax":
         return dataclasses.replace(node.rule, check=None,
                                    couples="softmax over the channel axis couples channels")
     return None
 
 
 def _baked_constants(node) -> str | None:
-    if _cfg(node, "mean") is not None or _cfg(node, "variance") is not None:
+    if node.config.get("mean") is not None or node.config.get("variance") is not None:
         return "its mean and variance are constants of the config"
     return _per_channel_params(node)
 
 
 def _per_channel_params(node) -> str | None:
     for w in node.layer.weights:
-        if len(w.shape) and w.shape[-1] != _in(node)[-1]:
+        if len(w.shape) and w.shape[-1] != node.in_shape[-1]:
             return "its weights are not per-channel"
     return None
 
 
 def _concat_axis(node) -> str | Rule | None:
     """A concatenation along another axis than the channels' joins like an add."""
-    rank = len(_out(node))
-    if _cfg(node, "axis", -1) % (rank + 1) != rank:
+    rank = len(node.out_shape)
+    if node.config.get("axis", -1) % (rank + 1) != rank:
         return _concat_other_axis_rule
     return None
 
 
 def _flatten_layout(node) -> str | None:
     """Flatten keeps a channel's positions together only in channels-last layout."""
-    if len(_in(node)) > 1:
+    if len(node.in_shape) > 1:
         return _channels_last(node)
     return None
 
@@ -247,7 +204,7 @@ def _dense_like(node) -> str | None:
     """An `EinsumDense` is a Dense on the last axis when its equation reads
     `<x>a,ab-><x>b` (e.g. `abc,cd->abd`, `...b,bc->...c`): one 2-D kernel from the
     input's last axis to the output's, and a bias, if any, on the output axis."""
-    equation = str(_cfg(node, "equation", "")).replace(" ", "")
+    equation = str(node.config.get("equation", "")).replace(" ", "")
     try:
         operands, result = equation.split("->")
         x, kernel = operands.split(",")
@@ -257,9 +214,9 @@ def _dense_like(node) -> str | None:
              and x[:-1] == result[:-1] and kernel[0] not in result and kernel[1] not in x)
     if not dense:
         return f"EinsumDense equation {equation} is not a dense layer on the last axis"
-    if _cfg(node, "bias_axes") not in (None, "", kernel[1]):
-        return f"EinsumDense bias on axes {_cfg(node, 'bias_axes')!r}, not the output axis"
-    if _cfg(node, "lora_rank"):
+    if node.config.get("bias_axes") not in (None, "", kernel[1]):
+        return f"EinsumDense bias on axes {node.config.get('bias_axes')!r}, not the output axis"
+    if node.config.get("lora_rank"):
         return "EinsumDense with a LoRA adapter"
     return None
 
@@ -280,39 +237,44 @@ def _all(*checks) -> Callable:
 
 _grouped_depthwise_rule = Rule(Kind.PASS, depthwise_flops, depthwise_params,
                                grouped_depthwise_weights, resize_grouped, macs=depthwise_macs,
-                               tiled=True)
+                               tiled=True, widths=("filters", "groups"), **CONV_KEYS)
 register(
     ["Conv1D", "Conv2D", "Conv3D"],
     Rule(Kind.SOURCE, conv_flops, conv_params, conv_weights, resize_key("filters"),
-         macs=conv_macs, tiled=True, check=_grouped_conv),
+         macs=conv_macs, tiled=True, widths=("filters",), check=_grouped_conv, **CONV_KEYS),
 )
 register(
     ["Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose"],
     Rule(Kind.SOURCE, conv_transpose_flops, conv_params, conv_transpose_weights,
-         resize_key("filters"), macs=conv_transpose_macs, tiled=True, check=_channels_last),
+         resize_key("filters"), macs=conv_transpose_macs, tiled=True, widths=("filters",),
+         check=_channels_last, **CONV_KEYS),
 )
 register("Dense", Rule(Kind.SOURCE, dense_flops, dense_params, dense_weights,
-                       resize_key("units"), macs=dense_macs, tiled=True))
+                       resize_key("units"), macs=dense_macs, tiled=True, widths=("units",),
+                       activation="activation", bias="use_bias"))
 register("EinsumDense", Rule(Kind.SOURCE, einsum_dense_flops, einsum_dense_params,
                              einsum_dense_weights, resize_einsum_dense, macs=dense_macs,
-                             tiled=True, check=_dense_like))
+                             tiled=True, widths=("output_shape",), activation="activation",
+                             check=_dense_like))
 register(
     ["DepthwiseConv1D", "DepthwiseConv2D"],
     Rule(Kind.PASS, depthwise_flops, depthwise_params, depthwise_weights, macs=depthwise_macs,
-         scale="kernel", tiled=True, check=_all(_single_multiplier, _channels_last)),
+         scale="kernel", tiled=True, check=_all(_single_multiplier, _channels_last),
+         **CONV_KEYS),
 )
 register(
     ["SeparableConv1D", "SeparableConv2D"],
     Rule(Kind.SOURCE, separable_flops, separable_params, separable_weights,
-         resize_key("filters"), macs=separable_macs, tiled=True,
-         check=_all(_single_multiplier, _channels_last)),
+         resize_key("filters"), macs=separable_macs, tiled=True, widths=("filters",),
+         check=_all(_single_multiplier, _channels_last), **CONV_KEYS),
 )
 
 register(  # per-head key and value widths as groups of their own: see core/attention.py
     "MultiHeadAttention",
     Rule(Kind.SOURCE, attention.flops, attention.params, attention.weights, attention.resize,
          macs=attention.macs, inner=attention.inner, rescale=attention.rescale,
-         fold=attention.fold, check=attention.check),
+         fold=attention.fold, bias="use_bias", widths=("output_shape", "key_dim", "value_dim"),
+         check=attention.check),
 )
 
 # Per-channel layers with weights. Batch norm at inference is x * a + b with
@@ -321,7 +283,8 @@ register(  # per-head key and value widths as groups of their own: see core/atte
 register(
     "BatchNormalization",
     Rule(Kind.PASS, batch_norm_flops, per_channel_params, last_axis_weights, scale="gamma",
-         normalizes=True, fuses=True, check=_last_axis),
+         normalizes=True, fuses=True, moving=("moving_mean", "moving_variance"),
+         check=_last_axis),
 )
 register(
     "LayerNormalization",
@@ -331,7 +294,8 @@ register(
 register(  # statistics per group of channels: pruned in whole groups, so surgery is exact
     "GroupNormalization",
     Rule(Kind.PASS, group_norm_flops, per_channel_params, last_axis_weights, resize_group_norm,
-         scale="gamma", normalizes=True, granularity=group_size, check=_last_axis),
+         scale="gamma", normalizes=True, granularity=group_size, widths=("groups",),
+         check=_last_axis),
 )
 register(
     "PReLU",
@@ -348,7 +312,7 @@ register(  # keras.applications.convnext.LayerScale: gamma of size projection_di
     Rule(Kind.PASS, elementwise_flops(1), per_channel_params, last_axis_weights,
          resize=lambda config, width_in, width_out, node=None: {**config,
                                                                 "projection_dim": width_in},
-         scale="gamma", check=_per_channel_params),
+         scale="gamma", widths=("projection_dim",), check=_per_channel_params),
 )
 
 register(  # morphcli.training.gates.ChannelGate: inserted for `regularizer.kind: gates`, folded
@@ -396,9 +360,10 @@ register(["Add", "Subtract", "Multiply", "Maximum", "Minimum", "TrueDivide", "Di
          Rule(Kind.TIE, join_flops))
 register("Average", Rule(Kind.TIE, average_flops))
 register(  # keras.applications.inception_resnet_v2: x0 + x1 * scale
-    "CustomScaleLayer", Rule(Kind.TIE, lambda node: _per_output(node, 2)))
+    "CustomScaleLayer", Rule(Kind.TIE, lambda node: per_output(node, 2)))
 _concat_other_axis_rule = Rule(Kind.TIE, no_flops)
 register("Concatenate", Rule(Kind.CONCAT, no_flops, check=_concat_axis))
 register("Flatten", Rule(Kind.FLATTEN, no_flops, moves_memory=False, check=_flatten_layout))
-register("Reshape", Rule(Kind.RESHAPE, no_flops, resize=resize_reshape, moves_memory=False))
+register("Reshape", Rule(Kind.RESHAPE, no_flops, resize=resize_reshape, moves_memory=False,
+                         widths=("target_shape",)))
 register("InputLayer", Rule(Kind.INPUT, no_flops, moves_memory=False))

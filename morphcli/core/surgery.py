@@ -28,8 +28,9 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from morphcli.core import keras_adapter
-from morphcli.core.graph import ChannelGraph, LayerNode, Space, build_graph
+from morphcli.core import keras_adapter, rules
+from morphcli.core.graph import ChannelGraph, build_graph
+from morphcli.core.layers import LayerNode, Space
 from morphcli.core.rules import IN, OUT, Kind
 from morphcli.core.terms import is_inner
 from morphcli.errors import ModelError
@@ -246,7 +247,7 @@ def _fold_constants(model, graph, alive, new_model, new_graph) -> None:
             continue
         # The reader's response to the constant alone, before its fused activation.
         shape = (1, *node.in_shapes[0])
-        linear = _without_activation(node.layer, shape)
+        linear = _without_activation(node, shape)
         if linear is None:
             continue
         response = np.asarray(linear(np.broadcast_to(full, shape).astype("float32"))) - (
@@ -257,14 +258,15 @@ def _fold_constants(model, graph, alive, new_model, new_graph) -> None:
         _add_to_output(new_model, new_graph.node(node.name), shift[kept])
 
 
-def _without_activation(layer, shape):
-    """A copy of `layer` with the same weights and a linear activation (the fold adds
-    to the pre-activation, where the bias sits), or None if it cannot be made."""
+def _without_activation(node: LayerNode, shape):
+    """A copy of the node's layer with the same weights and a linear activation (the
+    fold adds to the pre-activation, where the bias sits), or None if it cannot be made."""
+    layer, key = node.layer, node.rule.activation
     config = layer.get_config()
-    if config.get("activation") in (None, "linear"):
+    if key is None or config.get(key) in (None, "linear"):
         return layer
     try:
-        copy = type(layer).from_config({**config, "activation": "linear"})
+        copy = type(layer).from_config({**config, key: "linear"})
         copy.build(shape)
         copy.set_weights(layer.get_weights())
     except (ValueError, TypeError):
@@ -274,7 +276,8 @@ def _without_activation(layer, shape):
 
 def _add_to_output(new_model, node: LayerNode, shift: np.ndarray) -> None:
     """Adds `shift` to every output of `node`'s layer: to its bias, or else to the
-    input of the batch norm that alone reads it (as minus its moving mean)."""
+    input of the batch norm (a layer with moving statistics, `Rule.moving`) that
+    alone reads it, as minus its moving mean."""
     specs = node.rule.weights(node) if node.rule and node.rule.weights else []
     for weight, spec in zip(node.layer.weights, specs, strict=False):
         if spec == {0: OUT} and len(weight.shape) == 1:
@@ -282,8 +285,9 @@ def _add_to_output(new_model, node: LayerNode, shift: np.ndarray) -> None:
             return
     readers = [layer for layer in new_model.layers
                if _reads(layer, node.layer.output) and layer is not node.layer]
-    if len(readers) == 1 and type(readers[0]).__name__ == "BatchNormalization":
-        mean = readers[0].moving_mean
+    rule = rules.get(readers[0]) if len(readers) == 1 else None
+    if rule is not None and rule.moving is not None:
+        mean = getattr(readers[0], rule.moving[0])
         mean.assign(np.asarray(mean.numpy()) - shift)
 
 
@@ -385,12 +389,12 @@ def check(model, alive: Mapping[int, np.ndarray], rebuilt, graph: ChannelGraph |
                                       strict=True):
         if full is None:
             continue
-        kernel = node.config.get("kernel_size", (1,))
-        padded = node.config.get("padding") in ("same", "causal") and np.prod(kernel) > 1
+        kernel = node.setting("kernel_size", (1,))
+        padded = node.setting("padding") in ("same", "causal") and np.prod(kernel) > 1
         varying = np.flatnonzero(np.isnan(full))
         # A constant folds into a bias: none where the layer has none (or is padded).
         unfoldable = padded or (node.rule.fold is not None
-                                and not node.config.get("use_bias", True))
+                                and not node.setting("bias", True))
         constant = np.flatnonzero(np.nan_to_num(full, nan=0.0)) if unfoldable else []
         offset = 0
         for gid in node.inputs[index].groups:

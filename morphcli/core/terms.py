@@ -4,12 +4,7 @@ the axis roles of weights (`IN`, `OUT`) and cost monomials (`Term`)."""
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # pragma: no cover
-    from morphcli.core.graph import LayerNode
 
 
 class Kind(enum.Enum):
@@ -47,7 +42,7 @@ def is_inner(role: str) -> bool:
 class Term:
     """One monomial of a cost: `coef * prod(width(space) for space in spaces)`.
 
-    `spaces` holds 0, 1 or 2 channel spaces (`graph.Space`). Costs of all
+    `spaces` holds 0, 1 or 2 channel spaces (`layers.Space`). Costs of all
     layers are sums of such terms: bilinear for conv/dense (input × output
     channels), linear for per-channel work (batch norm, depthwise, adds),
     constant for work that no channel choice changes.
@@ -57,8 +52,3 @@ class Term:
     spaces: tuple = ()
     kernel: bool = False  # a kernel-weights term (for `kernel_params`)
 
-
-Pricer = Callable[["LayerNode"], list[Term]]
-WeightSpec = Callable[["LayerNode"], list[dict[int, str]]]
-# (config, width_in, width_out, node) -> config; `node` is the layer's seed call.
-Resizer = Callable[..., dict]

@@ -51,10 +51,6 @@ class ShrinkResult:
     # `surgery.check`: max |delta| against the masked seed and the approximate groups.
     surgery: dict = field(default_factory=dict)
 
-    @property
-    def shrunk_model(self):
-        return self.shrunk.model
-
 
 def round_masks(masks: dict[int, np.ndarray], values: dict[int, np.ndarray],
                 round_to: int, blocks: dict[int, int] | None = None) -> dict[int, np.ndarray]:

@@ -234,12 +234,12 @@ def global_batch_norm(model, strategy, enabled: bool = True) -> Iterator[None]:
         strategy: Its strategy; nothing changes with a single replica.
         enabled: `distribute.sync_batch_norm`.
     """
-    import keras
+    from morphcli.core import rules
 
     layers = []
-    if enabled and strategy.num_replicas_in_sync > 1:
+    if enabled and strategy.num_replicas_in_sync > 1:  # the batch norms that can synchronize
         layers = [layer for layer in _all_layers(model)
-                  if isinstance(layer, keras.layers.BatchNormalization)]
+                  if rules.moving_statistics(layer) and hasattr(layer, "synchronized")]
     saved = [layer.synchronized for layer in layers]
     for layer in layers:
         layer.synchronized = True

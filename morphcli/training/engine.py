@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from morphcli.core import keras_adapter
+from morphcli.core import keras_adapter, rules
 from morphcli.errors import MorphError, TrainingError
 from morphcli.training import checkpoints
 
@@ -321,11 +321,9 @@ def _warn_stale(model, steps: int, batches: int) -> None:
 
 
 def batch_norms(model) -> list:
-    """Every layer of `model` (nested models included) with moving statistics."""
-    import keras
-
-    return [layer for layer in _all_layers(model)
-            if isinstance(layer, keras.layers.BatchNormalization)]
+    """Every layer of `model` (nested models included) with moving statistics: a
+    batch norm, or any layer whose rule names them (`Rule.moving`)."""
+    return [layer for layer in _all_layers(model) if rules.moving_statistics(layer)]
 
 
 def recalibrate_batch_norm(model, train, batches: int) -> int:
@@ -371,18 +369,18 @@ class Recalibrator:
                                          reduce_retracing=True)
             for x, _ in train.take(batches):
                 self._step(x)
-                stats = [(layer.moving_mean.numpy().astype("float64"),
-                          layer.moving_variance.numpy().astype("float64"))
+                stats = [[v.numpy().astype("float64") for v in rules.moving_statistics(layer)]
                          for layer in self.norms]
-                sums = stats if sums is None else [(m + a, v + b) for (m, v), (a, b)
-                                                   in zip(sums, stats, strict=True)]
+                sums = stats if sums is None else [
+                    [total + value for total, value in zip(old, new, strict=True)]
+                    for old, new in zip(sums, stats, strict=True)]
                 used += 1
         finally:
             for layer, momentum in zip(self.norms, momenta, strict=True):
                 layer.momentum = momentum
-        for layer, (mean, variance) in zip(self.norms, sums or (), strict=False):
-            layer.moving_mean.assign((mean / used).astype(layer.moving_mean.dtype))
-            layer.moving_variance.assign((variance / used).astype(layer.moving_variance.dtype))
+        for layer, totals in zip(self.norms, sums or (), strict=False):
+            for variable, total in zip(rules.moving_statistics(layer), totals, strict=True):
+                variable.assign((total / used).astype(variable.dtype))
         return used
 
 

@@ -42,7 +42,8 @@ import numpy as np
 from keras import ops
 
 from morphcli.core import keras_adapter
-from morphcli.core.graph import ChannelGraph, LayerNode, build_graph
+from morphcli.core.graph import ChannelGraph, build_graph
+from morphcli.core.layers import LayerNode
 from morphcli.core.rules import IN, OUT, Kind
 from morphcli.core.surgery import rebuild
 from morphcli.errors import ModelError
@@ -174,7 +175,7 @@ def _absorbs(node: LayerNode) -> bool:
     rule = node.rule
     scaled = (rule is not None and rule.scale is not None
               and getattr(node.layer, rule.scale, None) is not None)
-    return (node.kind == Kind.SOURCE or scaled) and _zero_at_zero(node.config.get("activation"))
+    return (node.kind == Kind.SOURCE or scaled) and _zero_at_zero(node.setting("activation"))
 
 
 def _zero_at_zero(activation) -> bool:
