@@ -90,20 +90,27 @@ class _Runner:
             f"shrink {round_}", ctx.conf.shrink.epochs)).shrunk
 
     def expand(self, source: Priced, outdir: Path, label: str) -> Priced:
-        from morphcli.steps.expand import expand
+        """Expands `source` into `outdir`; a measured latency out of reach in mode
+        `below` stops the run (resumed too: nothing over budget is retrained)."""
+        from morphcli.steps.expand import check_measured, expand
 
-        if self.done(outdir / "expand.json", label):  # written after expanded.keras
-            return self.ctx.load(outdir / "expanded.keras")
         conf, metric, target = self.ctx.conf, self.ctx.metric, self.ctx.target
+        model_path, record_path = outdir / "expanded.keras", outdir / "expand.json"
+        hint = ("raise target.value, or set expand.mode: nearest to accept the closest; "
+                "then start again with --overwrite.")
+        if self.done(record_path, label):  # written after expanded.keras
+            check_measured(json.loads(record_path.read_text()), conf.expand.mode, model_path,
+                           hint)
+            return self.ctx.load(model_path)
         result = expand(source, metric, target,
                         round_to=round_to_of(conf.expand.round_to, source.costs.hardware),
                         measure=conf.expand.measure,
                         mode=conf.expand.mode, strategy=self.ctx.strategy,
-                        model_path=outdir / "expanded.keras",
-                        record_path=outdir / "expand.json")
+                        model_path=model_path, record_path=record_path)
         self.log(f"{label}: width multiplier {result.expansion.multiplier:.4f}, {metric} "
                  f"{result.expansion.achieved:,.6g} for target {target:,.6g} "
                  f"({result.expansion.error:+.2%})")
+        check_measured(result.record, conf.expand.mode, model_path, hint)
         return result.expanded
 
     def search(self) -> Priced:
