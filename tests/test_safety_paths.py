@@ -98,6 +98,26 @@ def test_expand_never_writes_over_its_profile(profile_file):
     assert _digest(profile_file) == before
 
 
+@pytest.mark.parametrize("command", [["profile", "--runtime", "keras"], ["export"],
+                                     ["expand", "--target", "latency=50%", "--measure"]])
+def test_the_latency_commands_never_write_over_their_model(seed, command):
+    """README "What is guaranteed": the latency commands too (bench writes nothing)."""
+    before = _digest(seed)
+    line = user_error(command[0], str(seed), *command[1:], "-o", str(seed), "--overwrite")
+    assert line == (f"Error: The output -o is the input MODEL ({seed}): writing it would "
+                    f"destroy the input. Received: -o={seed} Hint: choose another output path.")
+    assert _digest(seed) == before
+
+
+def test_expand_measure_never_writes_over_its_profile(profile_file):
+    before = _digest(profile_file)
+    line = user_error("expand", "zoo:cnn", "--target", "latency=50%", "--measure",
+                      "--hardware", f"profile:{profile_file}", "-o", str(profile_file),
+                      "--overwrite")
+    assert "is the input --hardware" in line
+    assert _digest(profile_file) == before
+
+
 def test_report_never_writes_over_its_profile_or_structure(profile_file, tmp_path):
     structure = tmp_path / "structure.json"
     structure.write_text("{}")
