@@ -377,6 +377,18 @@ def _shrink_resume_refused(out: Path, config: Path, *inputs: Path) -> str:
     return line
 
 
+def test_overwrite_removes_every_output_a_run_or_shrink_writes(tmp_path):
+    """A stale trained.keras would make a new shrink folder look begun (its resume
+    refused), a stale search/ or best.keras would be taken for the new run's."""
+    out = tmp_path / "r"
+    (out / "search").mkdir(parents=True)
+    for name in ("trained.keras", "best.keras", "shrunk.keras", "notes.txt", files.MARKER,
+                 "search/search.json"):
+        (out / name).write_text("old")
+    files.prepare_outdir(out, resume=False, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == [files.MARKER, "notes.txt"]
+
+
 def test_shrink_resume_without_the_recorded_config_is_refused(tmp_path):
     out, config, _ = _shrink_folder(tmp_path)
     (out / "config.yaml").unlink()
