@@ -280,6 +280,7 @@ def expand(model, target, config_path, out_path, hardware, round_to, mode, struc
     from morphcli import config as cfg
     from morphcli.errors import MorphError
     from morphcli.steps.context import Priced, hardware_of
+    from morphcli.steps.expand import check_measured
 
     out, err = _consoles()
     conf = _resolve(config_path, {k: v for k, v in {
@@ -305,14 +306,8 @@ def expand(model, target, config_path, out_path, hardware, round_to, mode, struc
         click.echo(_dumps(result.record))
     else:
         _show_expansion(out, err, seed, result, metric, out_path)
-    m = result.record.get("measured")
-    if m and conf.expand.mode == "below" and not m["met"]:
-        raise MorphError(
-            f"The target is out of reach on this machine's clock: the fastest structure "
-            f"tried measured {m['latency_s'] * 1e3:.4g} ms ({m['runtime']}) for target "
-            f"{m['target_s'] * 1e3:.4g} ms ({m['error']:+.1%}), and mode `below` never "
-            f"goes above it. It was written to {out_path} with its record for inspection.",
-            hint="raise the target, or pass --mode nearest to accept the closest.")
+    check_measured(result.record, conf.expand.mode, out_path,
+                   hint="raise the target, or pass --mode nearest to accept the closest.")
 
 
 def _show_expansion(out, err, seed, result, metric: str, out_path: str) -> None:

@@ -118,7 +118,7 @@ MARKER, LOCK = ".morph-run", ".morph-lock"
 WRITTEN = {MARKER, "config.yaml", "checkpoints", "logs", "structure.json", "shrunk.keras",
            "summary.json", "expanded.keras", "expand.json", "final.keras", "metrics.json",
            "report.md", "report.json", "widths.png", "expand", "retrain", "baseline",
-           "profile.sha256"}
+           "profile.sha256", "trained.keras", "search", "best.keras"}
 
 
 # --- temporaries ----------------------------------------------------------------------------

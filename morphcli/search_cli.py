@@ -41,7 +41,7 @@ def search(shrink_dir, outdir, target, rounds, finetune_epochs, overwrite, as_js
     from morphcli import config as cfg
     from morphcli.errors import MorphError
     from morphcli.steps.context import make_context
-    from morphcli.steps.run import check_record
+    from morphcli.steps.records import check_record
     from morphcli.steps.search import check_searchable, search_shrink
 
     recorded = Path(shrink_dir) / "config.yaml"

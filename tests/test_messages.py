@@ -115,9 +115,11 @@ def test_bench_names_its_own_way_out_of_a_dynamic_shape(tmp_path):
 
 # --- 6. a --measure out of reach says so ----------------------------------------------
 
-def test_a_measure_out_of_reach_exits_2_in_mode_below(tmp_path, monkeypatch):
-    """A clock on which every model costs its roofline price plus twice the seed's:
-    half the seed's latency is out of reach whatever the widths."""
+@pytest.fixture()
+def slow_clock(monkeypatch):
+    """A clock on which every model costs its roofline price plus twice zoo:cnn's:
+    half the seed's latency is out of reach whatever the widths, however loaded the
+    machine."""
     from morphcli.core.costs import get_hardware
     from morphcli.steps import export
 
@@ -131,6 +133,9 @@ def test_a_measure_out_of_reach_exits_2_in_mode_below(tmp_path, monkeypatch):
         return found, {"runtime": "keras", "threads": None, "batch": 1, "repeats": repeats}
 
     monkeypatch.setattr(export, "latencies", clock)
+
+
+def test_a_measure_out_of_reach_exits_2_in_mode_below(tmp_path, slow_clock):
     out = tmp_path / "fast.keras"
     line = user_error("expand", "zoo:cnn", "--target", "latency=50%", "--measure", "-o", str(out))
     record = json.loads((tmp_path / "fast.expand.json").read_text())["measured"]
@@ -141,6 +146,36 @@ def test_a_measure_out_of_reach_exits_2_in_mode_below(tmp_path, monkeypatch):
     # Mode nearest accepts the closest: exit 0.
     morph("expand", "zoo:cnn", "--target", "latency=50%", "--measure", "--mode", "nearest",
           "-o", str(tmp_path / "near.keras"))
+
+
+def test_a_run_whose_measured_expand_is_out_of_reach_stops_before_the_retrain(tmp_path,
+                                                                             slow_clock):
+    """`morph run` with `expand.measure` stops as `morph expand --measure` does: one
+    Error: line, exit 2, the over-budget model is not retrained, and a resume says so
+    again rather than carry on."""
+    import hashlib
+
+    config = tmp_path / "c.yaml"
+    config.write_text("target:\n  metric: latency\n  value: 0.5\n  hardware: cpu\n"
+                      "shrink:\n  epochs: 1\nexpand:\n  measure: true\nretrain:\n  epochs: 1\n"
+                      "run:\n  baseline: false\n")
+    before = hashlib.sha256(config.read_bytes()).hexdigest()
+    out = tmp_path / "r"
+    line = user_error("run", str(config), "-o", str(out))
+    record = json.loads((out / "expand" / "expand.json").read_text())["measured"]
+    assert record["met"] is False and record["error"] > 0.3
+    assert line == (
+        "Error: The target is out of reach on this machine's clock: the fastest structure "
+        f"tried measured {record['latency_s'] * 1e3:.4g} ms (keras) for target "
+        f"{record['target_s'] * 1e3:.4g} ms ({record['error']:+.1%}), and mode `below` never "
+        f"goes above it. It was written to {out / 'expand' / 'expanded.keras'} with its record "
+        "for inspection. Hint: raise target.value, or set expand.mode: nearest to accept the "
+        "closest; then start again with --overwrite.")
+    assert not (out / "retrain").exists() and not (out / "report.json").exists()
+    assert hashlib.sha256(config.read_bytes()).hexdigest() == before
+    # The step is done (its record written): a resume refuses it again, trains nothing.
+    assert user_error("run", "-o", str(out), "--resume") == line
+    assert not (out / "retrain").exists()
 
 
 # --- 16. 80 columns ------------------------------------------------------------------

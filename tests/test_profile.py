@@ -151,6 +151,55 @@ def test_latency_regularizer_weights_are_the_profile_slopes():
                                               rel=1e-5)
 
 
+def test_latency_regularizer_prices_a_masked_model_as_the_report_prices_it_rebuilt():
+    """Issue 23: the number optimised is the number shown. On a profile with tiles
+    (output widths cost their next multiple of the step) and a curve of three points,
+    the regularizer's cost at the mask's alive counts is the profile's price of the
+    rebuilt model, and its weights are the table slopes times the scale of the curve's
+    line at the alive sum (not the profile's one global `scale`)."""
+    from morphcli.core import surgery
+    from morphcli.report import build_report
+
+    model = _model()
+    graph = build_graph(model)
+    prof = _synthetic(graph, {
+        "c1": ([2], [4, 8], [[2e-6, 5e-6]]),  # tiles of 4
+        "c2": ([4, 8], [2, 4], [[1e-6, 2e-6], [3e-6, 7e-6]]),  # tiles of 2
+    })  # pool and head: 1 µs each, fixed; overhead 1 µs; global scale 2
+    for table in prof.tables.values():
+        table.step = {(4, 8): 4, (2, 4): 2}.get(tuple(table.widths_out), 1)
+    # Lines 1 µs/µs + 3 µs up to a sum of 12 µs, then 7/6 µs/µs + 1 µs.
+    prof.curve = [[2e-6, 5e-6], [12e-6, 15e-6], [18e-6, 22e-6]]
+    costs = CostModel(graph, prof)
+    reg = make_regularizer(graph, costs, resource="latency")
+    g1, g2 = (next(g.id for g in graph.groups.values() if name in g.sources)
+              for name in ("c1", "c2"))
+    graph.node("c1_bn").layer.gamma.assign([1.0] * 5 + [0.0] * 3)  # 5 of 8 alive
+    graph.node("c2_bn").layer.gamma.assign([1.0] * 3 + [0.0])  # 3 of 4 alive
+    assert reg.alive_widths() == {g1: 5, g2: 3}
+    rebuilt, rebuilt_graph = surgery.rebuild(model, reg.alive_masks(), graph)
+    shown = build_report(rebuilt_graph, CostModel(rebuilt_graph, prof)).totals["latency_s"]
+    # By hand: c1 at 5 costs its tile, 8: 5 µs; c2 at (5 in, 3 out -> tile 4): a quarter
+    # of the way from 2 to 7 µs, 3.25 µs; pool and head 2 µs. Sum 10.25 µs, on the first
+    # line: 3 + 10.25, and the overhead.
+    assert shown == pytest.approx(1e-6 + 3e-6 + 10.25e-6, rel=1e-12)
+    assert float(reg.priced()) == pytest.approx(shown, rel=1e-5)  # the issue asks 1%
+    assert float(tf.function(reg.priced)()) == pytest.approx(shown, rel=1e-5)
+    # The seed's sum, 14 µs, is on the second line: priced there too.
+    assert float(reg.priced(costs.width_vector())) == pytest.approx(
+        costs.total("latency"), rel=1e-5)
+    assert costs.total("latency") == pytest.approx(1e-6 + 1e-6 + 7 / 6 * 14e-6)
+    # The weights: the cells' slopes (across a tile, the secant between its measured
+    # widths) times the first line's scale, 1. c1: its own output, (5 - 2) / 4 µs, and
+    # c2's input at c2's 3 outputs, halfway between the rows' slopes 2/4 and 5/4 µs.
+    # c2: its output at 5 inputs, (0.75 · 1 + 0.25 · 4) / 2 µs.
+    weights = reg.channel_weights()
+    assert weights[g1] == pytest.approx(0.75e-6 + 0.875e-6, rel=1e-5)
+    assert weights[g2] == pytest.approx(0.875e-6, rel=1e-5)
+    # The term is those weights times the sums of the values (the alive counts).
+    assert float(reg.term()) == pytest.approx(5 * weights[g1] + 3 * weights[g2], rel=1e-5)
+
+
 def test_latency_regularizer_on_a_profile_runs_compiled():
     # The train step is a tf.function: the table lookups and slopes must trace, and
     # give there what they give eagerly, also after the widths change.

@@ -147,9 +147,12 @@ def test_a_damaged_checkpoint_metadata_is_one_line(tmp_path):
     out = tmp_path / "out"
     (out / "checkpoints").mkdir(parents=True)
     files.write_text(out / ".morph-run", "")
+    config = _config(tmp_path)
+    files.write_text(out / "config.yaml", dump_yaml(load_config(config)))  # recorded, whole
     (out / "checkpoints" / "training_metadata.json").write_text("{damaged")
-    line = user_error("shrink", "zoo:cnn", "-c", _config(tmp_path), "-o", str(out), "--resume")
-    assert "checkpoint" in line and "damaged" in line
+    line = user_error("shrink", "zoo:cnn", "-c", config, "-o", str(out), "--resume")
+    assert line.startswith(f"Error: The training checkpoint in {out / 'checkpoints'} is "
+                           "damaged: training_metadata.json is unreadable")
 
 
 def test_a_folder_in_use_is_refused_with_the_owners_pid(tmp_path):

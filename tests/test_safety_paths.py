@@ -23,7 +23,7 @@ from test_cli import morph, user_error
 from morphcli import files
 from morphcli.config import demo_config_path, dump_yaml, load_config
 from morphcli.errors import MorphError
-from morphcli.steps import run as run_step
+from morphcli.steps import records
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -94,6 +94,26 @@ def test_expand_never_writes_over_its_profile(profile_file):
     before = _digest(profile_file)
     line = user_error("expand", "zoo:cnn", "--target", "flops=0.5", "--hardware",
                       f"profile:{profile_file}", "-o", str(profile_file), "--overwrite")
+    assert "is the input --hardware" in line
+    assert _digest(profile_file) == before
+
+
+@pytest.mark.parametrize("command", [["profile", "--runtime", "keras"], ["export"],
+                                     ["expand", "--target", "latency=50%", "--measure"]])
+def test_the_latency_commands_never_write_over_their_model(seed, command):
+    """README "What is guaranteed": the latency commands too (bench writes nothing)."""
+    before = _digest(seed)
+    line = user_error(command[0], str(seed), *command[1:], "-o", str(seed), "--overwrite")
+    assert line == (f"Error: The output -o is the input MODEL ({seed}): writing it would "
+                    f"destroy the input. Received: -o={seed} Hint: choose another output path.")
+    assert _digest(seed) == before
+
+
+def test_expand_measure_never_writes_over_its_profile(profile_file):
+    before = _digest(profile_file)
+    line = user_error("expand", "zoo:cnn", "--target", "latency=50%", "--measure",
+                      "--hardware", f"profile:{profile_file}", "-o", str(profile_file),
+                      "--overwrite")
     assert "is the input --hardware" in line
     assert _digest(profile_file) == before
 
@@ -283,18 +303,18 @@ def test_a_run_records_its_profile_and_refuses_a_changed_one(tmp_path):
     hardware = f"profile:{profile}"
     rundir = tmp_path / "r"
     rundir.mkdir()
-    run_step.record_profile(hardware, rundir)  # a new run: recorded
-    recorded = (rundir / run_step.PROFILE_RECORD).read_text()
+    records.record_profile(hardware, rundir, started=False)  # a new run: recorded
+    recorded = (rundir / records.PROFILE_RECORD).read_text()
     assert recorded.split()[0] == _digest(profile)
-    (rundir / "shrink").mkdir()
-    run_step.record_profile(hardware, rundir)  # the same profile: resumes
+    records.record_profile(hardware, rundir, started=True)  # the same profile: resumes
     profile.write_text('{"tables": [] }\n')  # replaced between runs
     with pytest.raises(MorphError, match="changed since this run started"):
-        run_step.record_profile(hardware, rundir)
-    (rundir / run_step.PROFILE_RECORD).unlink()
+        records.record_profile(hardware, rundir, started=True)
+    (rundir / records.PROFILE_RECORD).unlink()
     with pytest.raises(MorphError, match="no record of its profile"):
-        run_step.record_profile(hardware, rundir)
-    run_step.record_profile("cpu", rundir)  # a named device: nothing to record
+        records.record_profile(hardware, rundir, started=True)
+    records.record_profile("cpu", rundir, started=True)  # a named device: nothing to record
+    assert not (rundir / records.PROFILE_RECORD).exists()
 
 
 def test_resume_of_a_run_whose_profile_changed_is_refused(tmp_path):
@@ -302,7 +322,7 @@ def test_resume_of_a_run_whose_profile_changed_is_refused(tmp_path):
           "--round-to", "8", "-o", str(tmp_path / "p.json"))
     profile = tmp_path / "p.json"
     out, _ = _run_folder(tmp_path, **{"target.hardware": f"profile:{profile}"})
-    (out / run_step.PROFILE_RECORD).write_text(f"{_digest(profile)}  {profile}\n")
+    (out / records.PROFILE_RECORD).write_text(f"{_digest(profile)}  {profile}\n")
     data = json.loads(profile.read_text())
     profile.write_text(json.dumps(data, indent=1))  # the same numbers, another file
     before = _digest(profile), _digest(out / "config.yaml")
@@ -310,6 +330,98 @@ def test_resume_of_a_run_whose_profile_changed_is_refused(tmp_path):
     assert "changed since this run started" in line
     assert (_digest(profile), _digest(out / "config.yaml")) == before
     assert list((out / "shrink").iterdir()) == []  # nothing trained
+
+
+@pytest.fixture(scope="module")
+def cnn_profile(tmp_path_factory):
+    """A synthetic profile of zoo:cnn (every unit 1 µs at its own widths): a valid
+    `profile:` device, made without timing anything."""
+    from morphcli.core import profile as profiles
+    from morphcli.core.graph import build_graph
+    from morphcli.models.zoo import load_model
+
+    graph = build_graph(load_model("zoo:cnn"))
+    tables = {key: profiles.Table(key, [1], [1], [[1e-6]])
+              for key in (profiles.unit_key(graph, u) for u in profiles.units(graph))}
+    path = tmp_path_factory.mktemp("profile") / "p.json"
+    path.write_text(json.dumps(profiles.Profile(
+        str(path), profiles.machine(), "keras", 1, None, 1e-6, tables,
+        model={"name": graph.model.name}).to_dict()))
+    return path
+
+
+def _shrink_folder(tmp_path, text: str = "") -> tuple[Path, Path, str]:
+    """A `morph shrink` output folder as a killed shrink leaves it (its training
+    begun: checkpoints), the config file it was made with, and its recorded config."""
+    config = tmp_path / "c.yaml"
+    config.write_text(f"shrink:\n  epochs: 1\nretrain:\n  epochs: 1\n{text}")
+    out = tmp_path / "s"
+    (out / "checkpoints").mkdir(parents=True)
+    files.write_text(out / files.MARKER, "")
+    recorded = dump_yaml(load_config(config))
+    (out / "config.yaml").write_text(recorded)
+    return out, config, recorded
+
+
+def _shrink_resume_refused(out: Path, config: Path, *inputs: Path) -> str:
+    """`morph shrink -c CONFIG -o OUT --resume`, refused: its one Error: line. The
+    inputs and the folder keep their bytes, and nothing is trained."""
+    def state():
+        held = [config, *inputs, *(p for p in out.rglob("*") if p.name != files.LOCK)]
+        return {p: _digest(p) if p.is_file() else "folder" for p in held}
+
+    before = state()
+    line = user_error("shrink", "-c", str(config), "-o", str(out), "--resume")
+    assert state() == before
+    assert list((out / "checkpoints").iterdir()) == []
+    return line
+
+
+def test_overwrite_removes_every_output_a_run_or_shrink_writes(tmp_path):
+    """A stale trained.keras would make a new shrink folder look begun (its resume
+    refused), a stale search/ or best.keras would be taken for the new run's."""
+    out = tmp_path / "r"
+    (out / "search").mkdir(parents=True)
+    for name in ("trained.keras", "best.keras", "shrunk.keras", "notes.txt", files.MARKER,
+                 "search/search.json"):
+        (out / name).write_text("old")
+    files.prepare_outdir(out, resume=False, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == [files.MARKER, "notes.txt"]
+
+
+def test_shrink_resume_without_the_recorded_config_is_refused(tmp_path):
+    out, config, _ = _shrink_folder(tmp_path)
+    (out / "config.yaml").unlink()
+    line = _shrink_resume_refused(out, config)
+    assert line == (f"Error: {out} holds a run whose recorded config.yaml is missing; resuming "
+                    f"without it would run another config. Received: -o {out} Hint: restore it, "
+                    "or start the run again with --overwrite.")
+    assert not (out / "config.yaml").exists()
+
+
+def test_shrink_resume_with_a_truncated_recorded_config_is_refused(tmp_path):
+    out, config, recorded = _shrink_folder(tmp_path)
+    cut = recorded[: len(recorded) // 2].rsplit("\n", 1)[0] + "\n"  # still valid YAML
+    (out / "config.yaml").write_text(cut)
+    line = _shrink_resume_refused(out, config)
+    assert line.startswith(f"Error: The run's recorded config {out / 'config.yaml'} is "
+                           "damaged: it is not the whole config morph wrote (keys missing")
+    assert (out / "config.yaml").read_text() == cut  # not rewritten with the defaults
+
+
+def test_shrink_resume_with_a_changed_profile_is_refused(tmp_path, cnn_profile):
+    profile = tmp_path / "p.json"
+    profile.write_bytes(cnn_profile.read_bytes())
+    out, config, _ = _shrink_folder(tmp_path, f"target:\n  hardware: profile:{profile}\n")
+    (out / records.PROFILE_RECORD).write_text(f"{_digest(profile)}  {profile}\n")
+    profile.write_text(json.dumps(json.loads(profile.read_text()), indent=1))  # same numbers
+    line = _shrink_resume_refused(out, config, profile)
+    assert line.startswith(f"Error: The profile {profile} changed since this run started")
+    assert f"Received: target.hardware=profile:{profile}" in line
+    # With no record of the profile, a changed one cannot be ruled out: refused too.
+    (out / records.PROFILE_RECORD).unlink()
+    line = _shrink_resume_refused(out, config, profile)
+    assert f"{out} holds a run with no record of its profile (profile.sha256)" in line
 
 
 # --- 12. benchmark cells -----------------------------------------------------------------------

@@ -269,12 +269,31 @@ class Profile:
     # of them mis-priced the others by up to 39%.
     curve: list = field(default_factory=list)
 
+    def segments(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(points, slopes, fixed): the curve's lines `fixed + slope · units`, one more
+        than its points (the sums of units it was measured at): line 0 below the first
+        point, line k between points k - 1 and k, the last past the last point (see
+        `line`). Without a curve, no points and one line, `scale` and `fixed_s`. A sum
+        takes the line `searchsorted(points, sum, side="right")` (the lines meet at
+        the points); the latency regularizer looks its line up the same way."""
+        if len(self.curve) < 2:
+            return np.zeros(0), np.array([self.scale]), np.array([self.fixed_s])
+        x, y = (np.asarray(v, float) for v in zip(*self.curve, strict=True))
+        slopes = np.diff(y) / np.diff(x)
+        fixed = y[:-1] - slopes * x[:-1]
+        below = (slopes[0], fixed[0]) if fixed[0] >= 0 else (y[0] / x[0], 0.0)
+        rise = (y[-1] - y[0]) / (x[-1] - x[0])
+        above = (rise, y[-1] - rise * x[-1]) if y[-1] >= rise * x[-1] else (y[-1] / x[-1], 0.0)
+        return (x, np.concatenate([[below[0]], slopes, [above[0]]]),
+                np.concatenate([[below[1]], fixed, [above[1]]]))
+
     def line(self, units) -> tuple[np.ndarray, np.ndarray]:
         """(scale, fixed) of the price `fixed + scale · units` at sums of units
         (an array): the curve's segment the sum falls in; below the curve its
         first segment, or proportion to its first point if that segment has a
         negative fixed cost; above it, the slope from its first point to its last,
-        or proportion to the last point. Without a curve, `scale` and `fixed_s`.
+        or proportion to the last point (`segments`). Without a curve, `scale` and
+        `fixed_s`.
 
         `fixed` is never negative: on a segment steeper than proportion (its line
         crosses zero at a positive sum) the price there is taken in proportion,
@@ -283,19 +302,8 @@ class Profile:
         scale, the fixed part on the first unit) stays at least 0: a negative fixed
         part put on the first layer priced it below zero."""
         units = np.asarray(units, float)
-        if len(self.curve) < 2:
-            return np.full(units.shape, self.scale), np.full(units.shape, self.fixed_s)
-        x, y = (np.asarray(v, float) for v in zip(*self.curve, strict=True))
-        slopes = np.diff(y) / np.diff(x)
-        fixed = y[:-1] - slopes * x[:-1]
-        below = (slopes[0], fixed[0]) if fixed[0] >= 0 else (y[0] / x[0], 0.0)
-        rise = (y[-1] - y[0]) / (x[-1] - x[0])
-        above = (rise, y[-1] - rise * x[-1]) if y[-1] >= rise * x[-1] else (y[-1] / x[-1], 0.0)
-        slopes = np.concatenate([[below[0]], slopes, [above[0]]])
-        fixed = np.concatenate([[below[1]], fixed, [above[1]]])
-        # 0: below the first point, k: between points k - 1 and k, len(x): past the
-        # last; lines meet at the points, so a sum on one takes either.
-        k = np.searchsorted(x, units, side="right")
+        points, slopes, fixed = self.segments()
+        k = np.searchsorted(points, units, side="right")
         slope, fixed = slopes[k], fixed[k]
         # A negative fixed part only occurs between points (k >= 1), where the sum is
         # at least the first point's, above 0.

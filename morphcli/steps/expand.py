@@ -99,6 +99,29 @@ def expand(source: Priced, metric: str, quantity, *, round_to: int = 1, mode: st
     return ExpandResult(expanded, expansion, record)
 
 
+def check_measured(record: dict, mode: str, written: str | Path, hint: str) -> None:
+    """Refuses a measured expansion whose target is out of reach on the clock in mode
+    `below`, which never goes above it (`morph expand --measure` and `morph run`).
+
+    Args:
+        record: The expansion record (`ExpandResult.record`, expand.json).
+        mode: The expansion's mode.
+        written: Where the model was written, named for inspection.
+        hint: How to fix it in the command at hand.
+
+    Raises:
+        MorphError: The measured latency of the choice is above the target.
+    """
+    m = record.get("measured")
+    if m and mode == "below" and not m["met"]:
+        raise MorphError(
+            f"The target is out of reach on this machine's clock: the fastest structure "
+            f"tried measured {m['latency_s'] * 1e3:.4g} ms ({m['runtime']}) for target "
+            f"{m['target_s'] * 1e3:.4g} ms ({m['error']:+.1%}), and mode `below` never "
+            f"goes above it. It was written to {written} with its record for inspection.",
+            hint=hint)
+
+
 MEASURE_ROUNDS = 6  # candidates timed at most
 MEASURE_TOLERANCE = 0.02  # a measured latency this close to the target is on it
 MEASURE_PASSES = 3  # interleaved timings of a candidate (and the source), at least...

@@ -39,6 +39,7 @@ from pathlib import Path
 from morphcli.errors import MorphError
 from morphcli.steps.context import Priced, RunContext, make_context, round_to_of
 from morphcli.steps.export import latencies
+from morphcli.steps.records import check_record, record_folder
 
 Progress = Callable[[str, int], object]  # (title, epochs) -> Keras callback
 
@@ -89,20 +90,27 @@ class _Runner:
             f"shrink {round_}", ctx.conf.shrink.epochs)).shrunk
 
     def expand(self, source: Priced, outdir: Path, label: str) -> Priced:
-        from morphcli.steps.expand import expand
+        """Expands `source` into `outdir`; a measured latency out of reach in mode
+        `below` stops the run (resumed too: nothing over budget is retrained)."""
+        from morphcli.steps.expand import check_measured, expand
 
-        if self.done(outdir / "expand.json", label):  # written after expanded.keras
-            return self.ctx.load(outdir / "expanded.keras")
         conf, metric, target = self.ctx.conf, self.ctx.metric, self.ctx.target
+        model_path, record_path = outdir / "expanded.keras", outdir / "expand.json"
+        hint = ("raise target.value, or set expand.mode: nearest to accept the closest; "
+                "then start again with --overwrite.")
+        if self.done(record_path, label):  # written after expanded.keras
+            check_measured(json.loads(record_path.read_text()), conf.expand.mode, model_path,
+                           hint)
+            return self.ctx.load(model_path)
         result = expand(source, metric, target,
                         round_to=round_to_of(conf.expand.round_to, source.costs.hardware),
                         measure=conf.expand.measure,
                         mode=conf.expand.mode, strategy=self.ctx.strategy,
-                        model_path=outdir / "expanded.keras",
-                        record_path=outdir / "expand.json")
+                        model_path=model_path, record_path=record_path)
         self.log(f"{label}: width multiplier {result.expansion.multiplier:.4f}, {metric} "
                  f"{result.expansion.achieved:,.6g} for target {target:,.6g} "
                  f"({result.expansion.error:+.2%})")
+        check_measured(result.record, conf.expand.mode, model_path, hint)
         return result.expanded
 
     def search(self) -> Priced:
@@ -155,7 +163,6 @@ def run(ctx: RunContext, rundir: str | Path | None = None, *, progress: Progress
     Returns:
         A `RunResult` with the final and baseline metrics and the report data.
     """
-    from morphcli.config import record
     from morphcli.training import distribute
 
     if not isinstance(ctx, RunContext):
@@ -166,10 +173,7 @@ def run(ctx: RunContext, rundir: str | Path | None = None, *, progress: Progress
 
         check_searchable(conf, ctx.dataset)
     rundir = distribute.write_dir(rundir or conf.output_dir, ctx.strategy)  # non-chief: scratch
-    if (rundir / "config.yaml").exists() or _started(rundir):
-        check_record(rundir / "config.yaml")  # whole, and there when steps are
-    record(conf, rundir / "config.yaml")  # a resumed run must have the same config
-    record_profile(conf.target.hardware, rundir)
+    record_folder(conf, rundir, started=_started(rundir))  # a resume: the same, whole
     runner = _Runner(ctx, rundir, progress, log)
     current = ctx
     for round_ in range(1, conf.run.rounds + 1):
@@ -214,72 +218,6 @@ def recorded_config(rundir: str | Path) -> str:
                          hint="check the path, or start a new run without --resume.")
     check_record(path / "config.yaml")
     return str(path / "config.yaml")
-
-
-def check_record(path: Path) -> None:
-    """Refuses a run's recorded config that is missing or damaged: it must read back
-    to exactly what `record` wrote (a truncated file would have defaults fill the gaps,
-    a 1-epoch run resumed with 20).
-
-    Raises:
-        MorphError: The file is missing, unreadable, or not a whole recorded config.
-    """
-    from morphcli.config import dump_yaml, load_config
-
-    where = f"Received: -o {path.parent}"
-    hint = "restore it, or start the run again with --overwrite."
-    if not path.is_file():
-        raise MorphError(f"{path.parent} holds a run whose recorded config.yaml is missing; "
-                         f"resuming without it would run another config. {where}", hint=hint)
-    try:
-        whole = dump_yaml(load_config(path)) == path.read_text(encoding="utf-8")
-    except (MorphError, OSError, UnicodeDecodeError) as err:
-        raise MorphError(f"The run's recorded config {path} cannot be read ({err}). {where}",
-                         hint=hint) from None
-    if not whole:
-        raise MorphError(f"The run's recorded config {path} is damaged: it is not the whole "
-                         f"config morph wrote (keys missing, cut short or edited). {where}",
-                         hint=hint)
-
-
-PROFILE_RECORD = "profile.sha256"
-
-
-def record_profile(hardware, rundir: Path) -> None:
-    """Records the hash of a `profile:` device's file in `rundir`, or, resuming, refuses a
-    profile changed since the run started (its steps were priced on the old one).
-
-    Raises:
-        MorphError: The profile's hash differs from the recorded one, or a started
-            run has no record of it.
-    """
-    import hashlib
-
-    from morphcli import files
-    from morphcli.core.profile import is_profile_name
-
-    if not is_profile_name(hardware):
-        return
-    path, digest = hardware.partition(":")[2], hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    record, now = rundir / PROFILE_RECORD, digest.hexdigest()
-    if record.is_file():
-        then = record.read_text().split(maxsplit=1)[0] if record.read_text().strip() else ""
-        if then != now:
-            raise MorphError(
-                f"The profile {path} changed since this run started (sha256 {then[:12]} "
-                f"recorded, {now[:12]} now): its steps were priced on the old one. Received: "
-                f"target.hardware={hardware}",
-                hint="restore the profile, or start again with --overwrite.")
-        return
-    if _started(rundir):
-        raise MorphError(f"{rundir} holds a run with no record of its profile ({PROFILE_RECORD})"
-                         f", so a changed profile cannot be ruled out. Received: "
-                         f"target.hardware={hardware}",
-                         hint="start again with --overwrite.")
-    files.write_text(record, f"{now}  {path}\n")
 
 
 def write_report(ctx: RunContext, rundir: Path, final_model: Priced, final: dict,

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from morphcli.steps.context import Priced, RunContext, make_context, round_to_of
+from morphcli.steps.records import record_folder
 
 AUTO_STRENGTH = 1.0  # the regularization loss starts at this value (see strength_scale)
 DID_NOTHING = 0.99  # a shrunk structure above this fraction of the seed's cost is warned of
@@ -105,7 +106,6 @@ def shrink(ctx: RunContext, outdir: str | Path, *, callbacks: Sequence = ()) -> 
         MorphError: Bad input, NaN loss (`TrainingError`).
     """
     from morphcli import files
-    from morphcli.config import record
     from morphcli.core import structure, surgery
     from morphcli.training import controller, distribute, engine, gates, regularizers
 
@@ -113,6 +113,7 @@ def shrink(ctx: RunContext, outdir: str | Path, *, callbacks: Sequence = ()) -> 
         ctx = make_context(ctx)
     conf, seed, strategy = ctx.conf, ctx.seed, ctx.strategy
     outdir = distribute.write_dir(outdir, strategy)  # other workers than the chief: scratch
+    record_folder(conf, outdir, started=_started(outdir))  # a resume: the same, whole
     engine.set_seed(conf.seed)  # the same training randomness however the context was made
     reg_conf = conf.regularizer
     threshold = None if reg_conf.threshold == "auto" else reg_conf.threshold
@@ -128,7 +129,6 @@ def shrink(ctx: RunContext, outdir: str | Path, *, callbacks: Sequence = ()) -> 
     steered = reg_conf.strength == "auto"
     strength = AUTO_STRENGTH if steered else float(reg_conf.strength)
     lam = strength / regularizers.strength_scale(reg)
-    record(conf, outdir / "config.yaml")
 
     seed_cost = seed.costs.total(ctx.metric)
     steps = [_structure_logger(reg, seed_cost)]
@@ -171,6 +171,16 @@ def shrink(ctx: RunContext, outdir: str | Path, *, callbacks: Sequence = ()) -> 
     engine.finish(outdir)
     distribute.remove_write_dir(outdir, strategy)
     return result
+
+
+# What the shrink writes besides its records: a folder holding any has begun.
+OUTPUTS = ("checkpoints", "logs", "structure.json", "shrunk.keras", "trained.keras",
+           "summary.json")
+
+
+def _started(outdir: Path) -> bool:
+    """Whether a shrink into `outdir` has begun (its outputs are there)."""
+    return any((Path(outdir) / name).exists() for name in OUTPUTS)
 
 
 def land(reg, aim: float | None, trained_graph, seed_graph, round_to: int):

@@ -6,7 +6,9 @@ weights) and turns those vectors into:
 
 - `alive_masks()`: a channel is alive when its value exceeds the threshold;
 - `cost()`: the resource cost of the alive structure (same `CostModel` as
-  reports, so the number optimised is the number shown);
+  reports, so the number optimised is the number shown); `priced()` is the
+  same number as a tensor, differentiable in the widths (on a measured device,
+  `morphcli.training.measured`: the profile's tables, tiles and curve);
 - `term()`: the cost made differentiable (MorphNet, Gordon et al. 2018):
   for each monomial `c · |in| · |out|` of the cost, `c · (A · Σ r_out + B · Σ r_in)`
   with `A`, `B` the alive widths held constant, and `c · Σ r` for linear ones.
@@ -34,6 +36,7 @@ from morphcli.core.graph import ChannelGraph
 from morphcli.core.rules import OUT, Kind
 from morphcli.core.terms import is_inner
 from morphcli.errors import MorphError
+from morphcli.training.measured import MeasuredPrice
 
 KIND_NAMES = ("gamma", "group_lasso", "gates")
 KINDS = {"gamma": "gamma", "batch_norm": "gamma", "bn": "gamma",
@@ -228,6 +231,30 @@ class Regularizer:
         safe = tf.where(live, raw, 1.0)
         return tf.where(live, safe ** self.cost_exponent * mean ** (1 - self.cost_exponent), 0.0)
 
+    def priced(self, widths=None):
+        """The cost `term` linearises, as a scalar tensor at per-group `widths`
+        (default: the alive widths now): what `costs.total` gives there, the report's
+        number (on a measured device, the profile's tables, tiles and curve:
+        `MeasuredPrice.price`), differentiable in the widths. `term`'s weights are its
+        slopes."""
+        import tensorflow as tf
+
+        if widths is None:
+            width_t, _ = self._widths_and_sums()
+        else:
+            width_t = tf.constant(self.costs.width_vector(widths), tf.float32)
+        matrix = tf.constant(self.costs.space_matrix(), tf.float32)
+        space_w = tf.concat([tf.linalg.matvec(matrix, width_t), [1.0]], 0)
+        if self.resource == "latency" and self.costs.profile is not None:
+            return self._measured().price(space_w)
+        coef, a, b = self._coefficients(space_w)
+        return tf.reduce_sum(coef * tf.gather(space_w, a) * tf.gather(space_w, b))
+
+    def _measured(self) -> MeasuredPrice:
+        if not hasattr(self, "_measured_price"):
+            self._measured_price = MeasuredPrice(self.costs)
+        return self._measured_price
+
     def channel_weights(self) -> np.ndarray:
         """What one unit of a channel's value adds to the term now, per group
         (index = group id; 0 for groups not regularized)."""
@@ -252,7 +279,7 @@ class Regularizer:
             coef, a, b, _ = compiled(self.resource)
             return coef, a, b
         if self.costs.profile is not None:
-            return self._measured_coefficients(space_w)
+            return self._measured().coefficients(space_w)
         hw, n_nodes = self.costs.hardware, len(self.graph.nodes)
         sides = [(*compiled("flops"), 1 / hw.peak), (*compiled("bytes"), 1 / hw.bandwidth)]
         per_node = [tf.math.unsorted_segment_sum(
@@ -263,82 +290,6 @@ class Regularizer:
         coef = tf.concat([c * scale * tf.cast(tf.gather(mask, node), tf.float32)
                           for (c, _, _, node, scale), mask in zip(sides, on, strict=True)], 0)
         return coef, tf.concat([s[1] for s in sides], 0), tf.concat([s[2] for s in sides], 0)
-
-
-    def _measured_coefficients(self, space_w):
-        """On a measured device, each unit's latency linearised at the current alive
-        widths: the slopes of its table (`Table.at`: bilinear inside the measured
-        widths, flat below them, proportional above) along its input and output
-        widths weigh the sums of those spaces. As monomials `slope · |space| · |none|`,
-        whose term is `slope · sum of the space's values`."""
-        import tensorflow as tf
-
-        n = len(self.costs.spaces)
-        arrays = self._tables()
-        if arrays is None:
-            return (tf.zeros((0,), tf.float32), tf.zeros((0,), tf.int64),
-                    tf.zeros((0,), tf.int64))
-        g_in, g_out, table, n_in, n_out, a, b = arrays
-        x, y = tf.gather(space_w, a), tf.gather(space_w, b)
-
-        def axis(grid, count, value):
-            first, last = grid[:, 0], tf.gather(grid, count - 1, batch_dims=1)
-            clipped = tf.clip_by_value(value, first, last)
-            i = tf.searchsorted(grid, clipped[:, None], side="right")[:, 0] - 1
-            i = tf.clip_by_value(i, 0, tf.maximum(count - 2, 0))
-            lo, hi = tf.gather(grid, i, batch_dims=1), tf.gather(grid, i + 1, batch_dims=1)
-            varies = count > 1
-            grow = tf.where(varies, tf.maximum(1.0, value / last), 1.0)
-            return i, (clipped - lo) / (hi - lo), hi - lo, first, last, varies, grow
-
-        i, u, dx, x0, x1, vary_x, grow_x = axis(g_in, n_in, x)
-        j, v, dy, y0, y1, vary_y, grow_y = axis(g_out, n_out, y)
-        rows = tf.range(tf.shape(table)[0], dtype=i.dtype)
-
-        def at(di, dj):
-            return tf.gather_nd(table, tf.stack([rows, i + di, j + dj], 1))
-
-        t00, t01, t10, t11 = at(0, 0), at(0, 1), at(1, 0), at(1, 1)
-        inside = t00 * (1 - u) * (1 - v) + t10 * u * (1 - v) + t01 * (1 - u) * v + t11 * u * v
-
-        def slope(value, first, last, varies, cell, other_grow):
-            # Inside the grid the cell's partial; above it the proportional growth.
-            partial = tf.where(value > last, inside / last,
-                               tf.where(value < first, 0.0, cell))
-            return tf.where(varies, partial * other_grow, 0.0)
-
-        slope_in = slope(x, x0, x1, vary_x, ((1 - v) * (t10 - t00) + v * (t11 - t01)) / dx,
-                         grow_y)
-        slope_out = slope(y, y0, y1, vary_y, ((1 - u) * (t01 - t00) + u * (t11 - t10)) / dy,
-                          grow_x)
-        coef = tf.stop_gradient(tf.maximum(tf.concat([slope_in, slope_out], 0), 0.0)
-                                * self.costs.profile.scale)
-        none = tf.fill(tf.shape(coef), tf.constant(n, tf.int64))
-        return coef, tf.concat([a, b], 0), none
-
-    def _tables(self):
-        """The bound tables, padded to one size, as TF constants: widths in, widths
-        out, seconds, their real lengths, and the spaces of the two axes. The arrays
-        are cached, the constants made at each call: a constant made while one
-        `tf.function` traces cannot be used eagerly or by another trace."""
-        import tensorflow as tf
-
-        if not hasattr(self, "_table_cache"):
-            units = [u for u in self.costs.units if u.space_in >= 0 or u.space_out >= 0]
-            self._table_cache = None
-            if units:
-                n = len(self.costs.spaces)
-                size = max(2, *(max(len(u.table.widths_in), len(u.table.widths_out))
-                                for u in units))
-                padded = [u.table.padded(size) for u in units]
-                self._table_cache = (
-                    *(np.stack([p[k] for p in padded]).astype(np.float32) for k in range(3)),
-                    *(np.array([p[k] for p in padded], np.int32) for k in (3, 4)),
-                    np.array([u.space_in if u.space_in >= 0 else n for u in units], np.int64),
-                    np.array([u.space_out if u.space_out >= 0 else n for u in units], np.int64))
-        if self._table_cache is None:
-            return None
-        return tuple(tf.constant(a) for a in self._table_cache)
 
 
 def make_regularizer(graph: ChannelGraph, costs: CostModel, kind: str = "gamma",
