@@ -158,7 +158,7 @@ def test_latency_regularizer_prices_a_masked_model_as_the_report_prices_it_rebui
     rebuilt model, and its weights are the table slopes times the scale of the curve's
     line at the alive sum (not the profile's one global `scale`)."""
     from morphcli.core import surgery
-    from morphcli.report import build_report
+    from morphcli.reporting import build_report
 
     model = _model()
     graph = build_graph(model)
