@@ -119,18 +119,18 @@ def test_a_measure_out_of_reach_exits_2_in_mode_below(tmp_path, monkeypatch):
     """A clock on which every model costs its roofline price plus twice the seed's:
     half the seed's latency is out of reach whatever the widths."""
     from morphcli.core.costs import get_hardware
-    from morphcli.steps import export
+    from morphcli.measure import bench
 
     seed = json.loads(morph("report", "zoo:cnn", "--json").stdout)["totals"]["latency_s"]
     cpu = get_hardware("cpu")
 
     def clock(models, hardware, repeats=50, runners=None):
         times = [CostModel(build_graph(m), cpu).total("latency") + 2 * seed for m in models]
-        found = [export.BenchResult("model", "keras", 1, None, repeats, t, t, t,
+        found = [bench.BenchResult("model", "keras", 1, None, repeats, t, t, t,
                                     t / times[0] if k else None) for k, t in enumerate(times)]
         return found, {"runtime": "keras", "threads": None, "batch": 1, "repeats": repeats}
 
-    monkeypatch.setattr(export, "latencies", clock)
+    monkeypatch.setattr(bench, "latencies", clock)
     out = tmp_path / "fast.keras"
     line = user_error("expand", "zoo:cnn", "--target", "latency=50%", "--measure", "-o", str(out))
     record = json.loads((tmp_path / "fast.expand.json").read_text())["measured"]

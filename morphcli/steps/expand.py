@@ -134,7 +134,7 @@ def _measured(source: Priced, quantity, target: float, expansion, solve, build, 
     candidates timed minutes apart met different loads. Keeps the candidate closest
     to the aim (mode `below`: the closest not above the target, else the
     fastest)."""
-    from morphcli.steps.export import MEASURE_REPEATS, latencies
+    from morphcli.measure.bench import MEASURE_REPEATS, latencies
 
     hardware = source.costs.hardware
     relative = not isinstance(quantity, int | float) and quantity.relative
