@@ -1,6 +1,7 @@
 """`morph export` and `morph bench`: exported models predict what the Keras model
 predicts (the oracle), files are written whole, bad input is one line and exit 2."""
 
+import hashlib
 import json
 
 import keras
@@ -134,6 +135,9 @@ def test_cli_bench_of_two_models_prints_both_and_the_ratio(cnn, tmp_path):
     assert (first["runtime"], second["runtime"]) == ("tflite", "keras")
     assert first["ratio"] is None
     assert second["ratio_p10"] <= second["ratio"] <= second["ratio_p90"]
+    # The bytes timed, as `sha256sum` prints them: a .tflite file's; none for Keras.
+    assert first["sha256"] == hashlib.sha256((tmp_path / "m.tflite").read_bytes()).hexdigest()
+    assert second["sha256"] is None
     text = CliRunner().invoke(cli, ["bench", str(tmp_path / "m.tflite"), str(path),
                                     "--repeats", "3", "--warmup", "0"])
     assert text.exit_code == 0 and "x the first" in text.output

@@ -34,6 +34,9 @@ class BenchResult:
     ratio: float | None = None
     ratio_p10: float | None = None
     ratio_p90: float | None = None
+    # The sha256 of the TFLite bytes timed (a .tflite file's, or a Keras model's as
+    # `morph export` writes it); None for the other runtimes.
+    sha256: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -82,9 +85,9 @@ def bench_many(targets: list, *, batch: int = 1, threads: int | None = None,
     rounds = time_rounds([r[2] for r in made], [r[3] for r in made], warmup=warmup,
                          repeats=repeats, progress=progress)
     results = []
-    for (label, kind, _, _), times in zip(made, rounds, strict=True):
+    for (label, kind, _, _, sha), times in zip(made, rounds, strict=True):
         median, p10, p90 = quantiles(times)
-        result = BenchResult(label, kind, batch, threads, repeats, median, p10, p90)
+        result = BenchResult(label, kind, batch, threads, repeats, median, p10, p90, sha256=sha)
         if results:
             result.ratio, result.ratio_p10, result.ratio_p90 = quantiles(
                 [a / b for a, b in zip(times, rounds[0], strict=True)])
@@ -93,23 +96,27 @@ def bench_many(targets: list, *, batch: int = 1, threads: int | None = None,
 
 
 def _runner(target, batch: int, threads: int | None, trust_code: bool, runtime: str):
-    """(label, runtime, runner, input batch) of a model or model file."""
-    from morphcli.measure.convert import convert
+    """(label, runtime, runner, input batch, sha256 of the TFLite bytes or None) of
+    a model or model file. A Keras model for TFLite is converted as `morph
+    export` converts it (`to_tflite`): the bytes timed are the bytes it writes."""
+    from morphcli.measure import convert
 
     if isinstance(target, str | Path):
         runtime = run.runtime_of(target)
         try:
-            runner, shape = run.file_runner(target, runtime, threads, trust_code)
+            runner, shape, content = run.file_runner(target, runtime, threads, trust_code)
         except (ValueError, OSError, RuntimeError) as err:  # not a model of that kind
             raise ModelError(f"Could not load {target} as a {runtime} model: "
                              f"{one_line(err, 160)}") from None
         machine.check_input_batch(str(target), shape, batch)
-        return str(target), runtime, runner, run.sample(shape, batch)
+        sha = convert.digest(content) if content is not None else None
+        return str(target), runtime, runner, run.sample(shape, batch), sha
     shape = run.input_shape(target)
     if runtime == "tflite":
-        return ("model", "tflite", run.tflite_runner(convert(target), threads),
-                run.sample(shape, batch))
-    return "model", "keras", run.keras_runner(target), run.sample(shape, batch)
+        content = convert.to_tflite(target)
+        return ("model", "tflite", run.tflite_runner(content, threads),
+                run.sample(shape, batch), convert.digest(content))
+    return "model", "keras", run.keras_runner(target), run.sample(shape, batch), None
 
 
 def latencies(models: list, hardware, repeats: int = MEASURE_REPEATS,

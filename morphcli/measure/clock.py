@@ -158,13 +158,14 @@ class Clock:
         self._kept: dict[int, tuple] = {}
 
     def runner(self, model) -> Callable:
-        """A call of `model` in this clock's runtime (TFLite: converted first)."""
-        from morphcli.measure.convert import convert
+        """A call of `model` in this clock's runtime (TFLite: converted as `morph export`
+        converts)."""
+        from morphcli.measure.convert import to_tflite
         from morphcli.measure.runners import keras_runner, tflite_runner
 
         if self.runtime == "keras":
             return keras_runner(model)
-        return tflite_runner(convert(model), self.threads)
+        return tflite_runner(to_tflite(model), self.threads)
 
     def _call(self, model, keep: bool = False) -> tuple[Callable, object]:
         """(runner, its input) of a model; with `keep`, converted once and reused."""

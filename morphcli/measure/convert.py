@@ -1,10 +1,16 @@
 """The conversion of a Keras model to the formats users deploy: a TensorFlow
-SavedModel, and TFLite converted from it."""
+SavedModel, and TFLite converted from it (`to_tflite`). `morph export` writes
+what `to_tflite` returns, and `morph profile`, `morph bench` (of a Keras model
+in memory) and `expand --measure` time what it returns: one conversion, so the
+bytes timed are the bytes deployed (the same model gives the same bytes)."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
+import shutil
+import tempfile
 from pathlib import Path
 
 from morphcli.errors import MorphError, one_line
@@ -48,18 +54,32 @@ def saved_model_to_tflite(saved: Path, quantize: str = "none",
         raise MorphError(f"The TFLite converter failed: {one_line(err)}", hint=hint) from None
 
 
-def convert(model) -> bytes:
-    """A Keras model as TFLite float32, without the converter's chatter on stdout.
+MEASURE_HINT = "measure with the keras runtime."
+
+
+def to_tflite(model, quantize: str = "none", *, work: Path | None = None,
+              hint: str = MEASURE_HINT) -> bytes:
+    """`model` as the TFLite flatbuffer `morph export` writes: the model exported
+    as a SavedModel into `work` (a fresh temporary folder, removed, when None),
+    then converted (`saved_model_to_tflite`), without the tools' chatter.
 
     Raises:
-        MorphError: The converter failed (in one line).
-    """
-    import tensorflow as tf
+        MorphError: The exporter or the converter failed (in one line, with `hint`).
 
+    Example:
+
+    >>> content = to_tflite(model)  # the bytes of `morph export model -o m.tflite`
+    """
+    own = work is None
+    folder = Path(tempfile.mkdtemp(prefix="morph-convert-")) if own else Path(work)
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            return tf.lite.TFLiteConverter.from_keras_model(model).convert()
-    except Exception as err:  # noqa: BLE001 - the converter raises many kinds
-        raise MorphError(f"The TFLite converter failed on `{model.name}`: "
-                         f"{' '.join(str(err).split())[:200]}",
-                         hint="measure with the keras runtime.") from None
+        saved = folder / "saved_model"
+        write_saved_model(model, saved)
+        return saved_model_to_tflite(saved, quantize, hint)
+    finally:
+        shutil.rmtree(folder if own else folder / "saved_model", ignore_errors=True)
+
+
+def digest(content: bytes) -> str:
+    """The sha256 of a converted model, as `sha256sum` prints it for its file."""
+    return hashlib.sha256(content).hexdigest()

@@ -183,19 +183,21 @@ def runtime_of(path: str | Path) -> str:
 
 
 def file_runner(path, runtime: str, threads: int | None, trust_code: bool):
-    """(runner, input shape) of a model file of `runtime`."""
+    """(runner, input shape, the file's bytes for tflite else None) of a model file
+    of `runtime`."""
     if runtime == "tflite":
         content = read_tflite(path)
         details = quiet_interpreter(model_content=content).get_input_details()
         if len(details) != 1:
             raise ModelError(f"{path} has {len(details)} inputs; bench handles one.")
-        return tflite_runner(content, threads), tuple(int(d) for d in details[0]["shape"][1:])
+        return (tflite_runner(content, threads), tuple(int(d) for d in details[0]["shape"][1:]),
+                content)
     if runtime == "saved_model":
-        return saved_model_runner(path), saved_model_shape(path)
+        return saved_model_runner(path), saved_model_shape(path), None
     from morphcli.models.zoo import load_model
 
     model = load_model(path, trust_code=trust_code)
-    return keras_runner(model), input_shape(model, BENCH_HINT)
+    return keras_runner(model), input_shape(model, BENCH_HINT), None
 
 
 def read_tflite(path) -> bytes:

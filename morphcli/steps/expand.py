@@ -143,10 +143,12 @@ def _measured(source: Priced, quantity, target: float, expansion, solve, build, 
     lead = [source.model] if relative else []
     runners: dict = {}  # each model converted once, dropped at the end
     seeds, tried, passes, hows = [], [], [], []
+    timed_bytes: dict[int, str | None] = {}  # id(model): sha256 of the TFLite bytes timed
 
     def timed(models: list, repeats: int) -> list[float]:
         found, how = latencies(lead + models, hardware, repeats, runners=runners)
         hows.append(how)
+        timed_bytes.update({id(m): r.sha256 for m, r in zip(lead + models, found, strict=True)})
         if relative:
             seeds.append(found[0].median_s)
             return [r.ratio for r in found[1:]]
@@ -192,10 +194,11 @@ def _measured(source: Priced, quantity, target: float, expansion, solve, build, 
               "latency_s": chosen[2] * unit, "error": chosen[2] / goal - 1,
               "met": bool(chosen[2] <= goal),
               "source_s": unit if relative else None,
+              "source_sha256": timed_bytes.get(id(source.model)) if relative else None,
               "candidates": [{"multiplier": e.multiplier, "predicted_s": e.achieved,
                               "measured_s": v * unit, "measured_in_loop_s": alone * loop_unit,
-                              "passes": n}
-                             for (e, _, v), alone, n in zip(tried, looped, passes,
+                              "passes": n, "sha256": timed_bytes.get(id(m))}
+                             for (e, m, v), alone, n in zip(tried, looped, passes,
                                                             strict=True)]}
     return chosen[0], chosen[1], record
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from morphcli.errors import ModelError, MorphError
 from morphcli.measure import runners as run
-from morphcli.measure.convert import QUANTIZATIONS, saved_model_to_tflite, write_saved_model
+from morphcli.measure.convert import QUANTIZATIONS, to_tflite, write_saved_model
 
 FORMATS = ("tflite", "saved_model")
 CHECK_BATCH = 4  # examples in the random batch an export is checked on
@@ -76,8 +76,8 @@ def export(model, path: str | Path, fmt: str = "tflite", quantize: str = "none")
     work = Path(tempfile.mkdtemp(prefix=files.temp_prefix(path.name), dir=path.parent))
     try:
         saved = work / "saved_model"
-        write_saved_model(model, saved)
         if fmt == "saved_model":
+            write_saved_model(model, saved)
             got = run.saved_model_runner(saved)(x)
             size = sum(f.stat().st_size for f in saved.rglob("*") if f.is_file())
             # Marked as morph's: a later --overwrite may replace this folder, no other.
@@ -85,7 +85,7 @@ def export(model, path: str | Path, fmt: str = "tflite", quantize: str = "none")
                                                    "replaces it whole\n")
             _move_into_place(saved, path, work)
         else:
-            content = saved_model_to_tflite(saved, quantize)
+            content = to_tflite(model, quantize, work=work, hint="try --format saved_model.")
             got = run.tflite_outputs(content, x)
             files.write_bytes(path, content)
             size = len(content)
