@@ -3,8 +3,9 @@
 For every distinct unit of the model (`morphcli.core.profile.units`: a layer
 and the batch norms and activations that follow it) a one-unit model is built
 at each width of a small grid and timed with the runtime the user deploys on
-(TFLite's interpreter, or Keras inside one `tf.function`), the way `morph
-bench` times a whole model: warm-up calls, then timed calls, the median kept.
+(TFLite's interpreter, on the bytes `morph export` would write, or Keras
+inside one `tf.function`; `morphcli.measure`), the way `morph bench` times a
+whole model: warm-up calls, then timed calls, the median kept.
 Each unit runs after one element-wise op on its input, and what a call costs
 with that op alone is removed: what is left is the unit's marginal cost, as
 inside a whole model, where the runtime's threads are already awake and the
