@@ -43,9 +43,10 @@ from morphcli.api import load_model  # noqa: E402
 from morphcli.core.costs import CostModel  # noqa: E402
 from morphcli.core.graph import build_graph  # noqa: E402
 from morphcli.core.quantities import Quantity  # noqa: E402
+from morphcli.measure.bench import bench_many  # noqa: E402
 from morphcli.steps.context import Priced  # noqa: E402
 from morphcli.steps.expand import expand, expand_model  # noqa: E402
-from morphcli.steps.export import bench_many, export  # noqa: E402
+from morphcli.steps.export import export  # noqa: E402
 from morphcli.steps.profile import profile  # noqa: E402
 
 MODELS = {"resnet50": "applications:ResNet50", "mobilenetv2": "applications:MobileNetV2",

@@ -33,8 +33,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from morphcli.api import load_model  # noqa: E402
 from morphcli.core.quantities import Quantity  # noqa: E402
+from morphcli.measure.bench import bench_many  # noqa: E402
 from morphcli.steps.expand import expand_model  # noqa: E402
-from morphcli.steps.export import bench_many, export  # noqa: E402
+from morphcli.steps.export import export  # noqa: E402
 
 MODELS = {"resnet50": "applications:ResNet50", "mobilenetv2": "applications:MobileNetV2",
           "resnet20": "zoo:resnet20"}

@@ -321,8 +321,10 @@ def _show_expansion(out, err, seed, result, metric: str, out_path: str) -> None:
               f"{amount(metric, expansion.target)} ({expansion.error:+.2%}); wrote {out_path}",
               markup=False, highlight=False)
     if m := result.record.get("measured"):
-        err.print(f"measured {m['latency_s'] * 1e3:.4g} ms here ({m['runtime']}) for target "
-                  f"{m['target_s'] * 1e3:.4g} ms ({m['error']:+.1%})", markup=False)
+        from morphcli.steps.expand import describe_measured
+
+        for line in describe_measured(m):
+            err.print(line, markup=False, highlight=False)
 
 
 @cli.command()

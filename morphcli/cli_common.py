@@ -58,17 +58,12 @@ def quiet_tensorflow() -> None:
     """Imports TensorFlow with file descriptor 2 muted: its C++ start-up lines
     (oneDNN, CUDA probing) are printed before any log level applies. Python
     errors still surface, after stderr is restored. MORPH_TF_LOGS=1 keeps them."""
-    if "tensorflow" in sys.modules or os.environ.get("MORPH_TF_LOGS"):
+    if "tensorflow" in sys.modules:
         return
-    sys.stderr.flush()
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
+    from morphcli.measure.runners import muted_stderr
+
+    with muted_stderr():
         import tensorflow  # noqa: F401
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
 
 
 def os_error_line(err: OSError) -> str:

@@ -96,7 +96,7 @@ def bench(paths, batch, threads, repeats, warmup, trust_code, as_json):
       morph bench seed.tflite small.tflite --threads 2 --repeats 200
       morph bench runs/demo/retrain/final.keras --batch 8 --json
     """
-    from morphcli.steps.export import bench_many
+    from morphcli.measure.bench import bench_many
 
     out, err = _consoles()
     with _bar(err, "bench") as bar:

@@ -1,6 +1,7 @@
 """`morph export` and `morph bench`: exported models predict what the Keras model
 predicts (the oracle), files are written whole, bad input is one line and exit 2."""
 
+import hashlib
 import json
 
 import keras
@@ -11,6 +12,9 @@ from click.testing import CliRunner
 
 from morphcli.cli import cli
 from morphcli.errors import MorphError
+from morphcli.measure import bench as mb
+from morphcli.measure import clock
+from morphcli.measure import runners as run
 from morphcli.models.zoo import load_static
 from morphcli.steps import export as ex
 
@@ -73,24 +77,24 @@ def test_bench_times_every_runtime_on_the_same_input(cnn, tmp_path):
     ex.export(model, tmp_path / "m.tflite")
     calls = []
     for target in (path, tmp_path / "m.tflite"):
-        result = ex.bench(str(target), repeats=7, warmup=2, progress=calls.append)
+        result = mb.bench(str(target), repeats=7, warmup=2, progress=calls.append)
         assert result.repeats == 7 and 0 < result.p10_s <= result.median_s <= result.p90_s
     assert len(calls) == 2 * (7 + 2)
-    assert ex.runtime_of(path) == "keras" and ex.runtime_of(tmp_path / "m.tflite") == "tflite"
+    assert run.runtime_of(path) == "keras" and run.runtime_of(tmp_path / "m.tflite") == "tflite"
 
 
 def test_bench_many_interleaves_call_by_call_and_takes_ratios_per_round(cnn, tmp_path,
                                                                         monkeypatch):
     order = []
-    rounds = ex.time_rounds([lambda x: order.append(("a", x)), lambda x: order.append(("b", x))],
+    rounds = clock.time_rounds([lambda x: order.append(("a", x)), lambda x: order.append(("b", x))],
                             [1, 2], warmup=1, repeats=3)
     assert order == [("a", 1), ("b", 2)] * 4 and [len(t) for t in rounds] == [3, 3]
     # The ratio is the median of the per-round ratios (2, 1.5, 1, 1.1: 1.3), not the
     # ratio of the medians (3.5 / 3).
     fake = [[1.0, 2.0, 4.0, 10.0], [2.0, 3.0, 4.0, 11.0]]
-    monkeypatch.setattr(ex, "time_rounds", lambda *a, **k: fake)
+    monkeypatch.setattr(mb, "time_rounds", lambda *a, **k: fake)
     model, path = cnn
-    first, second = ex.bench_many([str(path), str(path)], repeats=4, warmup=0)
+    first, second = mb.bench_many([str(path), str(path)], repeats=4, warmup=0)
     assert first.ratio is None and (first.median_s, second.median_s) == (3.0, 3.5)
     assert second.ratio == pytest.approx(1.3) and second.ratio_p10 <= 1.3 <= second.ratio_p90
 
@@ -99,25 +103,25 @@ def test_bench_many_converts_each_model_once_across_calls_that_share_runners(cnn
                                                                              monkeypatch):
     model, path = cnn
     made = []
-    real = ex._runner
+    real = mb._runner
 
     def counting(target, *args):
         made.append(target)
         return real(target, *args)
 
-    monkeypatch.setattr(ex, "_runner", counting)
+    monkeypatch.setattr(mb, "_runner", counting)
     # Alone, a target listed twice gets two runners (the benchmark's noise floor).
-    ex.bench_many([model, model], repeats=1, warmup=0, runtime="tflite")
+    mb.bench_many([model, model], repeats=1, warmup=0, runtime="tflite")
     assert made == [model, model]
     made.clear()
     runners: dict = {}
     for _ in range(3):
-        ex.bench_many([model, str(path)], repeats=1, warmup=0, runtime="tflite",
+        mb.bench_many([model, str(path)], repeats=1, warmup=0, runtime="tflite",
                       runners=runners)
     assert made == [model, str(path)]
     # Each runner is kept with its target, so the target's id cannot be reused.
     assert {v[0] is model or v[0] == str(path) for v in runners.values()} == {True}
-    ex.bench_many([model], repeats=1, warmup=0, runtime="keras", runners=runners)
+    mb.bench_many([model], repeats=1, warmup=0, runtime="keras", runners=runners)
     assert made == [model, str(path), model]  # another runtime: another runner
 
 
@@ -131,6 +135,9 @@ def test_cli_bench_of_two_models_prints_both_and_the_ratio(cnn, tmp_path):
     assert (first["runtime"], second["runtime"]) == ("tflite", "keras")
     assert first["ratio"] is None
     assert second["ratio_p10"] <= second["ratio"] <= second["ratio_p90"]
+    # The bytes timed, as `sha256sum` prints them: a .tflite file's; none for Keras.
+    assert first["sha256"] == hashlib.sha256((tmp_path / "m.tflite").read_bytes()).hexdigest()
+    assert second["sha256"] is None
     text = CliRunner().invoke(cli, ["bench", str(tmp_path / "m.tflite"), str(path),
                                     "--repeats", "3", "--warmup", "0"])
     assert text.exit_code == 0 and "x the first" in text.output
@@ -202,7 +209,7 @@ def test_a_model_with_two_inputs_is_refused(tmp_path):
 
 
 def test_repeats_fill_the_minimum_time_up_to_the_cap():
-    assert ex.repeats_for(0.001, 15, 0.05, 2000) == 50  # 50 calls of 1 ms fill 50 ms
-    assert ex.repeats_for(1e-6, 15, 0.05, 2000) == 2000  # capped
-    assert ex.repeats_for(0.1, 15, 0.05, None) == 15  # one call is longer than 50 ms
-    assert ex.repeats_for(0.001, 15, 0.0, None) == 15
+    assert clock.repeats_for(0.001, 15, 0.05, 2000) == 50  # 50 calls of 1 ms fill 50 ms
+    assert clock.repeats_for(1e-6, 15, 0.05, 2000) == 2000  # capped
+    assert clock.repeats_for(0.1, 15, 0.05, None) == 15  # one call is longer than 50 ms
+    assert clock.repeats_for(0.001, 15, 0.0, None) == 15

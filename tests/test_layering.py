@@ -15,8 +15,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "morphcli"
 
 # Each layer and what it may import from morphcli (besides itself). Arrows point
 # down only: core is pure model arithmetic; training and models sit on it; config
-# takes its choice lists from them; reporting renders core's numbers; steps use
-# all of those; api and the CLI are the shells on top.
+# takes its choice lists from them; reporting renders core's numbers; measure
+# converts and times models; steps use all of those; api and the CLI are the shells on top.
 BASE_MODULES = {"errors", "files"}
 BASE = {"base"}
 ALLOWED = {
@@ -26,8 +26,9 @@ ALLOWED = {
     "training": BASE | {"core", "training"},
     "config": BASE | {"core", "models", "training", "config"},
     "report": BASE | {"core", "report"},
-    "steps": BASE | {"core", "models", "training", "config", "report", "steps"},
-    "api": BASE | {"core", "models", "training", "config", "report", "steps", "api"},
+    "measure": BASE | {"core", "models", "measure"},
+    "steps": BASE | {"core", "models", "training", "config", "report", "measure", "steps"},
+    "api": BASE | {"core", "models", "training", "config", "report", "measure", "steps", "api"},
     "cli": None,  # the top: anything
 }
 KERAS_PRIVATE = {"_nodes_by_depth", "_inbound_nodes", "_outbound_nodes", "_functional",
@@ -37,7 +38,7 @@ ADAPTER = "core/keras_adapter.py"
 
 def layer_of(rel: str) -> str:
     parts = Path(rel).with_suffix("").parts
-    if parts[0] in {"core", "models", "training", "config", "steps"}:
+    if parts[0] in {"core", "models", "training", "config", "measure", "steps"}:
         return parts[0]
     name = parts[0]
     if name in BASE_MODULES:
@@ -268,3 +269,16 @@ def test_one_run_builds_each_graph_once_and_one_strategy(tmp_path, monkeypatch):
     # seed, shrunk, expanded, baseline expanded; the retrained clones reuse their source's.
     assert len(builds) == 4 and set(builds.values()) == {1}, builds
     assert len(strategies) == 1 and len(datasets) == 1 and not loads
+
+
+def test_a_step_imports_no_other_step():
+    """Steps share `steps/context.py` and what lies below them (measure, core...);
+    only `run`, which chains the steps, imports them."""
+    wrong = []
+    for rel, tree in modules():
+        if layer_of(rel) != "steps" or rel in {"steps/run.py", "steps/context.py"}:
+            continue
+        for line, module in morphcli_imports(tree):
+            if module.startswith("morphcli.steps") and module != "morphcli.steps.context":
+                wrong.append(f"{rel}:{line} imports {module}")
+    assert not wrong, "\n".join(wrong)

@@ -121,18 +121,18 @@ def slow_clock(monkeypatch):
     half the seed's latency is out of reach whatever the widths, however loaded the
     machine."""
     from morphcli.core.costs import get_hardware
-    from morphcli.steps import export
+    from morphcli.measure import bench
 
     seed = json.loads(morph("report", "zoo:cnn", "--json").stdout)["totals"]["latency_s"]
     cpu = get_hardware("cpu")
 
     def clock(models, hardware, repeats=50, runners=None):
         times = [CostModel(build_graph(m), cpu).total("latency") + 2 * seed for m in models]
-        found = [export.BenchResult("model", "keras", 1, None, repeats, t, t, t,
+        found = [bench.BenchResult("model", "keras", 1, None, repeats, t, t, t,
                                     t / times[0] if k else None) for k, t in enumerate(times)]
         return found, {"runtime": "keras", "threads": None, "batch": 1, "repeats": repeats}
 
-    monkeypatch.setattr(export, "latencies", clock)
+    monkeypatch.setattr(bench, "latencies", clock)
 
 
 def test_a_measure_out_of_reach_exits_2_in_mode_below(tmp_path, slow_clock):

@@ -538,8 +538,8 @@ def test_expand_measure_corrects_the_multiplier_until_the_clock_agrees(monkeypat
     the measured seed is then 0.55 of its prediction, which the profile alone misses
     (its structure measures 0.6) and the loop must find."""
     from morphcli.core.quantities import Quantity
+    from morphcli.measure import bench
     from morphcli.steps import expand as ex
-    from morphcli.steps import export
 
     model = _model()
     graph = build_graph(model)
@@ -555,11 +555,11 @@ def test_expand_measure_corrects_the_multiplier_until_the_clock_agrees(monkeypat
         calls.append((len(models), repeats))
         times = [CostModel(build_graph(m), prof).total("latency") + 0.1 * predicted_seed
                  for m in models]
-        found = [export.BenchResult("model", "keras", 1, None, repeats, t, t, t,
+        found = [bench.BenchResult("model", "keras", 1, None, repeats, t, t, t,
                                     t / times[0] if k else None) for k, t in enumerate(times)]
         return found, {"runtime": "keras", "threads": None, "batch": 1, "repeats": repeats}
 
-    monkeypatch.setattr(export, "latencies", clock)
+    monkeypatch.setattr(bench, "latencies", clock)
     result = ex.expand(ex.Priced.of(model, prof), "latency", Quantity(0.5, True),
                        measure=True)
     measured = result.record["measured"]
@@ -572,11 +572,11 @@ def test_expand_measure_corrects_the_multiplier_until_the_clock_agrees(monkeypat
     got = clock([result.expanded.model], prof)[0][0].median_s
     assert got == pytest.approx(measured["latency_s"])
     assert goal * 0.95 <= got <= goal  # a budget: not above it
-    # A steady clock: 3 passes of the source and a candidate per candidate, then all
-    # candidates timed together once with the source, and the same figures there.
+    # A steady clock: 3 passes of the source and a candidate per candidate, then each
+    # candidate timed once more beside the source, and the same figures there.
     tried = len(measured["candidates"])
     assert tried > 1
-    assert calls[:-2] == [(2, 50)] * 3 * tried and calls[-2] == (1 + tried, 150)
+    assert calls[:-1] == [(2, 50)] * 3 * tried + [(2, 150)] * tried
     for c in measured["candidates"]:
         assert c["passes"] == 3
         assert c["measured_s"] == pytest.approx(c["measured_in_loop_s"])
@@ -591,7 +591,7 @@ def test_expand_measure_is_for_latency_targets(tmp_path):
 def _clock_on(prof, distort):
     """A fake `latencies`: each model's price on `prof`, distorted by
     `distort(call number, number of models, times)`; records its calls."""
-    from morphcli.steps import export
+    from morphcli.measure import bench
 
     calls = []
 
@@ -599,7 +599,7 @@ def _clock_on(prof, distort):
         calls.append((len(models), repeats))
         times = distort(len(calls), len(models),
                         [CostModel(build_graph(m), prof).total("latency") for m in models])
-        found = [export.BenchResult("model", "keras", 1, None, repeats, t, t, t,
+        found = [bench.BenchResult("model", "keras", 1, None, repeats, t, t, t,
                                     t / times[0] if k else None) for k, t in enumerate(times)]
         return found, {"runtime": "keras", "threads": None, "batch": 1, "repeats": repeats}
 
@@ -618,15 +618,15 @@ def test_expand_measure_adds_passes_until_most_agree(monkeypatch):
     their median deviation is 6%, after four 3%, after five 0 (three agree), so the
     loop stops at five passes, on the true ratio."""
     from morphcli.core.quantities import Quantity
+    from morphcli.measure import bench
     from morphcli.steps import expand as ex
-    from morphcli.steps import export
 
     model = _model()
     prof = _bilinear_profile(build_graph(model))
     noise = {1: 0.94, 2: 1.06}
     clock, calls = _clock_on(prof, lambda n, k, t: [t[0]] + [v * noise.get(n, 1.0)
                                                            for v in t[1:]])
-    monkeypatch.setattr(export, "latencies", clock)
+    monkeypatch.setattr(bench, "latencies", clock)
     result = ex.expand(ex.Priced.of(model, prof), "latency", Quantity(0.5, True),
                        measure=True)
     measured = result.record["measured"]
@@ -639,7 +639,7 @@ def test_expand_measure_adds_passes_until_most_agree(monkeypatch):
     # A candidate whose passes never agree gets MAX_PASSES of them.
     clock_noisy, _ = _clock_on(prof, lambda n, k, t: [t[0]] + [
         v * (0.94, 1.0, 1.06)[n % 3] for v in t[1:]])
-    monkeypatch.setattr(export, "latencies", clock_noisy)
+    monkeypatch.setattr(bench, "latencies", clock_noisy)
     result = ex.expand(ex.Priced.of(model, prof), "latency", Quantity(0.5, True),
                        measure=True)
     assert result.record["measured"]["candidates"][0]["passes"] == ex.MAX_PASSES == 7
@@ -648,12 +648,12 @@ def test_expand_measure_adds_passes_until_most_agree(monkeypatch):
 def test_expand_measure_chooses_on_the_final_timing_of_all_candidates(monkeypatch):
     """In the loop every model pays a tenth of the seed's predicted latency more
     (the profile's first candidate is then too slow, and the loop corrects it); in
-    the final timing of all candidates together the load is gone: there the last
-    candidate of the loop is far below the target, and the choice is the
-    candidate nearest the target in that timing."""
+    the final timings of each candidate beside the seed the load is gone: there the
+    last candidate of the loop is far below the target, and the choice is the
+    candidate nearest the target in those timings."""
     from morphcli.core.quantities import Quantity
+    from morphcli.measure import bench
     from morphcli.steps import expand as ex
-    from morphcli.steps import export
 
     model = _model()
     graph = build_graph(model)
@@ -661,16 +661,16 @@ def test_expand_measure_chooses_on_the_final_timing_of_all_candidates(monkeypatc
     seed = CostModel(graph, prof).total("latency")
 
     def distort(n, k, times):
-        final = k > 2
+        final = calls[-1][1] == ex.FINAL_REPEATS
         return [times[0]] + [t if final else t + 0.1 * seed for t in times[1:]]
 
     clock, calls = _clock_on(prof, distort)
-    monkeypatch.setattr(export, "latencies", clock)
+    monkeypatch.setattr(bench, "latencies", clock)
     result = ex.expand(ex.Priced.of(model, prof), "latency", Quantity(0.5, True),
                        measure=True)
     measured = result.record["measured"]
     tried = measured["candidates"]
-    assert len(tried) > 1 and calls[-1] == (1 + len(tried), ex.FINAL_REPEATS)
+    assert len(tried) > 1 and calls[-len(tried):] == [(2, ex.FINAL_REPEATS)] * len(tried)
     for c in tried:  # in the final timing each candidate costs what the profile says
         assert c["measured_s"] == pytest.approx(c["predicted_s"])
         assert c["measured_in_loop_s"] == pytest.approx(c["predicted_s"] + 0.1 * seed)
@@ -687,8 +687,8 @@ def test_expand_measure_aims_under_a_budget_and_on_a_nearest_target(monkeypatch)
     budget (mode below) does not take it, aims 2% under the target and keeps a
     candidate not above it; mode nearest aims at the target and stops there."""
     from morphcli.core.quantities import Quantity
+    from morphcli.measure import bench
     from morphcli.steps import expand as ex
-    from morphcli.steps import export
 
     model = _model()
     graph = build_graph(model)
@@ -699,7 +699,7 @@ def test_expand_measure_aims_under_a_budget_and_on_a_nearest_target(monkeypatch)
         first = ex.solve_multiplier(costs, "latency", 0.5 * seed, mode=mode).achieved
         factor = 1.01 * 0.5 * seed / first  # the first candidate measures 1.01 x goal
         clock, _ = _clock_on(prof, lambda n, k, t, f=factor: [t[0]] + [v * f for v in t[1:]])
-        monkeypatch.setattr(export, "latencies", clock)
+        monkeypatch.setattr(bench, "latencies", clock)
         result = ex.expand(ex.Priced.of(model, prof), "latency", Quantity(0.5, True),
                            measure=True, mode=mode)
         measured = result.record["measured"]
@@ -723,15 +723,15 @@ def test_expand_measure_halves_the_bracket_when_the_correction_repeats(monkeypat
     structure already timed is replaced by the target halfway between the two,
     which the loop tries next."""
     from morphcli.core.quantities import Quantity
+    from morphcli.measure import bench
     from morphcli.steps import expand as ex
-    from morphcli.steps import export
 
     model = _model()
     graph = build_graph(model)
     prof = _bilinear_profile(graph)
     seed = CostModel(graph, prof).total("latency")
     clock, _ = _clock_on(prof, lambda n, k, t: [t[0]] + [v + 0.05 * seed for v in t[1:]])
-    monkeypatch.setattr(export, "latencies", clock)
+    monkeypatch.setattr(bench, "latencies", clock)
 
     def repeating(tried, goal):  # 40% of the seed, then the first candidate again
         return 0.4 * seed if len(tried) == 1 else tried[0][0].achieved
@@ -759,8 +759,8 @@ def test_expand_measure_steps_past_the_nearest_when_all_are_on_one_side(monkeypa
     cost-model target down by goal / measured (at least 3%), compounded, until the
     solver gives a structure not yet timed."""
     from morphcli.core.quantities import Quantity
+    from morphcli.measure import bench
     from morphcli.steps import expand as ex
-    from morphcli.steps import export
 
     model = _model()
     graph = build_graph(model)
@@ -768,7 +768,7 @@ def test_expand_measure_steps_past_the_nearest_when_all_are_on_one_side(monkeypa
     costs = CostModel(graph, prof)
     seed = costs.total("latency")
     clock, _ = _clock_on(prof, lambda n, k, t: [t[0]] + [v + 0.1 * seed for v in t[1:]])
-    monkeypatch.setattr(export, "latencies", clock)
+    monkeypatch.setattr(bench, "latencies", clock)
     monkeypatch.setattr(ex, "_next_goal", lambda tried, goal: tried[0][0].achieved)
     result = ex.expand(ex.Priced.of(model, prof), "latency", Quantity(0.5, True),
                        measure=True)
@@ -825,7 +825,7 @@ def test_clock_keeps_runners_until_release_and_sizes_rounds_from_the_last_warm_u
     """A kept runner is built once and dropped by `release`; an unkept one is built
     per call. `time_together` reads a round's time from its last warm-up round:
     0.01 + 0.03 s, so a second of rounds is 25 of them (more than `repeats`, 5)."""
-    from morphcli.steps import export
+    from morphcli.measure import clock as clock_module
 
     model = _model()
     clock = measure.Clock("keras", 1, None, warmup=3, repeats=5)
@@ -840,7 +840,7 @@ def test_clock_keeps_runners_until_release_and_sizes_rounds_from_the_last_warm_u
         calls.append((len(fns), warmup, repeats))
         return [[0.01] * repeats, [0.03] * repeats]
 
-    monkeypatch.setattr(export, "time_rounds", rounds)
+    monkeypatch.setattr(clock_module, "time_rounds", rounds)
     timings = clock.time_together([model, _model(side=8)], min_time=1.0)
     assert calls == [(2, 2, 1), (2, 0, 25)]
     assert [t.median for t in timings] == [0.01, 0.03]

@@ -526,7 +526,7 @@ def test_bench_refuses_a_tflite_link_to_a_device(tmp_path):
 
 
 def test_bench_refuses_a_batch_whose_input_outgrows_the_memory(seed):
-    from morphcli.steps import clock
+    from morphcli.measure import clock
 
     before = _digest(seed)
     line = user_error("bench", str(seed), "--batch", "100000000")

@@ -1,11 +1,16 @@
-"""Facts about this machine that bound what a command may ask of it: its memory,
-and how much of it one tensor may take. Imported by the steps that allocate
-(profile, bench), so that neither imports the other for them."""
+"""What this machine is: its CPU, cores, system and TensorFlow (`machine`, what a
+profile records and compares itself with), and the facts that bound what a
+command may ask of it: its memory, and how much of it one tensor may take.
+
+It sits in core because a profile (core) reads it; `morphcli.measure`, which
+allocates and times, imports it from here."""
 
 from __future__ import annotations
 
 import math
 import os
+import platform
+from pathlib import Path
 
 from morphcli.errors import MorphError
 
@@ -14,6 +19,25 @@ from morphcli.errors import MorphError
 # layer's output).
 MEMORY_SHARE = 0.25
 FLOAT_BYTES = 4  # float32
+
+
+def machine() -> dict:
+    """What a profile records about the machine and software that measured it."""
+    import tensorflow as tf
+
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "machine": platform.machine(),
+            "system": platform.system(), "tensorflow": tf.__version__}
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo), else the platform's word for it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def memory_bytes() -> int:

@@ -39,8 +39,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import platform
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from morphcli.core import profile_file, rules
+from morphcli.core.machine import machine
 from morphcli.core.profile_file import FORMAT, PREFIX, RUNTIMES, VERSION
 from morphcli.errors import MorphError
 
@@ -57,24 +56,6 @@ __all__ = ["FORMAT", "PREFIX", "RUNTIMES", "VERSION", "Profile", "Table", "load"
 # of a table's key too: the table varies them.
 _INERT_KEYS = {"name", "trainable", "momentum", "dtype"}
 _IGNORED_SUFFIXES = ("_initializer", "_regularizer", "_constraint")
-
-
-def machine() -> dict:
-    """What a profile records about the machine and software that measured it."""
-    import tensorflow as tf
-
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "machine": platform.machine(),
-            "system": platform.system(), "tensorflow": tf.__version__}
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 # ---------------------------------------------------------------------------

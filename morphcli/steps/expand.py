@@ -124,9 +124,9 @@ def check_measured(record: dict, mode: str, written: str | Path, hint: str) -> N
 
 MEASURE_ROUNDS = 6  # candidates timed at most
 MEASURE_TOLERANCE = 0.02  # a measured latency this close to the target is on it
-MEASURE_PASSES = 3  # interleaved timings of a candidate (and the source), at least...
+MEASURE_PASSES = 3  # bench timings of a candidate (beside the source), at least...
 MAX_PASSES = 7  # ...and more, up to this many, while they disagree (`_spread`)
-FINAL_REPEATS = 150  # rounds of the last timing, of every candidate together
+FINAL_REPEATS = 150  # rounds of the last timing of each candidate (beside the source)
 
 
 def _spread(values: list[float]) -> float:
@@ -140,8 +140,10 @@ def _spread(values: list[float]) -> float:
 
 def _measured(source: Priced, quantity, target: float, expansion, solve, build, mode: str):
     """Closes the loop on the clock: builds the solved structure, times it on this
-    machine (interleaved with the source, for a relative target, so that the median
-    per-round ratio of the two counts and the machine's drift cancels;
+    machine the way `morph bench` times the exported files (`measure.bench`: the
+    same conversion, warm-up and rounds, the profile's threads; for a relative
+    target beside the source, interleaved call by call, the median of the
+    per-round ratios counting, as `morph bench SEED OUT` prints it;
     `MEASURE_PASSES` times, more while the passes disagree), and re-solves for a
     corrected cost-model target, up to `MEASURE_ROUNDS` candidates. In mode `below`
     (a budget) it aims `MEASURE_TOLERANCE` under the target and stops on a candidate
@@ -151,38 +153,44 @@ def _measured(source: Priced, quantity, target: float, expansion, solve, build, 
     the candidates that bracket the goal, or, with all of them on one side, the
     next structure past the nearest one (`_beyond`).
 
-    When there were several candidates, they are timed once more, all together (with
-    the source, for a relative target), and the choice is made on that one timing:
-    on a loaded host a light model's share of the source moves with the load, and
-    candidates timed minutes apart met different loads. Keeps the candidate closest
-    to the aim (mode `below`: the closest not above the target, else the
-    fastest)."""
-    from morphcli.steps.export import MEASURE_REPEATS, latencies
+    When there were several candidates, each is timed once more beside the source
+    (`FINAL_REPEATS` rounds, one after the other, never three models interleaved:
+    a third model in the rounds changes a light model's share), and the choice is
+    made on those timings. Keeps the candidate closest to the aim (mode `below`:
+    the closest not above the target, else the fastest). The record carries the
+    kept candidate's spread: how far its timings disagree (`_spread`), and whether
+    that is wider than `MEASURE_TOLERANCE`."""
+    from morphcli.measure.bench import MEASURE_REPEATS, latencies
 
     hardware = source.costs.hardware
     relative = not isinstance(quantity, int | float) and quantity.relative
     goal = quantity.value if relative else target  # a share of the source, or seconds
     aim = goal * (1 - MEASURE_TOLERANCE) if mode == "below" else goal
-    lead = [source.model] if relative else []
     runners: dict = {}  # each model converted once, dropped at the end
-    seeds, tried, passes, hows = [], [], [], []
+    seeds, hows, timed_bytes = [], [], {}
+    tried, timings = [], []  # (expansion, model, value); each one's (value, p10, p90)s
 
-    def timed(models: list, repeats: int) -> list[float]:
-        found, how = latencies(lead + models, hardware, repeats, runners=runners)
+    def timed(model, repeats: int) -> tuple[float, float, float]:
+        """One `morph bench` timing of `model`: beside the source (its share of it,
+        per-round percentiles), or alone (seconds)."""
+        lead = [source.model] if relative else []
+        found, how = latencies([*lead, model], hardware, repeats, runners=runners)
         hows.append(how)
+        timed_bytes.update({id(m): r.sha256 for m, r in zip([*lead, model], found,
+                                                             strict=True)})
         if relative:
             seeds.append(found[0].median_s)
-            return [r.ratio for r in found[1:]]
-        return [r.median_s for r in found]
+            return found[1].ratio, found[1].ratio_p10, found[1].ratio_p90
+        return found[0].median_s, found[0].p10_s, found[0].p90_s
 
     for _ in range(MEASURE_ROUNDS):
         model = build(expansion)
-        values: list[float] = []
-        while len(values) < MEASURE_PASSES or (
-                len(values) < MAX_PASSES and _spread(values) > MEASURE_TOLERANCE):
-            values += timed([model], MEASURE_REPEATS)
-        passes.append(len(values))
-        tried.append((expansion, model, statistics.median(values)))
+        found: list[tuple[float, float, float]] = []
+        while len(found) < MEASURE_PASSES or (
+                len(found) < MAX_PASSES and _spread([f[0] for f in found]) > MEASURE_TOLERANCE):
+            found.append(timed(model, MEASURE_REPEATS))
+        timings.append(found)
+        tried.append((expansion, model, statistics.median(f[0] for f in found)))
         if abs(tried[-1][2] / aim - 1) <= MEASURE_TOLERANCE:
             break
         try:
@@ -199,28 +207,68 @@ def _measured(source: Priced, quantity, target: float, expansion, solve, build, 
             break
         expansion = following
     looped = [t[2] for t in tried]
+    passes = [len(found) for found in timings]
     # Shares to seconds: by the source's median time in the loop, and the final
-    # timing's own source time for its shares.
+    # timings' own source time for their shares.
     unit = loop_unit = statistics.median(seeds) if relative else 1.0
     if len(tried) > 1:
-        final = timed([m for _, m, _ in tried], FINAL_REPEATS)
-        tried = [(e, m, v) for (e, m, _), v in zip(tried, final, strict=True)]
-        unit = seeds[-1] if relative else 1.0
+        final = [timed(m, FINAL_REPEATS) for _, m, _ in tried]
+        for found, last in zip(timings, final, strict=True):
+            found.append(last)
+        tried = [(e, m, last[0]) for (e, m, _), last in zip(tried, final, strict=True)]
+        unit = statistics.median(seeds[-len(tried):]) if relative else 1.0
     runners.clear()
     fits = [t for t in tried if t[2] <= goal] if mode == "below" else tried
     chosen = (min(fits, key=lambda t: abs(t[2] - aim)) if fits
               else min(tried, key=lambda t: t[2]))
+    values = timings[next(k for k, t in enumerate(tried) if t[1] is chosen[1])]
+    spread = _spread([v[0] for v in values])
     record = {**hows[0], "final_repeats": FINAL_REPEATS if len(tried) > 1 else None,
               "target_s": goal * unit, "aim_s": aim * unit,
               "latency_s": chosen[2] * unit, "error": chosen[2] / goal - 1,
               "met": bool(chosen[2] <= goal),
               "source_s": unit if relative else None,
+              "share": chosen[2] if relative else None,
+              # The kept candidate's last timing: its rounds' 10th-90th percentiles
+              # (of the share, or in seconds), and how far all its timings disagree.
+              "rounds_p10": values[-1][1], "rounds_p90": values[-1][2],
+              "timings": len(values), "spread": spread, "tolerance": MEASURE_TOLERANCE,
+              "spread_wide": spread > MEASURE_TOLERANCE,
+              "source_sha256": timed_bytes.get(id(source.model)) if relative else None,
               "candidates": [{"multiplier": e.multiplier, "predicted_s": e.achieved,
                               "measured_s": v * unit, "measured_in_loop_s": alone * loop_unit,
-                              "passes": n}
-                             for (e, _, v), alone, n in zip(tried, looped, passes,
+                              "passes": n, "sha256": timed_bytes.get(id(m))}
+                             for (e, m, v), alone, n in zip(tried, looped, passes,
                                                             strict=True)]}
     return chosen[0], chosen[1], record
+
+
+def describe_measured(m: Mapping) -> list[str]:
+    """What `expand --measure` prints of its record's `measured`: the kept model's
+    latency against the target, how it was timed (as `morph bench` times the
+    exported files) with its spread, and a warning when the spread is wider than
+    the tolerance."""
+    threads = m.get("threads")
+    threads = f", {threads} thread{'s' if threads != 1 else ''}" if threads else ""
+    how = f"{m['runtime']}{threads}"
+    rounds = m["final_repeats"] or m["repeats"]
+    low, high = m.get("rounds_p10"), m.get("rounds_p90")
+    if m.get("share") is not None:
+        within = "" if low is None else f", 10th-90th percentile {low:.3f}-{high:.3f}x"
+        timed = (f"{m['share']:.3f}x the source, timed beside it as `morph bench SOURCE OUT` "
+                 f"times ({rounds} rounds{within})")
+    else:
+        within = ("" if low is None
+                  else f", 10th-90th percentile {low * 1e3:.4g}-{high * 1e3:.4g} ms")
+        timed = f"timed alone as `morph bench OUT` times ({rounds} calls{within})"
+    lines = [f"measured {m['latency_s'] * 1e3:.4g} ms here ({how}) for target "
+             f"{m['target_s'] * 1e3:.4g} ms ({m['error']:+.1%}): {timed}; its "
+             f"{m['timings']} timings spread ±{m['spread']:.1%}"]
+    if m["spread_wide"]:
+        lines.append(f"warning: the spread (±{m['spread']:.1%}) is wider than the "
+                     f"{m['tolerance']:.0%} tolerance: the machine's load moved the timings, "
+                     "and `morph bench` may measure the result that far from this")
+    return lines
 
 
 def _known(expansion, tried) -> bool:

@@ -3,8 +3,9 @@
 For every distinct unit of the model (`morphcli.core.profile.units`: a layer
 and the batch norms and activations that follow it) a one-unit model is built
 at each width of a small grid and timed with the runtime the user deploys on
-(TFLite's interpreter, or Keras inside one `tf.function`), the way `morph
-bench` times a whole model: warm-up calls, then timed calls, the median kept.
+(TFLite's interpreter, on the bytes `morph export` would write, or Keras
+inside one `tf.function`; `morphcli.measure`), the way `morph bench` times a
+whole model: warm-up calls, then timed calls, the median kept.
 Each unit runs after one element-wise op on its input, and what a call costs
 with that op alone is removed: what is left is the unit's marginal cost, as
 inside a whole model, where the runtime's threads are already awake and the
@@ -43,8 +44,7 @@ import numpy as np
 from morphcli.core import profile as profiles
 from morphcli.core.graph import build_graph
 from morphcli.errors import MorphError
-from morphcli.steps.clock import Clock, Timing, check_batch, check_threads, prefix  # noqa: F401
-from morphcli.steps.export import convert  # noqa: F401 - callers import it from here
+from morphcli.measure.clock import Clock, Timing, check_batch, check_counts, check_threads, prefix
 
 RUNTIMES = profiles.RUNTIMES
 FRACTIONS = (0.125, 0.25, 0.5, 0.75, 1.0)
@@ -159,10 +159,7 @@ def profile(model, *, runtime: str = "tflite", batch: int = 1, threads: int | No
     from morphcli.core.costs import CostModel
 
     threads = check_threads(threads)
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (batch, repeats, warmup)) \
-            or batch < 1 or repeats < 1 or warmup < 0:
-        raise MorphError("batch and repeats must be whole numbers >= 1 and warmup >= 0. "
-                         f"Received: batch={batch!r}, repeats={repeats!r}, warmup={warmup!r}")
+    check_counts(batch, repeats, warmup)
     clock = Clock(runtime, batch, threads, warmup, repeats)
     graph = build_graph(model)
     check_batch(graph, batch)
@@ -195,7 +192,7 @@ def profile(model, *, runtime: str = "tflite", batch: int = 1, threads: int | No
     # timing would carry the load of its moment into the scale of every unit.
     narrower, seen = {}, {_shapes(model)}
     for share in CURVE:  # a small model's shares can round to one structure
-        found = _narrow(model, share)
+        found = _narrow(model, graph, share)
         if found is not None and _shapes(found) not in seen:
             narrower[share] = found
             seen.add(_shapes(found))
@@ -251,17 +248,20 @@ NARROW = 0.3  # the one `scale` and `fixed_s` are fitted on, with the profiled m
 MAX_FIXED = 0.5  # largest share of the profiled model's time a fitted fixed cost may take
 
 
-def _narrow(model, share: float):
-    """The profiled model with every prunable width scaled down to `share` of its
-    FLOPs, or None if it has no prunable width."""
-    from morphcli.core.quantities import Quantity
-    from morphcli.steps.expand import expand_model
+def _narrow(model, graph, share: float):
+    """The profiled model with every prunable width scaled by one multiplier down
+    to `share` of its FLOPs (the solver and surgery `morph expand` uses, fresh
+    weights), or None if it has no prunable width."""
+    from morphcli.core.costs import CostModel
+    from morphcli.core.solver import solve_multiplier
+    from morphcli.core.surgery import resize
 
+    costs = CostModel(graph)
     try:
-        narrow, _ = expand_model(model, "flops", Quantity(share, True))
+        expansion = solve_multiplier(costs, "flops", share * costs.total("flops"))
     except MorphError:
         return None
-    return narrow
+    return resize(model, expansion.widths, graph)
 
 
 def _shapes(model) -> tuple:

@@ -1,27 +1,24 @@
-"""Timing Keras models in one runtime, for `morph profile`; and the bounds on what
-a measurement may ask of this machine.
+"""The clock: calls timed in interleaved rounds, their quantiles, and `Clock`,
+which builds the runners of Keras models in one runtime and keeps those timed
+more than once; and the bounds on what a measurement may ask of this machine.
 
-`Clock` converts a model for its runtime (TFLite's interpreter, or Keras inside
-one `tf.function`), times calls the way `morph bench` does (warm-up calls, then
-timed calls, the median kept) and keeps the runners of models timed more than
-once. `check_threads` and `check_batch` refuse, before anything is built or
-allocated, a thread count far past this machine's cores and a batch whose
-tensors would not fit in its memory.
+`check_threads`, `check_counts` and `check_batch` refuse, before anything is
+built or allocated, a thread count far past this machine's cores, a count of
+calls out of range, and a batch whose tensors would not fit in its memory.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import statistics
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
-
-from morphcli.core.machine import FLOAT_BYTES, MEMORY_SHARE, memory_bytes  # noqa: F401
-from morphcli.core.profile import RUNTIMES
+from morphcli.core.machine import FLOAT_BYTES, MEMORY_SHARE, memory_bytes
+from morphcli.core.profile import RUNTIMES  # what may run a measured Keras model
 from morphcli.errors import MorphError
-from morphcli.steps.export import convert
 
 MIN_TIME = 0.05  # seconds of timed calls per measurement, at least
 MAX_REPEATS = 2000
@@ -51,6 +48,18 @@ def check_threads(threads) -> int | None:
     return threads
 
 
+def check_counts(batch, repeats, warmup) -> None:
+    """Refuses a batch or a number of timed calls below 1, or of warm-up calls below 0.
+
+    Raises:
+        MorphError: One of them is not a whole number in range.
+    """
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (batch, repeats, warmup)) \
+            or batch < 1 or repeats < 1 or warmup < 0:
+        raise MorphError("batch and repeats must be whole numbers >= 1 and warmup >= 0. "
+                         f"Received: batch={batch!r}, repeats={repeats!r}, warmup={warmup!r}")
+
+
 def check_batch(graph, batch: int) -> None:
     """Refuses a batch whose largest tensor in `graph` (a model's input, or a
     layer's output) would take more than `MEMORY_SHARE` of this machine's memory.
@@ -73,6 +82,54 @@ def check_batch(graph, batch: int) -> None:
             f"Received: batch={batch}",
             hint=f"use --batch {max(1, int(MEMORY_SHARE * have // (largest * FLOAT_BYTES)))} "
                  "or less.")
+
+
+def quantiles(values: list[float]) -> tuple[float, float, float]:
+    """Median, 10th and 90th percentiles."""
+    q = statistics.quantiles(values, n=10) if len(values) > 1 else [values[0]] * 9
+    return statistics.median(values), q[0], q[-1]
+
+
+def time_rounds(calls: list[Callable], xs: list, *, warmup: int, repeats: int,
+                progress: Callable[[int], None] | None = None) -> list[list[float]]:
+    """Times `calls[k](xs[k])` interleaved: `warmup` untimed rounds, then `repeats`
+    rounds of one timed call of each. Returns each call's times (seconds)."""
+    times: list[list[float]] = [[] for _ in calls]
+    for r in range(warmup + repeats):
+        for call, x, found in zip(calls, xs, times, strict=True):
+            start = time.perf_counter()
+            call(x)
+            if r >= warmup:
+                found.append(time.perf_counter() - start)
+            if progress:
+                progress(1)
+    return times
+
+
+def time_calls(call: Callable, x, *, warmup: int, repeats: int, min_time: float = 0.0,
+               max_repeats: int | None = None, progress: Callable[[int], None] | None = None
+               ) -> tuple[float, float, float, int]:
+    """Times `call(x)`: `warmup` untimed calls, then `repeats` timed ones, or more
+    when `min_time` asks for that many seconds of timed calls (at most
+    `max_repeats`). `progress(1)` after every call. Returns the median, the 10th
+    and 90th percentiles (seconds) and the number of timed calls."""
+    start = time.perf_counter()
+    for _ in range(warmup):
+        call(x)
+        if progress:
+            progress(1)
+    each = (time.perf_counter() - start) / warmup if warmup else 0.0
+    repeats = repeats_for(each, repeats, min_time, max_repeats)
+    times = time_rounds([call], [x], warmup=0, repeats=repeats, progress=progress)[0]
+    return (*quantiles(times), len(times))
+
+
+def repeats_for(each: float, repeats: int, min_time: float, max_repeats: int | None) -> int:
+    """Timed calls (or rounds) of `each` seconds: `repeats`, or more to fill
+    `min_time` seconds, at most `max_repeats`."""
+    if min_time > 0 and each > 0:
+        repeats = max(repeats, int(min_time / each))
+    return min(repeats, max_repeats) if max_repeats else repeats
 
 
 @dataclass
@@ -101,16 +158,18 @@ class Clock:
         self._kept: dict[int, tuple] = {}
 
     def runner(self, model) -> Callable:
-        from morphcli.steps.export import _keras_runner, _tflite_runner
+        """A call of `model` in this clock's runtime (TFLite: converted as `morph export`
+        converts)."""
+        from morphcli.measure.convert import to_tflite
+        from morphcli.measure.runners import keras_runner, tflite_runner
 
         if self.runtime == "keras":
-            return _keras_runner(model)
-
-        return _tflite_runner(convert(model), self.threads)
+            return keras_runner(model)
+        return tflite_runner(to_tflite(model), self.threads)
 
     def _call(self, model, keep: bool = False) -> tuple[Callable, object]:
         """(runner, its input) of a model; with `keep`, converted once and reused."""
-        from morphcli.steps.export import sample
+        from morphcli.measure.runners import sample
 
         if keep:  # the model is kept too: its id stays its own until `release`
             if id(model) not in self._kept:
@@ -118,17 +177,13 @@ class Clock:
             return self._kept[id(model)][1:]
         inputs = [sample(tuple(t.shape[1:]), self.batch, seed=k) for k, t in
                   enumerate(model.inputs)]
-        if len(inputs) == 1:
-            return self.runner(model), inputs[0]
-        return self._multi(model), inputs
+        return self.runner(model), inputs[0] if len(inputs) == 1 else inputs
 
     def release(self) -> None:
         """Drops the kept runners (before their models go)."""
         self._kept.clear()
 
     def time(self, model, keep: bool = False) -> Timing:
-        from morphcli.steps.export import time_calls
-
         call, x = self._call(model, keep)
         # Short calls are repeated for MIN_TIME at least: their median is then as
         # steady as a long call's.
@@ -142,8 +197,6 @@ class Clock:
         machine's load alike: `repeats` rounds at least, and `min_time` seconds of
         rounds at least (a round's time read from the last of at least two warm-up
         rounds, after the first calls' set-up). The runners are kept (`release`)."""
-        from morphcli.steps.export import quantiles, repeats_for, time_rounds
-
         calls = [self._call(m, keep=True) for m in models]
         last = time_rounds([c for c, _ in calls], [x for _, x in calls],
                            warmup=max(2, self.warmup) - 1, repeats=1)
@@ -151,36 +204,6 @@ class Clock:
         rounds = time_rounds([c for c, _ in calls], [x for _, x in calls], warmup=0,
                              repeats=repeats)
         return [Timing(*quantiles(times)) for times in rounds]
-
-    def _multi(self, model) -> Callable:
-        """A runner for a model with several inputs (a join)."""
-        if self.runtime == "keras":
-            import tensorflow as tf
-
-            fn = tf.function(lambda xs: model(xs, training=False))
-            return lambda xs: [np.asarray(t) for t in tf.nest.flatten(
-                fn([tf.constant(x) for x in xs]))]
-        import tensorflow as tf
-
-        from morphcli.steps.export import _quiet_interpreter
-
-        content = convert(model)
-        interpreter = _quiet_interpreter(model_content=content, num_threads=self.threads)
-        interpreter.allocate_tensors()
-        details = sorted(interpreter.get_input_details(), key=lambda d: d["index"])
-        out = interpreter.get_output_details()[0]
-        by_shape: dict[tuple, list[int]] = {}
-        for d in details:
-            by_shape.setdefault(tuple(int(v) for v in d["shape"]), []).append(d["index"])
-
-        def run(xs):
-            free = {k: list(v) for k, v in by_shape.items()}
-            for x in xs:
-                interpreter.set_tensor(free[tuple(x.shape)].pop(0), x)
-            interpreter.invoke()
-            return interpreter.get_tensor(out["index"])
-
-        return run
 
     def baseline(self, shapes: tuple[tuple[int, ...], ...]) -> float:
         """What a call costs before a unit runs: copying its inputs in and one
