@@ -42,7 +42,7 @@ def search(shrink_dir, outdir, target, rounds, finetune_epochs, overwrite, as_js
     from morphcli.errors import MorphError
     from morphcli.steps.context import make_context
     from morphcli.steps.records import check_record
-    from morphcli.steps.search import check_searchable, search_shrink
+    from morphcli.steps.search import check_searchable, kept_line, search_shrink
 
     recorded = Path(shrink_dir) / "config.yaml"
     if not recorded.is_file():
@@ -69,6 +69,9 @@ def search(shrink_dir, outdir, target, rounds, finetune_epochs, overwrite, as_js
         out.print(_dumps(result.record), markup=False, highlight=False, soft_wrap=True)
         return
     out.print(_table(result, ctx.metric))
+    if kept_line(result.record):
+        err.print(f"search: chose uniform{kept_line(result.record)}", markup=False,
+                  highlight=False)
     err.print(f"wrote {outdir}/search.json and chosen.keras (fresh weights: retrain it)",
               markup=False)
 

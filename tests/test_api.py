@@ -199,7 +199,9 @@ def test_search_keeps_every_candidate_within_the_budget(cnn):
     assert all(c["cost"] <= budget for c in result.record["candidates"])
     assert morphcli.cost(result.structure.model, "flops") == result.chosen.cost
     best = max(c.select_accuracy for c in result.candidates)
-    assert result.chosen.select_accuracy == best and result.record["select_size"] == 300
+    kept = result.record["versus_uniform"].get("kept_uniform", False)  # the sign test
+    assert result.chosen.select_accuracy == best or (kept and result.chosen.name == "uniform")
+    assert result.record["select_size"] == 300
     learned_widths = {g["id"]: g["alive"] for g in learned["groups"] if g["prunable"]}
     assert learned_widths == {1: 8, 2: 64, 3: 96}  # of 32, 64, 128 (zoo:cnn)
 

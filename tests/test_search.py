@@ -77,7 +77,10 @@ def test_the_search_never_exceeds_the_budget_nor_reads_validation(shrunk, monkey
         assert c.cost <= ctx.target and c.cost > 0.98 * ctx.target, c.name
         assert 0 <= c.select_accuracy <= 1
     assert result.structure.costs.total("flops") == result.chosen.cost <= ctx.target
-    assert result.chosen.key == min(c.key for c in result.candidates)
+    best = min(result.candidates, key=lambda c: c.key)
+    kept = result.record["versus_uniform"].get("kept_uniform", False)
+    assert result.chosen is (next(c for c in result.candidates if c.name == "uniform")
+                             if kept else best)
     record = json.loads((tmp_path / "search.json").read_text())
     assert record["chosen"] == result.chosen.name and record["chosen_on"] == "selection"
     assert record["select_size"] == ctx.dataset.select_size == 145
@@ -212,8 +215,8 @@ def _hashes(folder):
 def test_morph_search_on_a_shrink_folder(shrunk_dir, tmp_path):
     """`morph search SHRINK_DIR`: every candidate at or under 20% of the seed's FLOPs
     (4,781,948 as TensorFlow's profiler counts zoo:cnn: tests/test_api.py), the best
-    selection score chosen, chosen.keras priced as its record says, the shrink folder
-    untouched."""
+    selection score chosen (or uniform, when the best does not beat it by more than
+    chance), chosen.keras priced as its record says, the shrink folder untouched."""
     import json
 
     import keras
@@ -233,9 +236,12 @@ def test_morph_search_on_a_shrink_folder(shrunk_dir, tmp_path):
     assert record["finetune_epochs"] == 0.25 and record["chosen_on"] == "selection"
     assert all(target * 0.98 < c["cost"] <= target for c in record["candidates"])
     best = max(record["candidates"], key=lambda c: (c["select_accuracy"], -c["select_loss"]))
-    assert record["chosen"] == best["name"]
+    kept = (record["versus_uniform"] or {}).get("kept_uniform", False)
+    assert record["chosen"] == ("uniform" if kept else best["name"])
+    assert kept or not record["versus_uniform"] or record["versus_uniform"]["p"] <= 0.05
+    cost = next(c["cost"] for c in record["candidates"] if c["name"] == record["chosen"])
     chosen = keras.saving.load_model(out / "chosen.keras")
-    assert Priced.of(chosen, ctx.hardware).costs.total("flops") == best["cost"]
+    assert Priced.of(chosen, ctx.hardware).costs.total("flops") == cost
     assert _hashes(folder) == before
 
 
@@ -270,3 +276,34 @@ def test_a_parameter_target_is_searched_at_its_exact_budget(shrunk, monkeypatch)
     for c in result.candidates:
         assert 0.95 * params.target < c.cost <= params.target, c.name
     assert result.structure.costs.total("params") == result.chosen.cost
+
+
+def test_the_sign_test_by_hand():
+    # 5 wins, 2 losses: P(X >= 5 | n=7) = (C(7,5) + C(7,6) + C(7,7)) / 2^7 = 29/128
+    assert search_step.sign_test(5, 2) == pytest.approx(29 / 128)
+    assert search_step.sign_test(9, 1) == pytest.approx(11 / 1024)
+    assert search_step.sign_test(0, 0) == 1.0
+
+
+def _scored(name, accuracy, correct):
+    c = search_step.Candidate(name, {}, 0.0, accuracy, 0.1)
+    c.correct = np.array(correct, bool)
+    return c
+
+
+def test_the_best_must_beat_uniform_by_more_than_chance():
+    # uniform right on examples 0-9 of 20; the best right on 0-7 and 10-14: +5 -2
+    uniform = _scored("uniform", 0.50, [1] * 10 + [0] * 10)
+    close = _scored("local", 0.65, [1] * 8 + [0] * 2 + [1] * 5 + [0] * 5)
+    chosen, record = search_step.choose([uniform, close])
+    assert chosen is uniform
+    assert record == {"best": "local", "gained": 5, "lost": 2, "p": pytest.approx(29 / 128),
+                      "kept_uniform": True}
+    assert "(p = 0.23)" in search_step.kept_line({"versus_uniform": record})
+    # +9 -1: p = 11/1024 <= 0.05, the best is chosen
+    clear = _scored("blend", 0.90, [1] * 9 + [0] + [1] * 9 + [0])
+    chosen, record = search_step.choose([uniform, clear])
+    assert chosen is clear and record["kept_uniform"] is False and record["p"] == 11 / 1024
+    assert search_step.kept_line({"versus_uniform": record}) == ""
+    # uniform best: no test
+    assert search_step.choose([uniform, _scored("x", 0.4, [0] * 20)]) == (uniform, {})

@@ -116,7 +116,7 @@ class _Runner:
     def search(self) -> Priced:
         """The structure the accuracy-aware search chooses at the budget, cut from
         the first round's trained network (`steps.search`)."""
-        from morphcli.steps.search import search_shrink
+        from morphcli.steps.search import kept_line, search_shrink
 
         outdir = self.rundir / "search"
         if self.done(outdir / "search.json", "search"):  # written after chosen.keras
@@ -136,7 +136,7 @@ class _Runner:
                  f"(selection accuracy {scores[result.chosen.name]:.2%}; uniform "
                  f"{scores.get('uniform', float('nan')):.2%}, morphnet "
                  f"{scores.get('morphnet', float('nan')):.2%}) in {result.seconds:.0f} s"
-                 f"{share}")
+                 f"{share}{kept_line(result.record)}")
         return result.structure
 
     def retrain(self, source: Priced, outdir: Path, label: str) -> tuple[dict, Priced]:

@@ -391,13 +391,14 @@ def _all_layers(model):
             yield from _all_layers(layer)
 
 
-def evaluate(model, val, forward=None) -> dict[str, float]:
+def evaluate(model, val, forward=None, correct: list | None = None) -> dict[str, float]:
     """Validation loss and accuracy, without compiling `model` (a saved model then
     carries no optimizer of ours), and `chance`: the accuracy of always answering
     the most frequent validation label. Empty when there is no validation set.
 
     `forward(x)` replaces `model(x, training=False)`: a traced version of it, for
-    a caller that scores the same network many times (the search)."""
+    a caller that scores the same network many times (the search). `correct`, a
+    list, receives each batch's per-example hits (bool arrays, in data order)."""
     import keras
     import numpy as np
 
@@ -411,6 +412,8 @@ def evaluate(model, val, forward=None) -> dict[str, float]:
         probs = forward(x)
         loss.update_state(cross_entropy(y, probs))
         accuracy.update_state(y, probs)
+        if correct is not None:
+            correct.append(np.argmax(np.asarray(probs), -1) == np.asarray(y).reshape(-1))
         seen = np.bincount(np.asarray(y).astype(np.int64).ravel())
         counts = np.pad(counts, (0, max(0, seen.size - counts.size)))
         counts[:seen.size] += seen
