@@ -6,7 +6,7 @@ from sklearn.datasets import load_digits
 
 import morphcli
 
-EPOCHS = int(os.environ.get("MORPH_EXAMPLE_EPOCHS", "10"))
+EPOCHS = int(os.environ.get("MORPH_EXAMPLE_EPOCHS", "20"))
 keras.utils.set_random_seed(0)
 
 # Your data: any tf.data pipeline. Here 8x8 digits in memory, resized to 32x32,
@@ -24,6 +24,9 @@ val = (tf.data.Dataset.from_tensor_slices((x[1400:], y[1400:])).batch(64)
 # a .keras file or morphcli.load_model("zoo:resnet20") work the same.
 model = keras.applications.MobileNet(alpha=0.25, weights=None, input_shape=(32, 32, 1),
                                      classes=10)
+for layer in model.layers:  # its batch norms average over ~100 steps; this run has 22 an epoch
+    if isinstance(layer, keras.layers.BatchNormalization):
+        layer.momentum = 0.9
 
 # Shrink inside your own model.fit: the loss carries the regularizer, the
 # callbacks steer its strength so the learned structure lands on the target.
@@ -40,6 +43,7 @@ print(shrinker.structure()["cost"]["after"]["flops"], morphcli.cost(narrow, "flo
 
 # Scale the learned structure to half the seed's FLOPs, retrain it, export it.
 wide = morphcli.expand(model, "flops=0.5", structure="structure.json")
-wide.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+wide.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9),
+             loss="sparse_categorical_crossentropy", metrics=["accuracy"])
 wide.fit(train, validation_data=val, epochs=EPOCHS, verbose=2)
 morphcli.export(wide, "wide.tflite")
