@@ -343,7 +343,7 @@ def search(ctx: RunContext, trained: Priced, learned: Mapping[int, int], *,
     start = time.perf_counter()
     seed, metric, target = ctx.seed, ctx.metric, ctx.target
     groups = [g.id for g in seed.graph.prunable_groups()]
-    full = {g: int(seed.graph.groups[g].width) for g in groups}
+    full = _widths(seed.graph)
     learned = {g: int(learned.get(g, full[g])) for g in groups}
     scorer = _Scorer(ctx, trained, channel_values(trained, kind, metric),
                      finetune_epochs=finetune_epochs, learning_rate=learning_rate,
