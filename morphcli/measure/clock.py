@@ -153,6 +153,7 @@ class Clock:
         self.runtime, self.batch, self.threads = runtime, batch, threads
         self.warmup, self.repeats = warmup, repeats
         self._baseline: dict[tuple, float] = {}
+        self._baseline_models: dict[tuple, object] = {}
         # Runners of models timed more than once (the sweep, the whole models), by
         # id, each with its model.
         self._kept: dict[int, tuple] = {}
@@ -209,13 +210,19 @@ class Clock:
         """What a call costs before a unit runs: copying its inputs in and one
         element-wise op on each (`prefix`), which leaves the runtime's threads
         awake as the layers before it do inside a whole model."""
+        if shapes not in self._baseline:
+            self._baseline[shapes] = self.time(self.baseline_model(shapes)).median
+        return self._baseline[shapes]
+
+    def baseline_model(self, shapes: tuple[tuple[int, ...], ...]):
+        """The model `baseline` times (one per input shapes, kept): to time beside
+        others, so that its time meets their load."""
         import keras
 
-        if shapes not in self._baseline:
+        if shapes not in self._baseline_models:
             inputs = [keras.Input(shape) for shape in shapes]
-            outputs = [prefix(x) for x in inputs]
-            self._baseline[shapes] = self.time(keras.Model(inputs, outputs)).median
-        return self._baseline[shapes]
+            self._baseline_models[shapes] = keras.Model(inputs, [prefix(x) for x in inputs])
+        return self._baseline_models[shapes]
 
 
 def prefix(x):

@@ -197,7 +197,10 @@ def profile(model, *, runtime: str = "tflite", batch: int = 1, threads: int | No
             narrower[share] = found
             seen.add(_shapes(found))
     narrow = narrower.get(NARROW)
-    wholes = [model, *narrower.values()]
+    # The per-call overhead is timed in the same passes: timed apart, a load that
+    # came and went put it above the whole model's own time.
+    wholes = [clock.baseline_model((tuple(model.inputs[0].shape[1:]),)), model,
+              *narrower.values()]
     passes: list[list[Timing]] = []
     due = {round(k * len(distinct) / (WHOLE_PASSES - 1)) for k in range(WHOLE_PASSES)}
 
@@ -216,9 +219,14 @@ def profile(model, *, runtime: str = "tflite", batch: int = 1, threads: int | No
         tables[key].layers = [graph.nodes[u[0]].name for u in found]
     while len(passes) < WHOLE_PASSES:
         time_whole()
-    overhead = clock.baseline((tuple(model.inputs[0].shape[1:]),))
-    whole, *rest = [Timing(*(float(np.median([getattr(p[k], q) for p in passes]))
-                             for q in ("median", "p10", "p90"))) for k in range(len(wholes))]
+    base, whole, *rest = [Timing(*(float(np.median([getattr(p[k], q) for p in passes]))
+                                   for q in ("median", "p10", "p90")))
+                          for k in range(len(wholes))]
+    # Every model timed pays the overhead, so a whole model at or below it is noise
+    # (a model that is all per-call cost, on a loaded machine): the layers are then
+    # given the part of its time above OVERHEAD_CAP, and the profile still prices
+    # the model it measured at its measured time.
+    overhead = min(base.median, OVERHEAD_CAP * whole.median)
     result = profiles.Profile("", profiles.machine(), runtime, batch, threads, overhead, tables,
                               step, rounding=rounding)
     graphs = [graph, *(build_graph(m) for m in narrower.values())]
@@ -230,22 +238,24 @@ def profile(model, *, runtime: str = "tflite", batch: int = 1, threads: int | No
     result.curve = _curve([(u - overhead, t.median - overhead)
                            for u, t in zip(raws, [whole, *rest], strict=True)])
     result.model = {"name": model.name, "measured_s": whole.median, "p10_s": whole.p10,
+                    "overhead_measured_s": base.median,
                     "p90_s": whole.p90, "unscaled_s": raws[0],
                     "predicted_s": CostModel(graph, result).total("latency"),
                     "units": sum(map(len, distinct.values())), "distinct_units": len(distinct),
-                    "passes_s": [round(p[0].median, 9) for p in passes],
+                    "passes_s": [round(p[1].median, 9) for p in passes],
                     "narrower": [
                         {"flops_share": share, "measured_s": t.median, "unscaled_s": raw,
                          "predicted_s": CostModel(g, result).total("latency"),
                          "passes_s": [round(p[k].median, 9) for p in passes]}
                         for k, (share, t, raw, g) in enumerate(
-                            zip(narrower, rest, raws[1:], graphs[1:], strict=True), 1)]}
+                            zip(narrower, rest, raws[1:], graphs[1:], strict=True), 2)]}
     return result
 
 
 CURVE = (0.75, 0.55, 0.4, 0.3, 0.22, 0.15, 0.1, 0.06)  # FLOPs shares of narrower models timed whole
 NARROW = 0.3  # the one `scale` and `fixed_s` are fitted on, with the profiled model
 MAX_FIXED = 0.5  # largest share of the profiled model's time a fitted fixed cost may take
+OVERHEAD_CAP = 0.9  # largest share of the profiled model's time its per-call overhead may take
 
 
 def _narrow(model, graph, share: float):
@@ -293,16 +303,18 @@ def _calibrate(measured: float, units: float, narrow_measured: float | None,
     """(scale, fixed) such that `measured = fixed + scale · units` holds for the
     profiled model and its narrower version (see `Profile.scale`); with one model,
     or no fit with a positive scale and a fixed cost of at least 0, `fixed` is 0
-    and `scale` the profiled model's ratio alone."""
+    and `scale` the profiled model's ratio alone (6 significant digits); with
+    no layer time at all, `scale` 1 and the model's time as the fixed cost."""
     if narrow_units is not None and units > narrow_units > 0:
         scale = round((measured - narrow_measured) / (units - narrow_units), 4)
         fixed = measured - scale * units
         # A noisy pair can put most of the time in the fixed cost: not believed.
         if scale > 0 and 0 <= fixed <= MAX_FIXED * measured:
             return scale, max(0.0, round(fixed, 9))
-    if units > 0 and measured > 0 and round(measured / units, 4) > 0:
-        return round(measured / units, 4), 0.0
-    return 1.0, 0.0
+    if units > 0 and measured > 0:
+        return float(f"{measured / units:.6g}"), 0.0
+    # No layer measured above its own overhead: the model's time is a fixed cost.
+    return 1.0, max(0.0, round(measured, 9))
 
 
 def _points(grids: dict) -> int:
