@@ -87,7 +87,7 @@ def test_the_layering_check_catches_an_upward_import():
     (line, module), = morphcli_imports(tree)
     assert (line, target_layer(module)) == (2, "steps")
     assert target_layer(module) not in ALLOWED[layer_of("core/graph.py")]
-    assert layer_of("config/schema.py") == "config" and layer_of("cli.py") == "cli"
+    assert layer_of("config/schema.py") == "config" and layer_of("cli/pipeline.py") == "cli"
 
 
 def node_of(rel: str) -> str:
@@ -234,6 +234,61 @@ def test_modules_stay_readable():
                                    len(p.read_text().splitlines()))
                                   for p in PACKAGE.rglob("*.py")) if n > 540}
     assert not long, long
+
+
+CLI = "morphcli.cli."
+CLI_INIT, CLI_MAIN, CLI_COMMON = CLI + "__init__", CLI + "__main__", CLI + "common"
+
+
+def cli_import_errors(graph: dict[str, dict[str, int]]) -> list[str]:
+    """How `graph` breaks the one way the CLI package is imported: its `__init__`
+    (the `morph` group) imports every command module and registers its commands;
+    a command module imports only `common` from the package (never `__init__`,
+    never another command); `common` imports nothing of the package; outside it,
+    only the package itself (`morphcli.cli`, its `__init__`) is imported, and
+    `cli/__main__.py` (`python -m morphcli.cli`) imports that too."""
+    def allowed(module: str) -> set[str]:
+        if not module.startswith(CLI) or module == CLI_MAIN:
+            return {CLI_INIT}
+        if module == CLI_INIT:
+            return {m for m in graph if m.startswith(CLI)} - {CLI_INIT, CLI_MAIN}
+        return set() if module == CLI_COMMON else {CLI_COMMON}
+
+    wrong = [f"{module} imports {target} (line {line})"
+             for module, edges in sorted(graph.items())
+             for target, line in sorted(edges.items())
+             if target.startswith(CLI) and target != module and target not in allowed(module)]
+    commands = {m for m in graph if m.startswith(CLI)} - {CLI_INIT, CLI_MAIN, CLI_COMMON}
+    wrong += [f"{CLI_INIT} does not import {m}" for m in sorted(commands)
+              if m not in graph.get(CLI_INIT, {})]
+    return wrong
+
+
+def test_the_cli_package_is_imported_one_way():
+    graph = import_graph(modules())
+    commands = {m for m in graph if m.startswith(CLI)} - {CLI_INIT, CLI_MAIN, CLI_COMMON}
+    assert commands == {CLI + m for m in ("report", "pipeline", "config", "deploy", "search")}
+    assert set(graph["morphcli.__main__"]) == {CLI_INIT}  # `python -m morphcli`
+    assert cli_import_errors(graph) == []
+
+
+def test_the_cli_check_catches_imports_the_wrong_way():
+    files = {
+        "cli/__init__.py": "from morphcli.cli import common, report\n",
+        "cli/common.py": "def f():\n    from morphcli.cli import report\n",
+        "cli/report.py": "from morphcli.cli.common import load\nfrom morphcli.cli import cli\n",
+        "cli/search.py": "from morphcli.cli.report import report\n",
+        "api.py": "def f():\n    from morphcli.cli.common import load\n",
+        "__main__.py": "from morphcli.cli import main\n",
+    }
+    graph = import_graph((rel, ast.parse(text)) for rel, text in files.items())
+    assert cli_import_errors(graph) == [
+        "morphcli.api imports morphcli.cli.common (line 2)",
+        "morphcli.cli.common imports morphcli.cli.report (line 2)",
+        "morphcli.cli.report imports morphcli.cli.__init__ (line 2)",
+        "morphcli.cli.search imports morphcli.cli.report (line 1)",
+        "morphcli.cli.__init__ does not import morphcli.cli.search",
+    ]
 
 
 @pytest.mark.slow

@@ -126,8 +126,8 @@ def test_measure_times_the_source_beside_each_candidate_as_bench_does(cnn, monke
     threads; after several candidates each is timed again beside the source
     (150 rounds), never three models in one set of rounds. Here the clock puts
     each candidate 5% above its price on the profile, so the first misses."""
+    from morphcli.cli.deploy import bench as bench_command
     from morphcli.core.costs import CostModel
-    from morphcli.deploy_cli import bench as bench_command
     from morphcli.steps import expand as ex
 
     prof = profiles.load(str(cnn / "p.json"))

@@ -293,20 +293,20 @@ def test_a_saved_model_without_serving_default(tmp_path):
 # --- 14. interrupts ------------------------------------------------------------------
 
 def test_interrupts_end_in_one_line_with_the_resume_hint(monkeypatch, tmp_path):
-    from morphcli import cli_common
+    from morphcli.cli import common
 
     def stop(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli_common, "quiet_tensorflow", stop)
+    monkeypatch.setattr(common, "quiet_tensorflow", stop)
     result = morph("run", "-o", str(tmp_path / "r"), code=130)
     assert result.stderr.strip() == ("Interrupted. Rerun the same `morph run` with --resume to "
                                      "continue where it stopped.")
 
     def term(*args, **kwargs):
-        raise cli_common.Terminated
+        raise common.Terminated
 
-    monkeypatch.setattr(cli_common, "quiet_tensorflow", term)
+    monkeypatch.setattr(common, "quiet_tensorflow", term)
     result = morph("report", "zoo:cnn", code=143)
     assert result.stderr.strip() == "Terminated (SIGTERM)."
 
@@ -316,7 +316,7 @@ def test_sigterm_exits_143_with_one_line(tmp_path):
     import time
 
     proc = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from morphcli import cli_common as c; "
+        [sys.executable, "-c", "import sys, time; from morphcli.cli import common as c; "
          "sys.argv=['morph','report','zoo:cnn'];"
          "c.quiet_tensorflow = lambda: (print('ready', flush=True), time.sleep(60)); "
          "from morphcli.cli import main; main()"],

@@ -1,14 +1,14 @@
 """`morph export`, `morph bench` and `morph profile` (`COMMANDS`, registered on the
-`morph` group by cli.py)."""
+`morph` group by the package's `__init__`)."""
 
 from __future__ import annotations
 
 import click
 
-from morphcli.cli_common import consoles as _consoles
-from morphcli.cli_common import load as _load
-from morphcli.cli_common import model_options as _model_options
-from morphcli.cli_common import threads_option
+from morphcli.cli.common import consoles as _consoles
+from morphcli.cli.common import load as _load
+from morphcli.cli.common import model_options as _model_options
+from morphcli.cli.common import threads_option
 from morphcli.outputs import check_outputs
 from morphcli.outputs import dumps as _dumps
 from morphcli.steps.export import FORMATS, QUANTIZATIONS

@@ -1,9 +1,10 @@
 """What every `morph` command shares: the group that turns errors, usage
 mistakes, interrupts and a closed pipe into one line and an exit code (the
-README's "Exit codes"), the consoles, and the MODEL options.
+README's "Exit codes"), the consoles, the MODEL options, --threads and the
+N|auto parameter type.
 
-cli.py (training commands) and deploy_cli.py (export, bench, profile) both
-import from here; neither imports the other's commands.
+Every command module of the package imports from here; this module imports none
+of them, nor the package's `__init__`.
 """
 
 from __future__ import annotations
@@ -228,3 +229,19 @@ def threads_option(help_text: str):
     return click.option("--threads", type=click.IntRange(1), default=None, help=help_text,
                         callback=bounded)
 
+
+class RoundTo(click.ParamType):
+    """`auto` or an integer >= 1."""
+
+    name = "N|auto"
+
+    def convert(self, value, param, ctx):
+        text = str(value).strip().lower()
+        if text == "auto":
+            return "auto"
+        if text.isdigit() and int(text) >= 1:
+            return int(text)
+        self.fail(f"expected auto or an integer >= 1, got {value!r}", param, ctx)
+
+
+ROUND_TO = RoundTo()

@@ -1,4 +1,5 @@
-"""`morph search` (`COMMANDS`, registered on the `morph` group by cli.py)."""
+"""`morph search` (`COMMANDS`, registered on the `morph` group by the package's
+`__init__`)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from morphcli.cli_common import consoles as _consoles
+from morphcli.cli.common import consoles as _consoles
 from morphcli.outputs import check_folder, take_folder
 from morphcli.outputs import dumps as _dumps
 

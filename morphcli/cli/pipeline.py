@@ -1,126 +1,21 @@
-"""The `morph` command line: parse, call one library function, render.
-
-No ML logic lives here. Data (tables, JSON) goes to stdout; progress, warnings
-and errors go to stderr. A `MorphError` (a user's mistake) becomes one line
-"Error: ..." and exit code 2; Ctrl-C exits 130; anything else is a bug and
-keeps its traceback (exit 1) (`morphcli.cli_common.MorphGroup`).
-"""
+"""`morph shrink`, `morph expand`, `morph retrain` and `morph run`, the steps of
+the loop and the loop itself (`COMMANDS`, registered on the `morph` group by the
+package's `__init__`)."""
 
 from __future__ import annotations
 
-import sys
+import click
 
-try:  # Ctrl-C during these imports (numpy's among them: the first 0.2 s) is one line too
-    import click
-
-    from morphcli import deploy_cli, search_cli
-    from morphcli.cli_common import MorphGroup
-    from morphcli.cli_common import consoles as _consoles
-    from morphcli.cli_common import load as _load
-    from morphcli.cli_common import model_options as _model_options
-    from morphcli.cli_common import quiet_tensorflow as _quiet_tensorflow
-    from morphcli.cli_types import ROUND_TO as _ROUND_TO
-    from morphcli.outputs import beside as _beside
-    from morphcli.outputs import check_folder as _check_folder
-    from morphcli.outputs import check_outputs
-    from morphcli.outputs import dumps as _dumps
-    from morphcli.outputs import take_folder as _take_folder
-except KeyboardInterrupt:
-    sys.stderr.write("Interrupted.\n")
-    raise SystemExit(130) from None  # EXIT_INTERRUPTED, before it could be imported
-
-
-@click.group(cls=MorphGroup, context_settings={"help_option_names": ["-h", "--help"],
-                                               "max_content_width": 100})
-@click.version_option(package_name="morphcli")
-def cli():
-    """Reshape a Keras network to fit a FLOPs, size or latency budget.
-
-    MODEL arguments accept a .keras file, zoo:NAME (built-in seeds: cnn,
-    cnn_flatten, mlp, resnet20, mobilenet_v2) or applications:NAME (any
-    keras.applications architecture, random weights).
-
-    \b
-    Typical session:
-      morph report zoo:resnet20                      # what does the seed cost?
-      morph run configs/demo.yaml                    # shrink, expand, retrain, report
-      morph report zoo:cnn --compare runs/demo/retrain/final.keras
-    """
-    _library_warnings()
-
-
-def _library_warnings() -> None:
-    """The library's warnings (`logging.getLogger("morphcli")`) as one stderr line each."""
-    import logging
-
-    class Echo(logging.Handler):  # writes to the stderr of the moment (tests swap it)
-        def emit(self, record):
-            click.echo(f"warning: {record.getMessage()}", err=True)
-
-    logger = logging.getLogger("morphcli")
-    if not any(isinstance(h, Echo) or type(h).__name__ == "Echo" for h in logger.handlers):
-        logger.addHandler(Echo())
-        logger.propagate = False
-
-
-@cli.command()
-@click.argument("model")
-@_model_options
-@click.option("--hardware", default="cpu", show_default=True,
-              help="Device for latency: profile:PATH (measured by `morph profile`), or a "
-                   "roofline estimate on K80, P4, T4, P100, V100, TPUv2, A100, H100, H200, cpu.")
-@click.option("--compare", "other", metavar="OTHER", help="A second model, side by side.")
-@click.option("--structure", "structure_path", type=click.Path(dir_okay=False), default=None,
-              help="Price MODEL with the widths in a structure.json, without rebuilding it.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout only.")
-@click.option("--markdown", type=click.Path(dir_okay=False), help="Also write Markdown here.")
-@click.option("--plot", type=click.Path(dir_okay=False), help="Also write a PNG of widths.")
-@click.option("--all", "all_layers", is_flag=True, help="List every layer, not the top 25.")
-@click.option("--groups/--no-groups", default=True, help="Show the channel groups.")
-def report(model, input_shape, classes, trust_code, hardware, other, structure_path, as_json,
-           markdown, plot, all_layers, groups):
-    """Per-layer and total FLOPs, MACs, params and latency of MODEL.
-
-    FLOPs are what TensorFlow's profiler counts for the frozen inference graph
-    at batch 1 (multiply-adds count 2, plus batch-norm, bias, add and pooling
-    arithmetic); MACs count conv/dense multiply-adds only.
-
-    \b
-    Examples:
-      morph report applications:ResNet50 --json
-      morph report zoo:resnet20 --hardware T4 --plot widths.png
-      morph report seed.keras --compare runs/x/shrink/shrunk.keras
-      morph report seed.keras --structure runs/x/shrink/structure.json
-    """
-    from morphcli import api
-    from morphcli import reporting as rep
-
-    check_outputs({"MODEL": model, "--compare": other, "--structure": structure_path,
-                   "--hardware": hardware}, {"--markdown": markdown, "--plot": plot})
-    out, err = _consoles()
-    seed = _load(model, input_shape, classes, trust_code)
-    compared = _load(other, input_shape, classes, trust_code) if other else None
-    if markdown or plot or not as_json:
-        before = api.analyze(seed, hardware=hardware, structure=structure_path)
-        after = None if compared is None else api.analyze(compared, hardware=hardware)
-    if markdown:
-        from morphcli.files import write_text
-
-        write_text(markdown, rep.to_markdown(before, after))
-    if plot:
-        rep.plot_widths(plot, [before] + ([after] if after else []))
-    if as_json:  # the very dict `morphcli.report` returns
-        click.echo(_dumps(api.report(seed, hardware=hardware, structure=structure_path,
-                                     compare=compared)))
-        return
-    out.print(rep.layer_table(before, None if all_layers else 25))
-    if groups:
-        out.print(rep.groups_table(before))
-    out.print(rep.totals_table(before))
-    if after is not None:
-        out.print(rep.compare_table(before, after))
-    for path in filter(None, (markdown, plot)):
-        err.print(f"wrote {path}", markup=False)
+from morphcli.cli.common import ROUND_TO as _ROUND_TO
+from morphcli.cli.common import consoles as _consoles
+from morphcli.cli.common import load as _load
+from morphcli.cli.common import model_options as _model_options
+from morphcli.cli.common import quiet_tensorflow as _quiet_tensorflow
+from morphcli.outputs import beside as _beside
+from morphcli.outputs import check_folder as _check_folder
+from morphcli.outputs import check_outputs
+from morphcli.outputs import dumps as _dumps
+from morphcli.outputs import take_folder as _take_folder
 
 
 def _resolve(config_path, overrides: dict, flags: dict):
@@ -129,7 +24,7 @@ def _resolve(config_path, overrides: dict, flags: dict):
     return cfg.load_config(config_path, overrides, flags=flags)
 
 
-@cli.command()
+@click.command()
 @click.argument("model", required=False)
 @click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False),
               help="YAML config (see configs/); flags override it.")
@@ -240,7 +135,7 @@ def _show_shrink(out, err, ctx, result, as_json: bool) -> None:
               markup=False)
 
 
-@cli.command()
+@click.command()
 @click.argument("model")
 @click.option("--target", "target", metavar="METRIC=VALUE",
               help="Budget, e.g. flops=25M, params=0.5 (half the model's), latency=2ms.")
@@ -327,7 +222,7 @@ def _show_expansion(out, err, seed, result, metric: str, out_path: str) -> None:
             err.print(line, markup=False, highlight=False)
 
 
-@cli.command()
+@click.command()
 @click.argument("model")
 @click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False),
               help="YAML config: its data and retrain sections are used.")
@@ -374,7 +269,7 @@ def retrain(model, config_path, outdir, epochs, keep_weights, resume, overwrite,
     err.print(f"wrote {outdir}/final.keras and {outdir}/metrics.json", markup=False)
 
 
-@cli.command()
+@click.command()
 @click.argument("config_path", required=False, type=click.Path(dir_okay=False))
 @click.option("-o", "--output", "rundir", type=click.Path(file_okay=False),
               help="Run folder (default: output_dir of the config, runs/<name>).")
@@ -439,45 +334,4 @@ def run(config_path, rundir, rounds, baseline, resume, overwrite, sets, as_json)
     err.print(f"wrote {rundir}/{made}", markup=False)
 
 
-@cli.group()
-def config():
-    """Inspect configuration files."""
-
-
-@config.command("show")
-@click.argument("path", required=False)
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a value, e.g. --set shrink.epochs=3 (repeatable).")
-def config_show(path, overrides):
-    """Print the resolved config (defaults filled in) as YAML, without running.
-
-    \b
-    Examples:
-      morph config show configs/demo.yaml
-      morph config show --set target.value=25M
-    """
-    from morphcli import config as cfg
-
-    parsed = dict(cfg.parse_override(p) for p in overrides)
-    conf = cfg.load_config(path, parsed, flags={k: "--set" for k in parsed})
-    click.echo(cfg.dump_yaml(conf, comments=True), nl=False)
-
-
-@config.command("schema")
-def config_schema():
-    """Print every config key with its default and meaning (a valid config itself)."""
-    from morphcli import config as cfg
-
-    click.echo(cfg.describe_schema(), nl=False)
-
-
-def main() -> None:
-    """Console-script entry point."""
-    cli.main(prog_name="morph")
-
-
-for _command in deploy_cli.COMMANDS + search_cli.COMMANDS:
-    cli.add_command(_command)
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+COMMANDS = (shrink, expand, retrain, run)

@@ -1,0 +1,3 @@
+from morphcli.cli import main
+
+main()
