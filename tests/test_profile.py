@@ -430,6 +430,29 @@ def test_the_overhead_is_timed_beside_the_whole_model(monkeypatch, paired_overhe
     assert result.model["predicted_s"] == pytest.approx(4e-4, rel=1e-6)
 
 
+def test_morph_profile_warns_when_the_overhead_was_capped(monkeypatch, tmp_path):
+    monkeypatch.setattr(measure.Clock, "time", lambda self, model, keep=False:
+                        measure.Timing(1e-3, 1e-3, 1e-3))
+    monkeypatch.setattr(measure.Clock, "time_together", lambda self, models, min_time=0: [
+        measure.Timing(*[5e-4 if k == 0 else 4e-4] * 3) for k in range(len(models))])
+    monkeypatch.setattr(measure.Clock, "baseline", lambda self, shapes: 1e-3)
+    seed = tmp_path / "tiny.keras"
+    _model().save(seed)
+    args = ["profile", str(seed), "--runtime", "keras", "--round-to", "1", "-o"]
+    result = CliRunner().invoke(cli, [*args, str(tmp_path / "p.json")])
+    assert result.exit_code == 0, result.output
+    warning = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert warning == ["warning: a call with no layers measured 0.500 ms, not less than the "
+                       "model's own 0.400 ms: its layers' time is below this machine's noise, "
+                       "so the profile takes them as 10% of it and a latency target on it "
+                       "cannot be trusted (profile on a quieter machine, or with a larger input "
+                       "or batch)"]
+    monkeypatch.setattr(measure.Clock, "time_together", lambda self, models, min_time=0: [
+        measure.Timing(*[1e-4 if k == 0 else 4e-4] * 3) for k in range(len(models))])
+    quiet = CliRunner().invoke(cli, [*args, str(tmp_path / "q.json")])
+    assert quiet.exit_code == 0 and "warning" not in quiet.stderr
+
+
 def test_a_model_with_no_layer_time_is_a_fixed_cost():
     # No unit above its own overhead: the model's time (overhead aside) is fixed.
     assert measure._calibrate(3e-4, 0.0, None, None) == (1.0, 3e-4)

@@ -156,6 +156,7 @@ def profile(model, out_path, runtime, batch, threads, repeats, warmup, round_to,
           --hardware profile:resnet20.profile.json -o fast.keras
     """
     from morphcli import files
+    from morphcli.steps.profile import OVERHEAD_CAP
     from morphcli.steps.profile import profile as profile_step
 
     out, err = _consoles()
@@ -182,6 +183,13 @@ def profile(model, out_path, runtime, batch, threads, repeats, warmup, round_to,
     err.print(f"wrote {out_path}: {m['distinct_units']} distinct of {m['units']} layers "
               f"measured ({runtime}); latency falls in steps of {result.round_to} channel(s)",
               markup=False, highlight=False)
+    if m["overhead_measured_s"] > result.overhead_s:
+        err.print(f"warning: a call with no layers measured {m['overhead_measured_s'] * 1e3:.3f}"
+                  f" ms, not less than the model's own {m['measured_s'] * 1e3:.3f} ms: its "
+                  "layers' time is below this machine's noise, so the profile takes them as "
+                  f"{1 - OVERHEAD_CAP:.0%} of it and a latency target on it cannot be trusted "
+                  "(profile on a quieter machine, or with a larger input or batch)",
+                  markup=False, highlight=False)
     out.print(f"{m['name']}: measured {m['measured_s'] * 1e3:.3f} ms (10th-90th percentile "
               f"{m['p10_s'] * 1e3:.3f}-{m['p90_s'] * 1e3:.3f}); sum of its layers "
               f"{m['unscaled_s'] * 1e3:.3f} ms", markup=False, highlight=False)
