@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(BIN)/morph run configs/demo.yaml -o runs/demo --overwrite
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=10
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=25
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m 'not slow'
