@@ -255,8 +255,9 @@ def test_morph_search_refuses_what_is_not_a_finished_shrink(shrunk_dir, tmp_path
     for inside in (folder, folder.parent):  # --overwrite would delete the shrink
         assert "holds the input --config" in user_error("search", str(folder), "-o", str(inside),
                                                         "--overwrite")
-    assert "target" in user_error("search", str(folder), "-o", str(tmp_path / "o"),
-                                  "--target", "flops=-3").lower()
+    bad = user_error("search", str(folder), "-o", str(tmp_path / "o"), "--target", "flops=-3")
+    assert "`target.value`: Expected a fraction of the seed's flops" in bad
+    assert "Received: target.value='-3'" in bad and "a budget must be positive" in bad
     assert not (tmp_path / "o").exists()
     assert _hashes(folder) == before
 
