@@ -292,6 +292,31 @@ def _scored(name, accuracy, correct):
     return c
 
 
+def test_a_best_at_chance_is_no_evidence():
+    """MobileNetV2 at 10%, seed 2: the shrink collapsed, every candidate scored
+    12-15% on the selection split (chance 11%); the best won 26 examples and lost
+    16 (p = 0.08) and retrained to 47% (uniform 94.5%). At chance nothing is chosen
+    on the selection split, however decisive its sign test would be."""
+    uniform = _scored("uniform", 0.10, [0] * 90 + [1] * 10)
+    lucky = _scored("morphnet", 0.19, [1] * 19 + [0] * 81)  # +19 -10 against uniform
+    for c in (uniform, lucky):
+        c.select_chance = 0.11
+    # 0.19 < 0.11 + 0.1 * 0.89 = 0.199: at chance, uniform kept
+    chosen, record = search_step.choose([uniform, lucky])
+    assert chosen is uniform
+    assert record == {"best": "morphnet", "accuracy": 0.19, "chance": 0.11, "at_chance": True,
+                      "kept_uniform": True}
+    assert search_step.kept_line({"versus_uniform": record}) == (
+        "; the best, morphnet, scored 19.0% on the selection split, near chance (11.0%): the "
+        "shrunk network tells structures apart no better than chance, so uniform was kept")
+    # Just past the band, the sign test decides: +19 -0 over 100 examples
+    clear = _scored("morphnet", 0.20, [1] * 20 + [0] * 80)
+    clear.select_chance = 0.11
+    uniform.correct = np.array([1] * 1 + [0] * 99, bool)
+    chosen, record = search_step.choose([uniform, clear])
+    assert chosen is clear and record["gained"] == 19 and record["lost"] == 0
+
+
 def test_the_best_must_beat_uniform_by_more_than_chance():
     # uniform right on examples 0-9 of 20; the best right on 0-7 and 10-14: +5 -2
     uniform = _scored("uniform", 0.50, [1] * 10 + [0] * 10)
