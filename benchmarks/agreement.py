@@ -45,10 +45,12 @@ def morph(*args: str) -> str:
 def runs_of(name: str, args, work: Path) -> list[dict]:
     from morphcli.api import load_model
 
-    seed = work / f"{name}.keras"
-    load_model(MODELS[name], input_shape=SHAPE, classes=10).save(seed)
-    profile = work / f"{name}.profile.json"
-    morph("profile", str(seed), "--threads", str(args.threads), "-o", str(profile))
+    seed, profile = work / f"{name}.keras", work / f"{name}.profile.json"
+    if seed.is_file() and profile.is_file():  # a --keep folder's: the same seed, profiled
+        print(f"[{name}] reusing {seed} and {profile}", flush=True)
+    else:
+        load_model(MODELS[name], input_shape=SHAPE, classes=10).save(seed)
+        morph("profile", str(seed), "--threads", str(args.threads), "-o", str(profile))
     seed_tflite = work / f"{name}.tflite"
     morph("export", str(seed), "-o", str(seed_tflite))
     found = []
@@ -78,7 +80,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tolerance", type=float, default=0.05)
     parser.add_argument("--keep", metavar="DIR", help="keep the models, profiles and a "
-                        "results.json in DIR")
+                        "results.json in DIR; a seed and profile already there are reused")
     args = parser.parse_args()
     names = args.models.split(",")
     unknown = [n for n in names if n not in MODELS]
