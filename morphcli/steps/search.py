@@ -291,8 +291,10 @@ def choose(candidates: list[Candidate]) -> tuple[Candidate, dict]:
     uniform = next((c for c in candidates if c.name == "uniform"), None)
     if uniform is None or best is uniform:
         return best, {}
+    from morphcli.training.engine import at_chance
+
     chance = best.select_chance
-    if chance is not None and best.select_accuracy < chance + NO_SIGNAL * (1 - chance):
+    if chance is not None and at_chance(best.select_accuracy, chance, NO_SIGNAL):
         # The shrunk network was at chance (its shrink collapsed): no fine-tune of
         # it tells structures apart, however its examples fall.
         return uniform, {"best": best.name, "accuracy": best.select_accuracy,

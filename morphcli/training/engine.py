@@ -431,7 +431,13 @@ def near_chance(val_accuracy: float | None, train_accuracy: float | None,
     if val_accuracy is None or train_accuracy is None or chance is None:
         return False
     span = 1.0 - chance
-    return val_accuracy < chance + 0.1 * span and train_accuracy - val_accuracy > 0.5 * span
+    return at_chance(val_accuracy, chance) and train_accuracy - val_accuracy > 0.5 * span
+
+
+def at_chance(accuracy: float, chance: float, share: float = 0.1) -> bool:
+    """True for an accuracy within `share` of the way from chance (the most
+    frequent label's share) to 100%."""
+    return accuracy < chance + share * (1.0 - chance)
 
 
 def _steps(ds) -> int:
