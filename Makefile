@@ -19,11 +19,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/morph run configs/demo.yaml -o runs/demo --overwrite
 
+# Two test processes, one per core of the 2-core CI machine; a test module stays
+# in one process, so its module fixtures are built once.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=25
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadscope --durations=25
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m 'not slow'
+	$(BIN)/python -m pytest -q -n 2 --dist loadscope -m 'not slow'
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
