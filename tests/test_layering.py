@@ -306,8 +306,11 @@ def test_one_run_builds_each_graph_once_and_one_strategy(tmp_path, monkeypatch):
     strategies, datasets, loads = [], [], []
     finish, make, load_dataset = graph._Builder.finish, distribute.make_strategy, data.load_dataset
 
+    alive = []  # a model freed could pass its id on to the next one
+
     def counted_finish(self, model):
         builds[id(model)] += 1
+        alive.append(model)
         return finish(self, model)
 
     monkeypatch.setattr(graph._Builder, "finish", counted_finish)
