@@ -6,7 +6,8 @@ What a user does, through the CLI, for each model (zoo:resnet20 and MobileNetV2 
 1. `morph profile SEED --threads T` once.
 2. `--runs` times: `morph expand SEED --target latency=50% --round-to 8
    --hardware profile:P --measure --json`, then `morph export` of the result and
-   `morph bench seed.tflite out.tflite --threads T --json` right after it.
+   `morph bench seed.tflite out.tflite --threads T --processes 3 --json` right
+   after it (the medians of 3 fresh processes, as `--measure` times).
 
 A run agrees when the share of the seed that `--measure` printed and the share
 `morph bench` measured on the exported files are within `--tolerance` (5%) of each
@@ -14,7 +15,7 @@ other. Printed: every run's two shares, their ratio, the spread each carried, an
 how many runs agreed per model; the conclusions are computed from this run.
 
 Usage: .venv/bin/python benchmarks/agreement.py [--models resnet20,mobilenetv2]
-       [--runs 3] [--threads 2] [--tolerance 0.05] [--keep DIR]
+       [--runs 3] [--threads 2] [--tolerance 0.05] [--processes 3] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ def runs_of(name: str, args, work: Path) -> list[dict]:
         out_tflite = work / f"{name}-{run}.tflite"
         morph("export", str(out), "-o", str(out_tflite))
         benched = json.loads(morph("bench", str(seed_tflite), str(out_tflite), "--threads",
-                                   str(args.threads), "--json"))[1]
+                                   str(args.threads), "--processes", str(args.processes),
+                                   "--json"))[1]
         found.append({"model": name, "run": run + 1, "printed": printed["share"],
                       "printed_p10": printed["rounds_p10"], "printed_p90": printed["rounds_p90"],
                       "spread": printed["spread"], "benched": benched["ratio"],
@@ -85,6 +87,8 @@ def main() -> None:
     parser.add_argument("--runs", type=positive, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tolerance", type=float, default=0.05)
+    parser.add_argument("--processes", type=positive, default=3, help="`morph bench "
+                        "--processes`: 3, as `expand --measure` times")
     parser.add_argument("--keep", metavar="DIR", help="keep the models, profiles and a "
                         "results.json in DIR; a seed and profile already there are reused")
     args = parser.parse_args()
@@ -100,7 +104,8 @@ def main() -> None:
         if args.keep:
             (work / "results.json").write_text(json.dumps(results, indent=1))
     print(f"\nTFLite float32, {args.threads} threads, batch 1; target latency=50% of the seed, "
-          "round-to 8; `morph bench seed.tflite out.tflite` right after each expand\n")
+          f"round-to 8; `morph bench seed.tflite out.tflite --processes {args.processes}` "
+          "right after each expand\n")
     print("| model | run | --measure printed [10th-90th] | its spread "
           "| morph bench [10th-90th] | printed / benched |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")

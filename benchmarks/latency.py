@@ -9,7 +9,8 @@ weights, no download):
    profile alone; and to half the seed's latency with `--measure` (candidates
    timed on this machine until the clock agrees), widths rounded to 8.
 3. Export the seed and the three models to TFLite with `morph export`'s code and
-   time the files with `morph bench`'s code, interleaved call by call (seed,
+   time the files as `morph bench --processes 3` does (the medians of 3 fresh
+   processes), interleaved call by call (seed,
    seed, FLOPs, latency, measured, seed, ...) for `--repeats` rounds, `--timings`
    times one after another. A timing's share of the seed is the median of its
    per-round ratios to the seed; a model's share is the median over the timings,
@@ -40,10 +41,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from morphcli import files as files_  # noqa: E402
 from morphcli.api import load_model  # noqa: E402
+from morphcli.core import profile as profiles  # noqa: E402
 from morphcli.core.costs import CostModel  # noqa: E402
 from morphcli.core.graph import build_graph  # noqa: E402
 from morphcli.core.quantities import Quantity  # noqa: E402
-from morphcli.measure.bench import bench_many  # noqa: E402
+from morphcli.measure.isolated import PROCESSES, median_results, start_workers  # noqa: E402
 from morphcli.steps.context import Priced  # noqa: E402
 from morphcli.steps.expand import expand, expand_model  # noqa: E402
 from morphcli.steps.export import export  # noqa: E402
@@ -57,12 +59,16 @@ GOAL = {"target": 0.05, "prediction": 0.10}
 
 def measure(name: str, spec: str, args, work: Path) -> dict:
     seed = load_model(spec)
-    start = time.perf_counter()
-    prof = profile(seed, runtime="tflite", threads=args.threads)
-    profile_s = time.perf_counter() - start
-    prof.path = str(work / f"{name}.profile.json")
-    if args.keep:
-        files_.write_json(Path(args.keep) / f"{name}.profile.json", prof.to_dict())
+    kept = Path(args.keep) / f"{name}.profile.json" if args.keep else None
+    if kept is not None and args.reuse_profiles and kept.is_file():
+        prof, profile_s = profiles.load(kept), None  # the same architecture, profiled before
+    else:
+        start = time.perf_counter()
+        prof = profile(seed, runtime="tflite", threads=args.threads)
+        profile_s = time.perf_counter() - start
+        prof.path = str(work / f"{name}.profile.json")
+        if kept is not None:
+            files_.write_json(kept, prof.to_dict())
     start = time.perf_counter()
     looped = expand(Priced.of(seed, prof), "latency", Quantity(FRACTION, True), measure=True,
                     round_to=8)
@@ -84,9 +90,22 @@ def measure(name: str, spec: str, args, work: Path) -> dict:
     # `--timings` timings one after another: a light model's share of the seed moves
     # with the host's load from one to the next, so each share is their median, shown
     # with their range.
+    # They are timed as `morph bench --processes 3` times, in fresh processes that do
+    # nothing else: this one has converted models, which moves a light model's share
+    # (issue 23). Each timing is the median of the processes', each timing
+    # `--repeats` / 3 rounds: three processes at 300 rounds each took over 30 minutes
+    # for ResNet50's five files.
     order = ["seed", "seed", *[k for k in files if k != "seed"]]
-    timings = [bench_many([str(files[k]) for k in order], threads=args.threads, warmup=10,
-                          repeats=args.repeats) for _ in range(args.timings)]
+    workers = start_workers(PROCESSES)
+    try:
+        timings = [median_results([w.time([str(files[k]) for k in order], batch=1,
+                                          threads=args.threads, warmup=10,
+                                          repeats=max(1, args.repeats // PROCESSES))
+                                   for w in workers])
+                   for _ in range(args.timings)]
+    finally:
+        for w in workers:
+            w.close()
     measured = {"seed": statistics.median(t[0].median_s for t in timings)}
     share = {}
     for k, kind in enumerate(order):
@@ -129,6 +148,8 @@ def main() -> None:
                         "after another; a share is the median of theirs")
     parser.add_argument("--keep", metavar="DIR", help="write each profile and the results "
                         "(results.json) into DIR")
+    parser.add_argument("--reuse-profiles", action="store_true", help="use the profiles "
+                        "already in --keep instead of profiling again (no profile time then)")
     args = parser.parse_args()
     if args.keep:
         Path(args.keep).mkdir(parents=True, exist_ok=True)
@@ -137,7 +158,9 @@ def main() -> None:
         for name in args.models.split(","):
             results.append(measure(name, MODELS[name], args, Path(tmp)))
             r = results[-1]
-            print(f"[{name}] profiled in {r['profile_s'] / 60:.1f} min "
+            took = (f"profiled in {r['profile_s'] / 60:.1f} min" if r["profile_s"] is not None
+                    else "profile reused from --keep")
+            print(f"[{name}] {took} "
                   f"({r['distinct']} distinct of {r['units']} layers, step {r['round_to']}, "
                   f"scale {r['scale']:.3f}); --measure took {r['measure_s'] / 60:.1f} min for "
                   f"{r['candidates']} candidates and put its choice at {r['loop_share']:.3f} "
@@ -145,7 +168,8 @@ def main() -> None:
             if args.keep:
                 files_.write_json(Path(args.keep) / "results.json", results)
     print(f"\nTFLite float32, {args.threads} threads, batch 1; all files of a model timed "
-          f"interleaved call by call, {args.repeats} calls each, {args.timings} times; a "
+          f"interleaved call by call, {args.repeats // PROCESSES} calls each in each of "
+          f"{PROCESSES} fresh processes (the medians of theirs), {args.timings} times; a "
           "timing's share is the median of its per-round ratios to the seed, and a share "
           "below is the median of the timings' [their lowest-highest]; 'noise' is the "
           "seed's own second copy\n")
@@ -195,7 +219,7 @@ def main() -> None:
               "a 50% latency target")
     for r in results:
         print(f"- {r['name']}: the seed's own time here is {r['drift']:.2f}x what its profile "
-              "measured minutes earlier; no absolute prediction from that profile can be "
+              "measured earlier; no absolute prediction from that profile can be "
               "closer than this drift")
     worst, worst_rel = max(errors), max(relative)
     print(f"- the profile's predictions are within {worst:.1%} of the measured times "

@@ -120,10 +120,10 @@ def test_morph_run_end_to_end(tmp_path):
         assert report["models"][name]["val_accuracy"] > 0.5, name
     printed = json.loads(result.stdout)
     assert printed == {k: report[k] for k in ("target", "models", "measured", "comparison")}
-    # Every model is also timed on this machine (Keras: no profile named a runtime),
-    # beside the roofline estimate the table already had.
+    # Every model is also timed on this machine (Keras: no profile named a runtime, so
+    # in this process), beside the roofline estimate the table already had.
     assert report["measured"] == {"runtime": "keras", "threads": None, "batch": 1,
-                                  "repeats": 50, "interleaved": True,
+                                  "repeats": 50, "interleaved": True, "process": "this",
                                   "estimate": "roofline, cpu"}
     assert all(0 < m["measured_latency_s"] < 1 for m in report["models"].values())
     assert "measured: median of 50 calls on this machine, keras" in (

@@ -3,6 +3,7 @@ writes (the same bytes), and `--measure` times the way `morph bench` does."""
 
 import hashlib
 import json
+from pathlib import Path
 
 import keras
 import pytest
@@ -11,7 +12,7 @@ from test_cli import morph
 from morphcli.core import profile as profiles
 from morphcli.core.graph import build_graph
 from morphcli.core.machine import machine
-from morphcli.measure import bench
+from morphcli.measure import bench, isolated
 from morphcli.models.zoo import load_static
 
 
@@ -56,6 +57,7 @@ def test_the_tflite_measure_times_is_the_file_export_writes(spec, tmp_path, monk
     seed.save(seed_path)
     _tflite_profile(build_graph(seed), tmp_path / "p.json")
     monkeypatch.setattr(bench, "time_rounds", _on_the_aim)
+    monkeypatch.setattr(isolated, "IN_WORKER", False)  # the fake clock is here
     result = morph("expand", str(seed_path), "--target", "latency=50%", "--measure",
                    "--hardware", f"profile:{tmp_path / 'p.json'}", "-o", str(out), "--json")
     record = json.loads(result.stdout)["measured"]
@@ -111,6 +113,7 @@ def _fake_clock(monkeypatch, share_of):
 
     monkeypatch.setattr(bench, "_runner", runner)
     monkeypatch.setattr(bench, "time_rounds", rounds)
+    monkeypatch.setattr(isolated, "IN_WORKER", False)  # the fake clock is here
     return timings
 
 
@@ -197,3 +200,118 @@ def test_an_absolute_target_is_timed_alone_and_printed_in_milliseconds():
                      "`morph bench OUT` times (50 calls, 10th-90th percentile 1.8-2.1 ms); "
                      "its 4 timings spread ±3.1%")
     assert warning.startswith("warning: the spread (±3.1%) is wider than the 2% tolerance")
+
+
+# --- the TFLite clock runs in a process of its own ----------------------------------------
+
+
+def test_tflite_latencies_are_timed_in_fresh_processes_on_the_exported_bytes(tmp_path):
+    """`isolated.latencies` times what `morph export` writes, in three worker
+    processes kept for the caller's `runners`: the sha256 timed are the exported
+    files', the workers are other processes and are reused, and `release` ends
+    them and removes their files."""
+    import os
+    from types import SimpleNamespace
+
+    from morphcli.steps import export as ex
+
+    keras.utils.set_random_seed(0)
+    seed, other = load_static("zoo:cnn"), load_static("zoo:cnn", input_shape=(16, 16, 1))
+    ex.export(seed, tmp_path / "seed.tflite")
+    ex.export(other, tmp_path / "other.tflite")
+    hardware = SimpleNamespace(runtime="tflite", threads=1, batch=1)
+    runners: dict = {}
+    found, how = isolated.latencies([seed, other], hardware, repeats=3, runners=runners)
+    assert how == {"runtime": "tflite", "threads": 1, "batch": 1, "repeats": 3,
+                   "interleaved": True, "process": "fresh", "processes": 3}
+    assert [r.sha256 for r in found] == [_sha(tmp_path / "seed.tflite"),
+                                         _sha(tmp_path / "other.tflite")]
+    assert [r.path for r in found] == ["model", "model"] and found[0].ratio is None
+    assert found[1].ratio > 0 and found[1].repeats == 3
+    pids, folder = [w.pid for w in runners["workers"]], runners["folder"]
+    assert len(set(pids)) == 3 and os.getpid() not in pids
+    isolated.latencies([seed, other], hardware, repeats=2, runners=runners)
+    assert [w.pid for w in runners["workers"]] == pids
+    assert sorted(p.name for p in Path(folder).iterdir()) == [
+        "model-0.tflite", "model-1.tflite"]  # each model converted once
+    isolated.release(runners)
+    assert runners == {} and not Path(folder).exists()
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+def test_each_figure_is_the_median_over_the_processes():
+    """Three processes' timings of the same two targets merge into one result per
+    target whose every figure is the median of the three; bytes that differ
+    between processes are an error."""
+    from morphcli.errors import ModelError
+
+    def timing(seed_s, ratio, sha="b"):
+        return [bench.BenchResult("a", "tflite", 1, 2, 50, seed_s, seed_s - 1, seed_s + 1,
+                                  sha256="a"),
+                bench.BenchResult("b", "tflite", 1, 2, 50, seed_s * ratio, 0.0, 9.0,
+                                  ratio, ratio - 0.1, ratio + 0.1, sha256=sha)]
+
+    seed, other = isolated.median_results([timing(10.0, 0.42), timing(12.0, 0.53),
+                                           timing(11.0, 0.44)])
+    assert (seed.median_s, seed.p10_s, seed.p90_s, seed.ratio) == (11.0, 10.0, 12.0, None)
+    assert other.median_s == pytest.approx(4.84)  # of 4.2, 6.36 and 4.84
+    assert (other.ratio, other.ratio_p10, other.ratio_p90) == pytest.approx((0.44, 0.34, 0.54))
+    assert (other.path, other.sha256, other.repeats) == ("b", "b", 50)
+    with pytest.raises(ModelError, match="^The timing processes timed different bytes for b"):
+        isolated.median_results([timing(10.0, 0.4), timing(10.0, 0.4, sha="c")])
+
+
+def test_the_timing_process_refuses_in_one_line_and_its_end_is_an_error(tmp_path):
+    """A file the worker cannot load is refused with bench's one line, and the
+    worker serves the next request; a worker that died is a ModelError."""
+    import os
+    import signal
+
+    from morphcli.errors import ModelError
+    from morphcli.steps import export as ex
+
+    (tmp_path / "bad.tflite").write_bytes(b"not a flatbuffer")
+    ex.export(load_static("zoo:cnn"), tmp_path / "cnn.tflite")
+    worker = isolated.Worker()
+    ask = {"batch": 1, "threads": 1, "warmup": 0, "repeats": 1}
+    try:
+        with pytest.raises(ModelError, match=r"^Could not load .*bad\.tflite as a tflite "
+                                             r"model: ") as err:
+            worker.time([str(tmp_path / "bad.tflite")], **ask)
+        assert "\n" not in str(err.value)
+        (good,) = worker.time([str(tmp_path / "cnn.tflite")], **ask)
+        assert good.sha256 == _sha(tmp_path / "cnn.tflite")
+        os.kill(worker.pid, signal.SIGKILL)
+        with pytest.raises(ModelError, match="^The timing process ended: "):
+            worker.time([str(tmp_path / "cnn.tflite")], **ask)
+    finally:
+        worker.close()
+
+
+def test_morph_bench_with_processes_gives_the_medians_of_fresh_processes(tmp_path):
+    """`morph bench --processes 2` times the files in two workers and prints the
+    medians of theirs with the files' sha256; a file none can load is refused
+    in one line, exit 2."""
+    from test_cli import user_error
+
+    from morphcli.steps import export as ex
+
+    keras.utils.set_random_seed(0)
+    ex.export(load_static("zoo:cnn"), tmp_path / "a.tflite")
+    ex.export(load_static("zoo:cnn", input_shape=(16, 16, 1)), tmp_path / "b.tflite")
+    paths = [str(tmp_path / "a.tflite"), str(tmp_path / "b.tflite")]
+    found = json.loads(morph("bench", *paths, "--processes", "2", "--repeats", "3",
+                             "--threads", "1", "--json").stdout)
+    assert [r["path"] for r in found] == paths
+    assert [r["sha256"] for r in found] == [_sha(tmp_path / "a.tflite"),
+                                            _sha(tmp_path / "b.tflite")]
+    assert found[0]["ratio"] is None and found[1]["ratio"] > 0
+    assert [r["repeats"] for r in found] == [3, 3]
+    text = morph("bench", paths[0], "--processes", "2", "--repeats", "2").stdout
+    assert text.startswith("tflite, batch 1: median ") and text.rstrip().endswith(
+        "2 calls in each of 2 processes, medians of theirs)")
+    (tmp_path / "bad.tflite").write_bytes(b"no")
+    assert user_error("bench", str(tmp_path / "bad.tflite"), "--processes", "2").startswith(
+        f"Error: Could not load {tmp_path / 'bad.tflite'} as a tflite model: ")

@@ -121,7 +121,7 @@ def slow_clock(monkeypatch):
     half the seed's latency is out of reach whatever the widths, however loaded the
     machine."""
     from morphcli.core.costs import get_hardware
-    from morphcli.measure import bench
+    from morphcli.measure import bench, isolated
 
     seed = json.loads(morph("report", "zoo:cnn", "--json").stdout)["totals"]["latency_s"]
     cpu = get_hardware("cpu")
@@ -132,7 +132,7 @@ def slow_clock(monkeypatch):
                                     t / times[0] if k else None) for k, t in enumerate(times)]
         return found, {"runtime": "keras", "threads": None, "batch": 1, "repeats": repeats}
 
-    monkeypatch.setattr(bench, "latencies", clock)
+    monkeypatch.setattr(isolated, "latencies", clock)
 
 
 def test_a_measure_out_of_reach_exits_2_in_mode_below(tmp_path, slow_clock):

@@ -597,7 +597,7 @@ def test_expand_measure_corrects_the_multiplier_until_the_clock_agrees(monkeypat
     the measured seed is then 0.55 of its prediction, which the profile alone misses
     (its structure measures 0.6) and the loop must find."""
     from morphcli.core.quantities import Quantity
-    from morphcli.measure import bench
+    from morphcli.measure import bench, isolated
     from morphcli.steps import expand as ex
 
     model = _model()
@@ -618,7 +618,7 @@ def test_expand_measure_corrects_the_multiplier_until_the_clock_agrees(monkeypat
                                     t / times[0] if k else None) for k, t in enumerate(times)]
         return found, {"runtime": "keras", "threads": None, "batch": 1, "repeats": repeats}
 
-    monkeypatch.setattr(bench, "latencies", clock)
+    monkeypatch.setattr(isolated, "latencies", clock)
     result = ex.expand(ex.Priced.of(model, prof), "latency", Quantity(0.5, True),
                        measure=True)
     measured = result.record["measured"]
@@ -677,7 +677,7 @@ def test_expand_measure_adds_passes_until_most_agree(monkeypatch):
     their median deviation is 6%, after four 3%, after five 0 (three agree), so the
     loop stops at five passes, on the true ratio."""
     from morphcli.core.quantities import Quantity
-    from morphcli.measure import bench
+    from morphcli.measure import isolated
     from morphcli.steps import expand as ex
 
     model = _model()
@@ -685,7 +685,7 @@ def test_expand_measure_adds_passes_until_most_agree(monkeypatch):
     noise = {1: 0.94, 2: 1.06}
     clock, calls = _clock_on(prof, lambda n, k, t: [t[0]] + [v * noise.get(n, 1.0)
                                                            for v in t[1:]])
-    monkeypatch.setattr(bench, "latencies", clock)
+    monkeypatch.setattr(isolated, "latencies", clock)
     result = ex.expand(ex.Priced.of(model, prof), "latency", Quantity(0.5, True),
                        measure=True)
     measured = result.record["measured"]
@@ -698,7 +698,7 @@ def test_expand_measure_adds_passes_until_most_agree(monkeypatch):
     # A candidate whose passes never agree gets MAX_PASSES of them.
     clock_noisy, _ = _clock_on(prof, lambda n, k, t: [t[0]] + [
         v * (0.94, 1.0, 1.06)[n % 3] for v in t[1:]])
-    monkeypatch.setattr(bench, "latencies", clock_noisy)
+    monkeypatch.setattr(isolated, "latencies", clock_noisy)
     result = ex.expand(ex.Priced.of(model, prof), "latency", Quantity(0.5, True),
                        measure=True)
     assert result.record["measured"]["candidates"][0]["passes"] == ex.MAX_PASSES == 7
@@ -711,7 +711,7 @@ def test_expand_measure_chooses_on_the_final_timing_of_all_candidates(monkeypatc
     last candidate of the loop is far below the target, and the choice is the
     candidate nearest the target in those timings."""
     from morphcli.core.quantities import Quantity
-    from morphcli.measure import bench
+    from morphcli.measure import isolated
     from morphcli.steps import expand as ex
 
     model = _model()
@@ -724,7 +724,7 @@ def test_expand_measure_chooses_on_the_final_timing_of_all_candidates(monkeypatc
         return [times[0]] + [t if final else t + 0.1 * seed for t in times[1:]]
 
     clock, calls = _clock_on(prof, distort)
-    monkeypatch.setattr(bench, "latencies", clock)
+    monkeypatch.setattr(isolated, "latencies", clock)
     result = ex.expand(ex.Priced.of(model, prof), "latency", Quantity(0.5, True),
                        measure=True)
     measured = result.record["measured"]
@@ -746,7 +746,7 @@ def test_expand_measure_aims_under_a_budget_and_on_a_nearest_target(monkeypatch)
     budget (mode below) does not take it, aims 2% under the target and keeps a
     candidate not above it; mode nearest aims at the target and stops there."""
     from morphcli.core.quantities import Quantity
-    from morphcli.measure import bench
+    from morphcli.measure import isolated
     from morphcli.steps import expand as ex
 
     model = _model()
@@ -758,7 +758,7 @@ def test_expand_measure_aims_under_a_budget_and_on_a_nearest_target(monkeypatch)
         first = ex.solve_multiplier(costs, "latency", 0.5 * seed, mode=mode).achieved
         factor = 1.01 * 0.5 * seed / first  # the first candidate measures 1.01 x goal
         clock, _ = _clock_on(prof, lambda n, k, t, f=factor: [t[0]] + [v * f for v in t[1:]])
-        monkeypatch.setattr(bench, "latencies", clock)
+        monkeypatch.setattr(isolated, "latencies", clock)
         result = ex.expand(ex.Priced.of(model, prof), "latency", Quantity(0.5, True),
                            measure=True, mode=mode)
         measured = result.record["measured"]
@@ -782,7 +782,7 @@ def test_expand_measure_halves_the_bracket_when_the_correction_repeats(monkeypat
     structure already timed is replaced by the target halfway between the two,
     which the loop tries next."""
     from morphcli.core.quantities import Quantity
-    from morphcli.measure import bench
+    from morphcli.measure import isolated
     from morphcli.steps import expand as ex
 
     model = _model()
@@ -790,7 +790,7 @@ def test_expand_measure_halves_the_bracket_when_the_correction_repeats(monkeypat
     prof = _bilinear_profile(graph)
     seed = CostModel(graph, prof).total("latency")
     clock, _ = _clock_on(prof, lambda n, k, t: [t[0]] + [v + 0.05 * seed for v in t[1:]])
-    monkeypatch.setattr(bench, "latencies", clock)
+    monkeypatch.setattr(isolated, "latencies", clock)
 
     def repeating(tried, goal):  # 40% of the seed, then the first candidate again
         return 0.4 * seed if len(tried) == 1 else tried[0][0].achieved
@@ -818,7 +818,7 @@ def test_expand_measure_steps_past_the_nearest_when_all_are_on_one_side(monkeypa
     cost-model target down by goal / measured (at least 3%), compounded, until the
     solver gives a structure not yet timed."""
     from morphcli.core.quantities import Quantity
-    from morphcli.measure import bench
+    from morphcli.measure import isolated
     from morphcli.steps import expand as ex
 
     model = _model()
@@ -827,7 +827,7 @@ def test_expand_measure_steps_past_the_nearest_when_all_are_on_one_side(monkeypa
     costs = CostModel(graph, prof)
     seed = costs.total("latency")
     clock, _ = _clock_on(prof, lambda n, k, t: [t[0]] + [v + 0.1 * seed for v in t[1:]])
-    monkeypatch.setattr(bench, "latencies", clock)
+    monkeypatch.setattr(isolated, "latencies", clock)
     monkeypatch.setattr(ex, "_next_goal", lambda tried, goal: tried[0][0].achieved)
     result = ex.expand(ex.Priced.of(model, prof), "latency", Quantity(0.5, True),
                        measure=True)

@@ -79,9 +79,13 @@ def export(model, out_path, fmt, quantize, overwrite, as_json, input_shape, clas
               help="Timed calls (of each model).")
 @click.option("--warmup", type=click.IntRange(0), default=10, show_default=True,
               help="Untimed calls first.")
+@click.option("--processes", type=click.IntRange(1, 16), default=1, show_default=True,
+              help="Time in this many fresh processes, one after another, and print the "
+                   "median of theirs: a process's own state can move a light model's share "
+                   "by 10%. `expand --measure` times in 3.")
 @click.option("--trust-code", is_flag=True, help="Allow custom code in a .keras file (unsafe).")
 @click.option("--json", "as_json", is_flag=True, help="Print the measurements on stdout: a list, one object per PATH.")
-def bench(paths, batch, threads, repeats, warmup, trust_code, as_json):
+def bench(paths, batch, threads, repeats, warmup, processes, trust_code, as_json):
     """Measure the end-to-end latency of .keras, .tflite or SavedModel files here.
 
     Times one call at a time on a random batch, after warm-up calls, and prints
@@ -94,23 +98,32 @@ def bench(paths, batch, threads, repeats, warmup, trust_code, as_json):
     Examples:
       morph bench final.tflite --threads 2
       morph bench seed.tflite small.tflite --threads 2 --repeats 200
+      morph bench seed.tflite small.tflite --threads 2 --processes 3
       morph bench runs/demo/retrain/final.keras --batch 8 --json
     """
     from morphcli.measure.bench import bench_many
+    from morphcli.measure.isolated import time_files
 
     out, err = _consoles()
     with _bar(err, "bench") as bar:
-        task = bar.add_task("bench", total=(warmup + repeats) * len(paths))
-        results = bench_many(list(paths), batch=batch, threads=threads, warmup=warmup,
-                             repeats=repeats, progress=lambda n: bar.advance(task, n),
-                             trust_code=trust_code)
+        if processes > 1:  # the workers' start, then each one's timing
+            task = bar.add_task("bench", total=processes + 1)
+            results = time_files(list(paths), processes, batch=batch, threads=threads,
+                                 warmup=warmup, repeats=repeats, trust_code=trust_code,
+                                 progress=lambda: bar.advance(task))
+        else:
+            task = bar.add_task("bench", total=(warmup + repeats) * len(paths))
+            results = bench_many(list(paths), batch=batch, threads=threads, warmup=warmup,
+                                 repeats=repeats, progress=lambda n: bar.advance(task, n),
+                                 trust_code=trust_code)
     if as_json:
         click.echo(_dumps([r.to_dict() for r in results]))  # a list, however many
         return
+    per_process = f" in each of {processes} processes, medians of theirs" if processes > 1 else ""
     for result in results:
         line = (f"{result.runtime}, batch {batch}: median {result.median_s * 1e3:.3f} ms "
                 f"(10th-90th percentile {result.p10_s * 1e3:.3f}-{result.p90_s * 1e3:.3f} ms, "
-                f"{repeats} calls)")
+                f"{repeats} calls{per_process})")
         if len(results) > 1:
             line = f"{result.path}: {line}"
         if result.ratio is not None:

@@ -10,7 +10,10 @@ and times it.
   keeps the runners of models timed more than once; the bounds on what a
   measurement may ask of this machine (threads, batch).
 - `bench`: `morph bench`'s protocol (warm-up rounds, then timed rounds,
-  interleaved call by call, ratios to the first), which `expand --measure` uses.
+  interleaved call by call, ratios to the first).
+- `isolated`: that protocol on the exported files in a worker process that
+  has done nothing else, as `morph bench` runs: what `expand --measure` and
+  `morph run` time on a TFLite device.
 
 What this machine is (its CPU, cores, memory, TensorFlow) is in
 `morphcli.core.machine`: a profile (in core) compares itself with it.

@@ -1,7 +1,8 @@
 """`morph bench`'s protocol: end-to-end latency of models or model files on this
 machine, several of them interleaved call by call, each relative to the first.
-`expand --measure` times its candidates with it (`latencies`), so what it
-prints is what `morph bench` run on the exported files measures."""
+`expand --measure` times its candidates with it, on their exported files in a
+process of its own (`isolated.latencies`), so what it prints is what `morph
+bench` run on those files measures."""
 
 from __future__ import annotations
 
@@ -71,7 +72,8 @@ def bench_many(targets: list, *, batch: int = 1, threads: int | None = None,
     neighbouring calls meet the same load, so the ratio of each target to the
     first is steadier than two separate runs. Each result after the first carries
     the median of its per-round ratios to the first and their 10th-90th
-    percentiles. `progress(1)` after every call; `runners` as in `latencies`."""
+    percentiles. `progress(1)` after every call; `runners`, a dict the caller
+    keeps with the models alive, keeps each model's runner across calls."""
     check_counts(batch, repeats, warmup)
     made = []
     for t in targets:  # a target listed twice gets two runners, unless `runners` has it
@@ -117,19 +119,3 @@ def _runner(target, batch: int, threads: int | None, trust_code: bool, runtime: 
         return ("model", "tflite", run.tflite_runner(content, threads),
                 run.sample(shape, batch), convert.digest(content))
     return "model", "keras", run.keras_runner(target), run.sample(shape, batch), None
-
-
-def latencies(models: list, hardware, repeats: int = MEASURE_REPEATS,
-              runners: dict | None = None) -> tuple[list[BenchResult], dict]:
-    """Each model's end-to-end latency on this machine, timed interleaved call by
-    call (`bench_many`: each result after the first carries its per-round ratio to
-    the first), with the runtime a measured device (`profile:`) names, else Keras;
-    and how it was measured. `runners` (a dict the caller keeps, with the models
-    alive) reuses each model's converted runner across calls."""
-    runtime = getattr(hardware, "runtime", "keras")
-    threads = getattr(hardware, "threads", None) if runtime == "tflite" else None
-    batch = getattr(hardware, "batch", 1)
-    found = bench_many(models, batch=batch, threads=threads, warmup=WARMUP, repeats=repeats,
-                       runtime=runtime, runners=runners)
-    return found, {"runtime": runtime, "threads": threads, "batch": batch,
-                   "repeats": repeats, "interleaved": True}

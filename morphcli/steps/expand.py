@@ -160,7 +160,8 @@ def _measured(source: Priced, quantity, target: float, expansion, solve, build, 
     the closest not above the target, else the fastest). The record carries the
     kept candidate's spread: how far its timings disagree (`_spread`), and whether
     that is wider than `MEASURE_TOLERANCE`."""
-    from morphcli.measure.bench import MEASURE_REPEATS, latencies
+    from morphcli.measure.bench import MEASURE_REPEATS
+    from morphcli.measure.isolated import latencies, release
 
     hardware = source.costs.hardware
     relative = not isinstance(quantity, int | float) and quantity.relative
@@ -183,41 +184,43 @@ def _measured(source: Priced, quantity, target: float, expansion, solve, build, 
             return found[1].ratio, found[1].ratio_p10, found[1].ratio_p90
         return found[0].median_s, found[0].p10_s, found[0].p90_s
 
-    for _ in range(MEASURE_ROUNDS):
-        model = build(expansion)
-        found: list[tuple[float, float, float]] = []
-        while len(found) < MEASURE_PASSES or (
-                len(found) < MAX_PASSES and _spread([f[0] for f in found]) > MEASURE_TOLERANCE):
-            found.append(timed(model, MEASURE_REPEATS))
-        timings.append(found)
-        tried.append((expansion, model, statistics.median(f[0] for f in found)))
-        if abs(tried[-1][2] / aim - 1) <= MEASURE_TOLERANCE:
-            break
-        try:
-            following = solve(_next_goal(tried, aim))
-            if _known(following, tried):
-                # The cost model is flat or bent where the clock is not (a staircase
-                # of channel tiles): halve the bracket, or step past the nearest.
-                middle = _midpoint(tried, aim)
-                following = (solve(middle) if middle is not None
-                             else _beyond(tried, aim, solve))
-        except MorphError:  # the correction asks for more than the model can reach
-            break
-        if following is None or _known(following, tried):
-            break
-        expansion = following
-    looped = [t[2] for t in tried]
-    passes = [len(found) for found in timings]
-    # Shares to seconds: by the source's median time in the loop, and the final
-    # timings' own source time for their shares.
-    unit = loop_unit = statistics.median(seeds) if relative else 1.0
-    if len(tried) > 1:
-        final = [timed(m, FINAL_REPEATS) for _, m, _ in tried]
-        for found, last in zip(timings, final, strict=True):
-            found.append(last)
-        tried = [(e, m, last[0]) for (e, m, _), last in zip(tried, final, strict=True)]
-        unit = statistics.median(seeds[-len(tried):]) if relative else 1.0
-    runners.clear()
+    try:
+        for _ in range(MEASURE_ROUNDS):
+            model = build(expansion)
+            found: list[tuple[float, float, float]] = []
+            while len(found) < MEASURE_PASSES or (
+                    len(found) < MAX_PASSES and _spread([f[0] for f in found]) > MEASURE_TOLERANCE):
+                found.append(timed(model, MEASURE_REPEATS))
+            timings.append(found)
+            tried.append((expansion, model, statistics.median(f[0] for f in found)))
+            if abs(tried[-1][2] / aim - 1) <= MEASURE_TOLERANCE:
+                break
+            try:
+                following = solve(_next_goal(tried, aim))
+                if _known(following, tried):
+                    # The cost model is flat or bent where the clock is not (a staircase
+                    # of channel tiles): halve the bracket, or step past the nearest.
+                    middle = _midpoint(tried, aim)
+                    following = (solve(middle) if middle is not None
+                                 else _beyond(tried, aim, solve))
+            except MorphError:  # the correction asks for more than the model can reach
+                break
+            if following is None or _known(following, tried):
+                break
+            expansion = following
+        looped = [t[2] for t in tried]
+        passes = [len(found) for found in timings]
+        # Shares to seconds: by the source's median time in the loop, and the final
+        # timings' own source time for their shares.
+        unit = loop_unit = statistics.median(seeds) if relative else 1.0
+        if len(tried) > 1:
+            final = [timed(m, FINAL_REPEATS) for _, m, _ in tried]
+            for found, last in zip(timings, final, strict=True):
+                found.append(last)
+            tried = [(e, m, last[0]) for (e, m, _), last in zip(tried, final, strict=True)]
+            unit = statistics.median(seeds[-len(tried):]) if relative else 1.0
+    finally:
+        release(runners)  # the timing process ends, its files go
     fits = [t for t in tried if t[2] <= goal] if mode == "below" else tried
     chosen = (min(fits, key=lambda t: abs(t[2] - aim)) if fits
               else min(tried, key=lambda t: t[2]))

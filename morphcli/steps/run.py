@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from morphcli.errors import MorphError
-from morphcli.measure.bench import latencies
+from morphcli.measure.isolated import latencies
 from morphcli.steps.context import Priced, RunContext, make_context, round_to_of
 from morphcli.steps.records import check_record, record_folder
 
