@@ -70,7 +70,8 @@ def test_defaults():
 
 def test_config_keys_lists_every_dotted_key():
     keys = config_keys()
-    assert len(keys) == len(set(keys)) == 67  # 13 top-level + 54 nested
+    assert len(keys) == len(set(keys)) == 69  # 13 top-level + 56 nested
+    assert {"search.scoring", "search.scratch_epochs"} <= set(keys)
     assert {"shrink.precise_batch_norm", "retrain.precise_batch_norm"} <= set(keys)
     assert {"shrink.epochs", "retrain.warmup_epochs", "target.hardware_spec.peak_gflops"} <= set(keys)
     assert "source" not in keys  # bookkeeping, not schema

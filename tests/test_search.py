@@ -333,3 +333,32 @@ def test_the_best_must_beat_uniform_by_more_than_chance():
     assert search_step.kept_line({"versus_uniform": record}) == ""
     # uniform best: no test
     assert search_step.choose([uniform, _scored("x", 0.4, [0] * 20)]) == (uniform, {})
+
+
+def test_scratch_scoring_trains_fresh_weights_on_paired_batches(shrunk, monkeypatch, tmp_path):
+    """`search.scoring: scratch`: every candidate starts from fresh weights on the same
+    batches, so the same structure scores the same examples right twice; the shrink's
+    weights are not read (its channel values are not even computed)."""
+    import json
+
+    ctx, learned = shrunk
+    monkeypatch.setattr(ctx.dataset, "val", _Poisoned())
+    monkeypatch.setattr(search_step, "channel_values", None)  # never called
+    result = search_step.search(ctx, ctx.seed, learned, outdir=tmp_path, scoring="scratch",
+                                scratch_epochs=2)
+    for c in result.candidates:
+        assert c.cost <= ctx.target and c.cost > 0.98 * ctx.target, c.name
+    uniform = next(c for c in result.candidates if c.name == "uniform")
+    # 2 epochs of the retrain's schedule fit digits far above chance (0.11)
+    assert uniform.select_accuracy > 0.5
+    scorer = search_step._Scorer(ctx, ctx.seed, None, finetune_epochs=0, learning_rate=1e-3,
+                                 scoring="scratch", scratch_epochs=2)
+    # one scorer's batches are drawn once (a new scorer draws a new shuffle)
+    first, again = (scorer(search_step.Candidate("uniform", dict(uniform.widths), uniform.cost))
+                    for _ in range(2))
+    assert again.select_accuracy == first.select_accuracy
+    assert np.array_equal(again.correct, first.correct)
+    record = json.loads((tmp_path / "search.json").read_text())
+    assert (record["scoring"], record["scratch_epochs"]) == ("scratch", 2)
+    with pytest.raises(Exception, match="Unknown search scoring"):
+        search_step.search(ctx, ctx.seed, learned, scoring="oracle")

@@ -172,6 +172,12 @@ class SearchConfig:
                                               lambda x: 0 <= x <= 100),
                                   "training of each cut candidate before it is scored")
     learning_rate: float = _opt(0.001, c.POSITIVE, "Adam's learning rate for that training")
+    scoring: str = _opt("finetune", c.choice("finetune", "scratch"),
+                        "finetune: cut from the shrink's network and fine-tuned | scratch: "
+                        "fresh weights, the retrain's first scratch_epochs")
+    scratch_epochs: float = _opt(2.0, c.real("a number with 0 < x <= 100",
+                                             lambda x: 0 < x <= 100),
+                                 "scoring scratch: retrain epochs before a candidate is scored")
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,8 @@ BLENDS = (0.5,)
 TIERS = 3
 MOVE = 1.3
 RECALIBRATION_BATCHES = 10
+SCORINGS = ("finetune", "scratch")
+SCRATCH_EPOCHS = 2.0
 
 
 @dataclass
@@ -165,14 +167,17 @@ class _Scorer:
     """
 
     def __init__(self, ctx: RunContext, trained: Priced, values, *, finetune_epochs: float,
-                 learning_rate: float, progress: Callable[[str], None] | None = None):
+                 learning_rate: float, progress: Callable[[str], None] | None = None,
+                 scoring: str = "finetune", scratch_epochs: float = SCRATCH_EPOCHS):
         self.ctx, self.trained, self.values = ctx, trained, values
-        self.blocks = {g: trained.graph.groups[g].block for g in values}
+        self.blocks = {g: trained.graph.groups[g].block for g in values or {}}
         self.finetune_epochs, self.learning_rate = finetune_epochs, learning_rate
+        self.scoring = scoring
         self.progress = progress or (lambda name: None)
         self.masked = None
         self.checked = False
-        self.steps = max(1, round(finetune_epochs * ctx.dataset.steps_per_epoch))
+        epochs = scratch_epochs if scoring == "scratch" else finetune_epochs
+        self.steps = max(1, round(epochs * ctx.dataset.steps_per_epoch))
         # The same batches for every candidate, in the same order (a shuffled dataset
         # draws another order each time it is read): the scores are paired.
         train = ctx.dataset.train
@@ -183,19 +188,22 @@ class _Scorer:
         from morphcli.core import surgery
 
         self.progress(candidate.name)
-        masks = top_masks(self.values, candidate.widths, self.blocks)
-        cut = None
-        if not self.checked:
-            self.checked = True
-            with self.ctx.strategy.scope():
-                cut = surgery.rebuild(self.trained.model, masks, self.trained.graph,
-                                      fold_constants=False)[0]
-            self._try_masks(masks, cut)
         hits: list = []
-        if self.masked is not None:
-            scores = self._masked_score(masks, hits)
+        if self.scoring == "scratch":
+            scores = self._scratch_score(candidate.widths, hits)
         else:
-            scores = self._rebuilt_score(masks, cut, hits)
+            masks = top_masks(self.values, candidate.widths, self.blocks)
+            cut = None
+            if not self.checked:
+                self.checked = True
+                with self.ctx.strategy.scope():
+                    cut = surgery.rebuild(self.trained.model, masks, self.trained.graph,
+                                          fold_constants=False)[0]
+                self._try_masks(masks, cut)
+            if self.masked is not None:
+                scores = self._masked_score(masks, hits)
+            else:
+                scores = self._rebuilt_score(masks, cut, hits)
         candidate.select_accuracy = scores["accuracy"]
         candidate.select_loss = scores["loss"]
         candidate.select_chance = scores.get("chance")
@@ -243,6 +251,23 @@ class _Scorer:
         with self.ctx.strategy.scope():
             self.recalibrator(self.recalibration_data, RECALIBRATION_BATCHES)
         return engine.evaluate(model, self.ctx.dataset.select, self.forward, hits)
+
+    def _scratch_score(self, widths: Mapping[int, int], hits: list | None = None) -> dict:
+        """The candidate from fresh weights (as the retrain starts it), trained on the
+        first `scratch_epochs` of the retrain's own schedule, then scored."""
+        from morphcli.core.surgery import resize
+        from morphcli.training import engine
+
+        ctx = self.ctx
+        spec = engine.TrainSpec.of(ctx.conf.retrain)
+        engine.set_seed(ctx.conf.seed)
+        with ctx.strategy.scope():
+            model = resize(ctx.seed.model, widths, ctx.seed.graph)
+            model.compile(optimizer=engine.make_optimizer(spec, ctx.dataset.steps_per_epoch),
+                          loss="sparse_categorical_crossentropy")
+            model.fit(self.finetune_data, epochs=1, verbose=0, shuffle=False)
+            engine.recalibrate_batch_norm(model, self.recalibration_data, RECALIBRATION_BATCHES)
+        return engine.evaluate(model, ctx.dataset.select, correct=hits)
 
     def _rebuilt_score(self, masks, cut=None, hits: list | None = None) -> dict:
         import keras
@@ -334,7 +359,8 @@ def search(ctx: RunContext, trained: Priced, learned: Mapping[int, int], *,
            kind: str = "gamma", round_to: int = 1, rounds: int = 1,
            finetune_epochs: float = 1.0, learning_rate: float = 1e-3,
            outdir: str | Path | None = None,
-           progress: Callable[[str], None] | None = None) -> SearchResult:
+           progress: Callable[[str], None] | None = None, scoring: str = "finetune",
+           scratch_epochs: float = SCRATCH_EPOCHS) -> SearchResult:
     """Scores structures at `ctx.target` on the selection split and returns the best.
 
     Args:
@@ -349,6 +375,10 @@ def search(ctx: RunContext, trained: Priced, learned: Mapping[int, int], *,
         learning_rate: Adam's learning rate for that fine-tune.
         outdir: Writes `search.json` and `chosen.keras` (fresh weights) there.
         progress: Called with each candidate's name before it is scored.
+        scoring: ``finetune`` (cut from `trained`, fine-tuned, scored) or
+            ``scratch`` (fresh weights, the first `scratch_epochs` of the retrain's
+            schedule, scored; `trained` only gives the architecture).
+        scratch_epochs: Training of each candidate from scratch before it is scored.
 
     Returns:
         A `SearchResult`.
@@ -368,9 +398,13 @@ def search(ctx: RunContext, trained: Priced, learned: Mapping[int, int], *,
     groups = [g.id for g in seed.graph.prunable_groups()]
     full = _widths(seed.graph)
     learned = {g: int(learned.get(g, full[g])) for g in groups}
-    scorer = _Scorer(ctx, trained, channel_values(trained, kind, metric),
-                     finetune_epochs=finetune_epochs, learning_rate=learning_rate,
-                     progress=progress)
+    if scoring not in SCORINGS:
+        raise MorphError(f"Unknown search scoring. Expected one of {', '.join(SCORINGS)}. "
+                         f"Received: scoring={scoring!r}")
+    values = channel_values(trained, kind, metric) if scoring == "finetune" else None
+    scorer = _Scorer(ctx, trained, values, finetune_epochs=finetune_epochs,
+                     learning_rate=learning_rate, progress=progress, scoring=scoring,
+                     scratch_epochs=scratch_epochs)
     tried: dict[tuple, Candidate] = {}
 
     def at_budget(name: str, base: Mapping[int, int]) -> Candidate | None:
@@ -415,7 +449,9 @@ def search(ctx: RunContext, trained: Priced, learned: Mapping[int, int], *,
     record = {
         "metric": metric, "target": float(target), "chosen": chosen.name,
         "chosen_on": "selection", "select_size": int(dataset.select_size),
-        "finetune_epochs": finetune_epochs, "seconds": seconds, "versus_uniform": versus,
+        "scoring": scoring, "finetune_epochs": finetune_epochs,
+        "scratch_epochs": scratch_epochs if scoring == "scratch" else None,
+        "seconds": seconds, "versus_uniform": versus,
         "candidates": [{"name": c.name, "cost": float(c.cost),
                         "select_accuracy": c.select_accuracy, "select_loss": c.select_loss,
                         "widths": {str(g): w for g, w in c.widths.items()}}
@@ -459,7 +495,8 @@ def search_shrink(ctx: RunContext, shrinkdir: str | Path, outdir: str | Path | N
     return search(ctx, trained, learned, kind=conf.regularizer.kind,
                   round_to=round_to_of(conf.expand.round_to, ctx.hardware),
                   rounds=conf.search.rounds, finetune_epochs=conf.search.finetune_epochs,
-                  learning_rate=conf.search.learning_rate, outdir=outdir, progress=progress)
+                  learning_rate=conf.search.learning_rate, outdir=outdir, progress=progress,
+                  scoring=conf.search.scoring, scratch_epochs=conf.search.scratch_epochs)
 
 
 def _widths(graph) -> dict[int, int]:
