@@ -202,7 +202,8 @@ def search(trained: Any, learned: str | Path | Mapping[str, Any], target: str, *
            data: Any, select: Any, hardware: str | None = None, kind: str = "gamma",
            round_to: int | str = 1, rounds: int = 1, finetune_epochs: float = 1.0,
            learning_rate: float = 1e-3, batch_size: int = 64, seed: int = 0,
-           outdir: str | Path | None = None) -> SearchResult:
+           outdir: str | Path | None = None, scoring: str = "finetune",
+           scratch_epochs: float = 2.0) -> SearchResult:
     """`morph run`'s search: the structure at the budget chosen by its accuracy.
 
     Candidates (the seed's widths, the learned structure, blends of the two and
@@ -230,6 +231,10 @@ def search(trained: Any, learned: str | Path | Mapping[str, Any], target: str, *
         batch_size: Batch size for arrays.
         seed: Seed of the fine-tunes and of the shuffle of arrays.
         outdir: Also write `search.json` and `chosen.keras` there.
+        scoring: ``"finetune"`` (as above) or ``"scratch"``: each candidate
+            trained from fresh weights for `scratch_epochs` epochs (Adam at
+            `learning_rate`, constant) on `data`, then scored on `select`.
+        scratch_epochs: That training, in epochs of `data`.
 
     Returns:
         A `SearchResult`: `.structure.model` the chosen structure (fresh
@@ -254,7 +259,9 @@ def search(trained: Any, learned: str | Path | Mapping[str, Any], target: str, *
     from morphcli.training import distribute
 
     metric, quantity = parse_target(target)
-    conf = load_config(None, {"seed": seed, "target.metric": metric})
+    conf = load_config(None, {"seed": seed, "target.metric": metric,  # scratch scoring's training:
+                              "retrain.optimizer": "adam", "retrain.schedule": "constant",
+                              "retrain.learning_rate": learning_rate})
     device: Any = get_hardware(hardware)
     priced = Priced.of(trained, device)  # the seed architecture: what candidates are cut from
     budget = resolve_target(priced.costs, metric, quantity)
@@ -267,7 +274,8 @@ def search(trained: Any, learned: str | Path | Mapping[str, Any], target: str, *
     result: SearchResult = search_step(
         ctx, priced, found.widths_for(priced.graph), kind=kind,
         round_to=round_to_of(round_to, priced.costs.hardware), rounds=rounds,
-        finetune_epochs=finetune_epochs, learning_rate=learning_rate, outdir=outdir)
+        finetune_epochs=finetune_epochs, learning_rate=learning_rate, outdir=outdir,
+        scoring=scoring, scratch_epochs=scratch_epochs)
     return result
 
 

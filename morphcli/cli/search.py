@@ -21,15 +21,22 @@ from morphcli.outputs import dumps as _dumps
 @click.option("--rounds", type=click.IntRange(0, 20), help="Override search.rounds.")
 @click.option("--finetune-epochs", type=click.FloatRange(0, 100),
               help="Override search.finetune_epochs.")
+@click.option("--scoring", type=click.Choice(["finetune", "scratch"]),
+              help="Override search.scoring: cut from the shrink's network and fine-tuned, "
+                   "or trained from scratch for search.scratch_epochs.")
+@click.option("--scratch-epochs", type=click.FloatRange(0, 100, min_open=True),
+              help="Override search.scratch_epochs.")
 @click.option("--overwrite", is_flag=True, help="Delete OUTDIR's previous contents first.")
 @click.option("--json", "as_json", is_flag=True, help="Print search.json on stdout.")
-def search(shrink_dir, outdir, target, rounds, finetune_epochs, overwrite, as_json):
+def search(shrink_dir, outdir, target, rounds, finetune_epochs, scoring, scratch_epochs,
+           overwrite, as_json):
     """Choose the structure at the budget by accuracy, from a finished shrink.
 
     Every candidate (uniform width, MorphNet's learned structure, blends of the
     two, local moves around the best) is scaled to the exact budget, cut from
-    SHRINK_DIR/trained.keras, fine-tuned briefly and scored on the selection
-    split (never on validation). Writes OUTDIR/search.json (every candidate's
+    SHRINK_DIR/trained.keras and fine-tuned briefly (or, with --scoring scratch,
+    trained from fresh weights for the retrain's first epochs), and scored on
+    the selection split (never on validation). Writes OUTDIR/search.json (every candidate's
     widths, cost and score) and OUTDIR/chosen.keras (the chosen structure, fresh
     weights: retrain it). Settings come from SHRINK_DIR/config.yaml.
 
@@ -52,7 +59,9 @@ def search(shrink_dir, outdir, target, rounds, finetune_epochs, overwrite, as_js
                          hint="pass the -o folder of `morph shrink` (or a run's shrink/).")
     check_record(recorded)
     overrides = {k: v for k, v in {"search.rounds": rounds,
-                                   "search.finetune_epochs": finetune_epochs}.items()
+                                   "search.finetune_epochs": finetune_epochs,
+                                   "search.scoring": scoring,
+                                   "search.scratch_epochs": scratch_epochs}.items()
                  if v is not None}
     if target is not None:
         overrides.update(_target(target))
