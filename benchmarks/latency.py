@@ -45,7 +45,7 @@ from morphcli.core import profile as profiles  # noqa: E402
 from morphcli.core.costs import CostModel  # noqa: E402
 from morphcli.core.graph import build_graph  # noqa: E402
 from morphcli.core.quantities import Quantity  # noqa: E402
-from morphcli.measure.isolated import PROCESSES, median_results, start_workers  # noqa: E402
+from morphcli.measure.isolated import PROCESSES, Workers  # noqa: E402
 from morphcli.steps.context import Priced  # noqa: E402
 from morphcli.steps.expand import expand, expand_model  # noqa: E402
 from morphcli.steps.export import export  # noqa: E402
@@ -96,16 +96,10 @@ def measure(name: str, spec: str, args, work: Path) -> dict:
     # `--repeats` / 3 rounds: three processes at 300 rounds each took over 30 minutes
     # for ResNet50's five files.
     order = ["seed", "seed", *[k for k in files if k != "seed"]]
-    workers = start_workers(PROCESSES)
-    try:
-        timings = [median_results([w.time([str(files[k]) for k in order], batch=1,
-                                          threads=args.threads, warmup=10,
-                                          repeats=max(1, args.repeats // PROCESSES))
-                                   for w in workers])
+    with Workers(PROCESSES) as workers:
+        timings = [workers.time([str(files[k]) for k in order], batch=1, threads=args.threads,
+                                warmup=10, repeats=max(1, args.repeats // PROCESSES))
                    for _ in range(args.timings)]
-    finally:
-        for w in workers:
-            w.close()
     measured = {"seed": statistics.median(t[0].median_s for t in timings)}
     share = {}
     for k, kind in enumerate(order):

@@ -228,10 +228,10 @@ def test_tflite_latencies_are_timed_in_fresh_processes_on_the_exported_bytes(tmp
                                          _sha(tmp_path / "other.tflite")]
     assert [r.path for r in found] == ["model", "model"] and found[0].ratio is None
     assert found[1].ratio > 0 and found[1].repeats == 3
-    pids, folder = [w.pid for w in runners["workers"]], runners["folder"]
+    pids, folder = [w.pid for w in runners["workers"].workers], runners["folder"]
     assert len(set(pids)) == 3 and os.getpid() not in pids
     isolated.latencies([seed, other], hardware, repeats=2, runners=runners)
-    assert [w.pid for w in runners["workers"]] == pids
+    assert [w.pid for w in runners["workers"].workers] == pids
     assert sorted(p.name for p in Path(folder).iterdir()) == [
         "model-0.tflite", "model-1.tflite"]  # each model converted once
     isolated.release(runners)

@@ -65,10 +65,9 @@ def latencies(models: list, hardware, repeats: int = MEASURE_REPEATS,
     try:
         files = [_file(model, kept) for model in models]
         if _WORKER not in kept:
-            kept[_WORKER] = start_workers(PROCESSES)
-        found = median_results([
-            worker.time([path for path, _ in files], batch=batch, threads=threads,
-                        warmup=WARMUP, repeats=repeats) for worker in kept[_WORKER]])
+            kept[_WORKER] = Workers(PROCESSES)
+        found = kept[_WORKER].time([path for path, _ in files], batch=batch, threads=threads,
+                                   warmup=WARMUP, repeats=repeats)
     finally:
         if runners is None:
             release(kept)
@@ -115,31 +114,55 @@ def start_workers(count: int) -> list[Worker]:
     return workers
 
 
+class Workers:
+    """`count` timing processes (`start_workers`). A timing is made in each of them,
+    one after another, and each figure is the median of theirs. Use it in a `with`
+    block, or `close` it."""
+
+    def __init__(self, count: int) -> None:
+        self.workers = start_workers(count)
+
+    def time(self, paths: list[str], *, batch: int, threads: int | None, warmup: int,
+             repeats: int, trust_code: bool = False,
+             progress: Callable[[], None] | None = None) -> list[BenchResult]:
+        """`bench_many` of the files in every worker; `progress()` after each one."""
+        timings = []
+        for worker in self.workers:
+            timings.append(worker.time(list(paths), batch=batch, threads=threads,
+                                       warmup=warmup, repeats=repeats, trust_code=trust_code))
+            if progress is not None:
+                progress()
+        return median_results(timings)
+
+    def close(self) -> None:
+        for worker in self.workers:
+            worker.close()
+        self.workers = []
+
+    def __enter__(self) -> Workers:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def time_files(paths: list[str], processes: int, *, batch: int, threads: int | None,
                warmup: int, repeats: int, trust_code: bool = False,
                progress: Callable[[], None] | None = None) -> list[BenchResult]:
     """`morph bench --processes N`: the files timed in `processes` fresh workers,
     one after another, each figure the median of theirs. `progress()` once the
     workers are ready and after each one's timing."""
-    progress = progress or (lambda: None)
-    workers = start_workers(processes)
-    try:
-        progress()
-        timings = []
-        for worker in workers:
-            timings.append(worker.time(list(paths), batch=batch, threads=threads,
-                                       warmup=warmup, repeats=repeats, trust_code=trust_code))
+    with Workers(processes) as workers:
+        if progress is not None:
             progress()
-    finally:
-        for worker in workers:
-            worker.close()
-    return median_results(timings)
+        return workers.time(paths, batch=batch, threads=threads, warmup=warmup,
+                            repeats=repeats, trust_code=trust_code, progress=progress)
 
 
 def release(runners: dict) -> None:
     """Ends the workers and removes the files a `runners` dict keeps; clears it."""
-    for worker in runners.get(_WORKER, []):
-        worker.close()
+    if _WORKER in runners:
+        runners[_WORKER].close()
     folder = runners.get(_FOLDER)
     if folder is not None:
         shutil.rmtree(folder, ignore_errors=True)
