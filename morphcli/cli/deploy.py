@@ -81,8 +81,8 @@ def export(model, out_path, fmt, quantize, overwrite, as_json, input_shape, clas
               help="Untimed calls first.")
 @click.option("--processes", type=click.IntRange(1, 16), default=1, show_default=True,
               help="Time in this many fresh processes, one after another, and print the "
-                   "median of theirs: a process's own state can move a light model's share "
-                   "by 10%. `expand --measure` times in 3.")
+                   "median of theirs, as `expand --measure` times (3). Run it several times "
+                   "to see how far this machine's clock moves.")
 @click.option("--trust-code", is_flag=True, help="Allow custom code in a .keras file (unsafe).")
 @click.option("--json", "as_json", is_flag=True, help="Print the measurements on stdout: a list, one object per PATH.")
 def bench(paths, batch, threads, repeats, warmup, processes, trust_code, as_json):

@@ -1,8 +1,8 @@
 """Latencies of Keras models as `morph bench` measures their exported files, in a
 process that has done nothing else.
 
-A process that has converted models with TensorFlow times the same TFLite bytes
-differently from a fresh one. MobileNetV2 at 32x32x3, 2 threads, an otherwise
+Why: a process that had converted models with TensorFlow seemed to time the
+same TFLite bytes differently from a fresh one. MobileNetV2 at 32x32x3, 2 threads, an otherwise
 idle machine, a candidate of half the seed's latency, interleaved with the seed:
 0.45-0.52x the seed in 9 timings after conversions in the timing process,
 0.42-0.46x in 5 timings in fresh processes (`morph bench` on the files among
@@ -18,6 +18,14 @@ A fresh process is not the end of it: the same two files, timed 4 times in each
 of 6 fresh processes, read 0.43-0.44x in five of them and 0.48-0.53x in the
 sixth. So every timing is made in `PROCESSES` workers, one after another, and
 each figure is the median of theirs: one unlucky process moves it little.
+
+Later measurements (docs/latency.md) qualify both readings: at 2 threads on a
+2-vCPU machine the clock itself reads a light model at one of two shares (0.49
+or 0.62 of the same seed) from one minute to the next, in every process at
+once, so part of those differences may have been the machine's mode. At 1
+thread the loop and `morph bench --processes 3` agreed within 0.8% in 6 of 6
+runs. Timing the exported bytes in a process that does nothing else remains
+the protocol `morph bench` uses, which is the point.
 """
 
 from __future__ import annotations
