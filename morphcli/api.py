@@ -200,10 +200,10 @@ def scale_width(model: Any, multiplier: float, *, round_to: int = 1,
 
 def search(trained: Any, learned: str | Path | Mapping[str, Any], target: str, *,
            data: Any, select: Any, hardware: str | None = None, kind: str = "gamma",
-           round_to: int | str = 1, rounds: int = 1, finetune_epochs: float = 1.0,
+           round_to: int | str = 1, rounds: int = 1, finetune_epochs: float | None = None,
            learning_rate: float = 1e-3, batch_size: int = 64, seed: int = 0,
            outdir: str | Path | None = None, scoring: str = "finetune",
-           scratch_epochs: float = 2.0) -> SearchResult:
+           scratch_epochs: float | None = None) -> SearchResult:
     """`morph run`'s search: the structure at the budget chosen by its accuracy.
 
     Candidates (the seed's widths, the learned structure, blends of the two and
@@ -226,7 +226,8 @@ def search(trained: Any, learned: str | Path | Mapping[str, Any], target: str, *
         kind: The regularizer kind the shrink used (its values rank channels).
         round_to: Widths multiples of this (``"auto"``: a profile's step).
         rounds: Rounds of local moves around the best candidate.
-        finetune_epochs: Training of each cut candidate before it is scored.
+        finetune_epochs: Training of each cut candidate before it is scored, in
+            epochs of `data` (default 0.5, as `morph run`); scoring finetune only.
         learning_rate: Adam's learning rate for those fine-tunes.
         batch_size: Batch size for arrays.
         seed: Seed of the fine-tunes and of the shuffle of arrays.
@@ -234,7 +235,8 @@ def search(trained: Any, learned: str | Path | Mapping[str, Any], target: str, *
         scoring: ``"finetune"`` (as above) or ``"scratch"``: each candidate
             trained from fresh weights for `scratch_epochs` epochs (Adam at
             `learning_rate`, constant) on `data`, then scored on `select`.
-        scratch_epochs: That training, in epochs of `data`.
+        scratch_epochs: That training, in epochs of `data` (default 2); scoring
+            scratch only.
 
     Returns:
         A `SearchResult`: `.structure.model` the chosen structure (fresh
@@ -242,7 +244,8 @@ def search(trained: Any, learned: str | Path | Mapping[str, Any], target: str, *
         accuracy), `.candidates` and `.record` (what search.json holds).
 
     Raises:
-        MorphError: A bad target or data, a gated shrink, an unreachable target.
+        MorphError: A bad target or data, a gated shrink, an unreachable target,
+            an unknown scoring or an epochs setting it does not use.
 
     Example:
 
@@ -255,9 +258,11 @@ def search(trained: Any, learned: str | Path | Mapping[str, Any], target: str, *
     from morphcli.core.costs import get_hardware
     from morphcli.core.solver import check_reachable, resolve_target
     from morphcli.steps.context import Priced, RunContext, round_to_of
+    from morphcli.steps.search import FINETUNE_EPOCHS, SCRATCH_EPOCHS, check_scoring
     from morphcli.steps.search import search as search_step
     from morphcli.training import distribute
 
+    check_scoring(scoring, finetune_epochs=finetune_epochs, scratch_epochs=scratch_epochs)
     metric, quantity = parse_target(target)
     conf = load_config(None, {"seed": seed, "target.metric": metric,  # scratch scoring's training:
                               "retrain.optimizer": "adam", "retrain.schedule": "constant",
@@ -274,8 +279,9 @@ def search(trained: Any, learned: str | Path | Mapping[str, Any], target: str, *
     result: SearchResult = search_step(
         ctx, priced, found.widths_for(priced.graph), kind=kind,
         round_to=round_to_of(round_to, priced.costs.hardware), rounds=rounds,
-        finetune_epochs=finetune_epochs, learning_rate=learning_rate, outdir=outdir,
-        scoring=scoring, scratch_epochs=scratch_epochs)
+        finetune_epochs=FINETUNE_EPOCHS if finetune_epochs is None else finetune_epochs,
+        learning_rate=learning_rate, outdir=outdir, scoring=scoring,
+        scratch_epochs=SCRATCH_EPOCHS if scratch_epochs is None else scratch_epochs)
     return result
 
 

@@ -224,6 +224,11 @@ def test_search_refuses_data_it_cannot_use(cnn):
         morphcli.search(cnn, {"groups": []}, "flops=0.5", data=(x, y), select=(x, y))
     with pytest.raises(MorphError, match=r"Impossible target .* Received: target='flops=2'"):
         morphcli.search(cnn, learned, "flops=2", data=(x, y), select=(x, y))
+    with pytest.raises(MorphError, match=r"^Scoring scratch does not use finetune_epochs"):
+        morphcli.search(cnn, learned, "flops=0.5", data=(x, y), select=(x, y),
+                        scoring="scratch", finetune_epochs=1)
+    with pytest.raises(MorphError, match=r"^Unknown search scoring.*Received: scoring='x'"):
+        morphcli.search(cnn, learned, "flops=0.5", data=(x, y), select=(x, y), scoring="x")
 
 
 # -- the Shrinker against morph shrink --------------------------------------------------

@@ -258,6 +258,13 @@ def test_morph_search_refuses_what_is_not_a_finished_shrink(shrunk_dir, tmp_path
     bad = user_error("search", str(folder), "-o", str(tmp_path / "o"), "--target", "flops=-3")
     assert "`target.value`: Expected a fraction of the seed's flops" in bad
     assert "Received: target.value='-3'" in bad and "a budget must be positive" in bad
+    # an epochs setting the scoring does not use would be silently ignored
+    unused = user_error("search", str(folder), "-o", str(tmp_path / "o"), "--scoring",
+                        "scratch", "--finetune-epochs", "1")
+    assert ("Scoring scratch does not use finetune_epochs" in unused
+            and "Received: finetune_epochs=1.0 with scoring='scratch'" in unused)
+    assert "Scoring finetune does not use scratch_epochs" in user_error(
+        "search", str(folder), "-o", str(tmp_path / "o"), "--scratch-epochs", "3")
     assert not (tmp_path / "o").exists()
     assert _hashes(folder) == before
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from morphcli.cli.common import consoles as _consoles
+from morphcli.config.schema import SEARCH_SCORINGS
 from morphcli.outputs import check_folder, take_folder
 from morphcli.outputs import dumps as _dumps
 
@@ -20,12 +21,12 @@ from morphcli.outputs import dumps as _dumps
               help="Override the recorded target, e.g. flops=10%, params=0.5M.")
 @click.option("--rounds", type=click.IntRange(0, 20), help="Override search.rounds.")
 @click.option("--finetune-epochs", type=click.FloatRange(0, 100),
-              help="Override search.finetune_epochs.")
-@click.option("--scoring", type=click.Choice(["finetune", "scratch"]),
+              help="Override search.finetune_epochs (scoring finetune).")
+@click.option("--scoring", type=click.Choice(SEARCH_SCORINGS),
               help="Override search.scoring: cut from the shrink's network and fine-tuned, "
                    "or trained from scratch for search.scratch_epochs.")
 @click.option("--scratch-epochs", type=click.FloatRange(0, 100, min_open=True),
-              help="Override search.scratch_epochs.")
+              help="Override search.scratch_epochs (scoring scratch).")
 @click.option("--overwrite", is_flag=True, help="Delete OUTDIR's previous contents first.")
 @click.option("--json", "as_json", is_flag=True, help="Print search.json on stdout.")
 def search(shrink_dir, outdir, target, rounds, finetune_epochs, scoring, scratch_epochs,
@@ -50,7 +51,7 @@ def search(shrink_dir, outdir, target, rounds, finetune_epochs, scoring, scratch
     from morphcli.errors import MorphError
     from morphcli.steps.context import make_context
     from morphcli.steps.records import check_record
-    from morphcli.steps.search import check_searchable, kept_line, search_shrink
+    from morphcli.steps.search import check_scoring, check_searchable, kept_line, search_shrink
 
     recorded = Path(shrink_dir) / "config.yaml"
     if not recorded.is_file():
@@ -66,6 +67,8 @@ def search(shrink_dir, outdir, target, rounds, finetune_epochs, scoring, scratch
     if target is not None:
         overrides.update(_target(target))
     conf = cfg.load_config(recorded, overrides, flags={k: "the command line" for k in overrides})
+    check_scoring(conf.search.scoring, finetune_epochs=finetune_epochs,
+                  scratch_epochs=scratch_epochs)
     check_folder(conf, outdir, False, overwrite, str(recorded))
     ctx = make_context(conf)
     check_searchable(conf, ctx.dataset)

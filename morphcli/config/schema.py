@@ -23,6 +23,9 @@ from morphcli.training.engine import OPTIMIZERS, SCHEDULES
 from morphcli.training.regularizers import KIND_NAMES, KINDS
 
 _OPTIMIZER = c.choice(*OPTIMIZERS)
+# How the search scores a candidate (morphcli.steps.search): cut from the shrink's
+# trained network and fine-tuned, or trained from fresh weights.
+SEARCH_SCORINGS = ("finetune", "scratch")
 
 
 def _opt(default: Any, check: Check, doc: str, dump: Callable | None = None) -> Any:
@@ -172,7 +175,7 @@ class SearchConfig:
                                               lambda x: 0 <= x <= 100),
                                   "training of each cut candidate before it is scored")
     learning_rate: float = _opt(0.001, c.POSITIVE, "Adam's learning rate for that training")
-    scoring: str = _opt("finetune", c.choice("finetune", "scratch"),
+    scoring: str = _opt("finetune", c.choice(*SEARCH_SCORINGS),
                         "finetune: cut from the shrink's network and fine-tuned | scratch: "
                         "fresh weights, the retrain's first scratch_epochs")
     scratch_epochs: float = _opt(2.0, c.real("a number with 0 < x <= 100",

@@ -38,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
+from morphcli.config.schema import SEARCH_SCORINGS as SCORINGS
+from morphcli.config.schema import SearchConfig
 from morphcli.errors import MorphError
 from morphcli.steps.context import Priced, RunContext
 
@@ -48,8 +50,9 @@ BLENDS = (0.5,)
 TIERS = 3
 MOVE = 1.3
 RECALIBRATION_BATCHES = 10
-SCORINGS = ("finetune", "scratch")
-SCRATCH_EPOCHS = 2.0
+# The defaults of `search` and `morphcli.search` are the config's (`morph run`'s).
+FINETUNE_EPOCHS = SearchConfig.finetune_epochs
+SCRATCH_EPOCHS = SearchConfig.scratch_epochs
 
 
 @dataclass
@@ -85,6 +88,23 @@ class SearchResult:
     structure: Priced
     seconds: float
     record: dict = field(default_factory=dict)
+
+
+def check_scoring(scoring: str, *, finetune_epochs: float | None = None,
+                  scratch_epochs: float | None = None) -> None:
+    """Refuses an unknown scoring, and an epochs setting the scoring does not use
+    (given on the command line or to `morphcli.search`; `None`: not given)."""
+    if scoring not in SCORINGS:
+        raise MorphError(f"Unknown search scoring. Expected one of {', '.join(SCORINGS)}. "
+                         f"Received: scoring={scoring!r}")
+    unused = {"finetune": ("scratch_epochs", scratch_epochs),
+              "scratch": ("finetune_epochs", finetune_epochs)}[scoring]
+    if unused[1] is not None:
+        uses = "finetune_epochs" if scoring == "finetune" else "scratch_epochs"
+        raise MorphError(f"Scoring {scoring} does not use {unused[0]}; it trains each "
+                         f"candidate for {uses}. Received: {unused[0]}={unused[1]!r} with "
+                         f"scoring={scoring!r}",
+                         hint=f"drop {unused[0]}, or set {uses} (or the other scoring).")
 
 
 def check_searchable(conf, dataset) -> None:
@@ -168,7 +188,7 @@ class _Scorer:
 
     def __init__(self, ctx: RunContext, trained: Priced, values, *, finetune_epochs: float,
                  learning_rate: float, progress: Callable[[str], None] | None = None,
-                 scoring: str = "finetune", scratch_epochs: float = SCRATCH_EPOCHS):
+                 scoring: str = SearchConfig.scoring, scratch_epochs: float = SCRATCH_EPOCHS):
         self.ctx, self.trained, self.values = ctx, trained, values
         self.blocks = {g: trained.graph.groups[g].block for g in values or {}}
         self.finetune_epochs, self.learning_rate = finetune_epochs, learning_rate
@@ -356,10 +376,11 @@ def sign_test(wins: int, losses: int) -> float:
 
 
 def search(ctx: RunContext, trained: Priced, learned: Mapping[int, int], *,
-           kind: str = "gamma", round_to: int = 1, rounds: int = 1,
-           finetune_epochs: float = 1.0, learning_rate: float = 1e-3,
+           kind: str = "gamma", round_to: int = 1, rounds: int = SearchConfig.rounds,
+           finetune_epochs: float = FINETUNE_EPOCHS,
+           learning_rate: float = SearchConfig.learning_rate,
            outdir: str | Path | None = None,
-           progress: Callable[[str], None] | None = None, scoring: str = "finetune",
+           progress: Callable[[str], None] | None = None, scoring: str = SearchConfig.scoring,
            scratch_epochs: float = SCRATCH_EPOCHS) -> SearchResult:
     """Scores structures at `ctx.target` on the selection split and returns the best.
 
@@ -398,9 +419,7 @@ def search(ctx: RunContext, trained: Priced, learned: Mapping[int, int], *,
     groups = [g.id for g in seed.graph.prunable_groups()]
     full = _widths(seed.graph)
     learned = {g: int(learned.get(g, full[g])) for g in groups}
-    if scoring not in SCORINGS:
-        raise MorphError(f"Unknown search scoring. Expected one of {', '.join(SCORINGS)}. "
-                         f"Received: scoring={scoring!r}")
+    check_scoring(scoring)
     values = channel_values(trained, kind, metric) if scoring == "finetune" else None
     scorer = _Scorer(ctx, trained, values, finetune_epochs=finetune_epochs,
                      learning_rate=learning_rate, progress=progress, scoring=scoring,
