@@ -186,16 +186,9 @@ def test_a_gated_shrink_is_refused_before_training(tmp_path):
 
 
 def test_the_benchmarks_rank_correlation_by_hand():
-    import importlib.util
     import math
-    import sys
-    from pathlib import Path
 
-    path = Path(__file__).parent.parent / "benchmarks" / "quality.py"
-    spec = importlib.util.spec_from_file_location("benchmarks_quality_rank", path)
-    quality = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = quality  # its dataclasses look their module up
-    spec.loader.exec_module(quality)
+    quality = _benchmark("quality")
     assert quality.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert quality.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     # ranks (0, 1, 2) vs (0.5, 0.5, 2), both of mean 1: cov 0.5 + 0 + 1 = 1.5,
@@ -203,6 +196,69 @@ def test_the_benchmarks_rank_correlation_by_hand():
     assert quality.spearman([1, 2, 3], [5, 5, 9]) == pytest.approx(math.sqrt(3) / 2)
     assert math.isnan(quality.spearman([1, 2], [3, 4]))
     assert math.isnan(quality.spearman([1, 1, 1], [3, 4, 5]))
+
+
+def _benchmark(name: str):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_oracle_benchmarks_candidates_sit_at_the_budget():
+    """benchmarks/oracle.py: uniform and each tier x F and / F, solved to the budget.
+    zoo:cnn has 3 prunable groups, so one group per tier. At 8x8 (tests/test_cli.py)
+    one more channel out of conv1 costs 64*9*(1 + 64) = 37,440 MACs (conv1 and conv2's
+    input), out of conv2 64*9*32 + 16*9*128 = 36,864, out of conv3 16*9*64 + 10 = 9,226."""
+    oracle = _benchmark("oracle")
+    conf = load_config(None, {"model.seed": "zoo:cnn", "seed": 0, "target.metric": "flops",
+                              "target.value": 0.1})
+    ctx = make_context(conf)
+    bases = oracle.candidates(ctx, [2.0])
+    assert list(bases) == ["uniform", "tier1×2", "tier1÷2", "tier2×2", "tier2÷2", "tier3×2",
+                           "tier3÷2"]
+    assert bases["uniform"] == {1: 32, 2: 64, 3: 128}
+    assert bases["tier1×2"] == {1: 64, 2: 64, 3: 128}
+    assert bases["tier3÷2"] == {1: 32, 2: 64, 3: 64}
+    solved = {n: oracle.at_budget(ctx, b, 1) for n, b in bases.items()}
+    for name, (widths, cost) in solved.items():
+        assert 0.95 * ctx.target < cost <= ctx.target, name
+        assert cost == ctx.seed.costs.total("flops", ctx.seed.costs.width_vector(widths))
+    assert len({tuple(w.values()) for w, _ in solved.values()}) == 7  # seven structures
+
+
+def test_the_oracle_benchmarks_conclusions_by_hand(capsys):
+    oracle = _benchmark("oracle")
+
+    def rec(val, select, proxy):
+        return {"val_accuracy": val, "select_accuracy": select, "proxy_scratch": proxy,
+                "cost_share": 0.05}
+
+    # per seed: uniform, a (+2 points on every seed), b (-1, +2, 0)
+    results = {s: {"uniform": rec(0.90 + s / 100, 0.5, 0.3),
+                   "a": rec(0.92 + s / 100, 0.6, 0.1),
+                   "b": rec([0.89, 0.93, 0.92][s], 0.4, 0.2)} for s in range(3)}
+    oracle.print_results(results, ["scratch"], 1000)
+    out = capsys.readouterr().out
+    assert "a              5.00%    92.0    93.0    94.0    +2.00 ± 0.00" in out
+    # b: mean +1/3, sd sqrt(((-4/3)^2 + (5/3)^2 + (1/3)^2) / 2) = sqrt(7/3) = 1.5275;
+    # t(2) = 4.303: 4.303 * 1.5275 / sqrt(3) = 3.795
+    assert "+0.33 ± 3.79" in out and "-1.0, +2.0, +0.0" in out
+    assert "- uniform: 91.00 ± 1.00 (seed-to-seed std)" in out
+    assert "largest per-seed swing of a difference is 3.0 points" in out
+    assert "- largest mean gain over uniform: a +2.00 (+2.0, +2.0, +2.0)" in out
+    assert "ahead of uniform on every seed: a; by at least +1.0 on every seed: a" in out
+    # selection ranks (uniform, a, b) = (1, 2, 0) on every seed; validation ranks (1, 2, 0),
+    # (0, 1.5, 1.5), (0.5, 2, 0.5): Spearman 1, 0 / sqrt(2 * 1.5), 1.5 / sqrt(2 * 1.5)
+    assert "own selection accuracy vs validation accuracy, per seed: +1.00, +0.00, +0.87" in out
+    # the proxy ranks (2, 0, 1): covariances -1, -1.5, -1.5 over sqrt(4), sqrt(3), sqrt(3)
+    assert "proxy scratch vs validation accuracy, per seed: -0.50, -0.87, -0.87" in out
 
 
 def _hashes(folder):
