@@ -1,6 +1,7 @@
 """Benchmark: MorphNet's structure and the search's vs the uniform width at equal FLOPs.
 
-For each model and each FLOPs budget (a fraction of the seed's FLOPs), runs
+For each model and each budget (a fraction of the seed's FLOPs, or of its
+parameters or latency with `--metric`), runs
 `morphcli.steps.run.run` (shrink -> expand -> retrain, plus the seed narrowed
 uniformly to the same budget and retrained with the same schedule) for
 several random seeds, then prints:
@@ -42,6 +43,11 @@ selection split; `--rank-sample K` more of its candidates are retrained per
 cell so that the rank correlation between the selection scores and the
 retrained validation accuracy (Spearman, per seed) shows whether the proxy ranks
 structures as retraining does.
+
+With `--metric latency --hardware profile:PATH` (a `morph profile` file) the
+budgets are shares of the seed's latency as the profile predicts it; `morph run`
+then also times the seed, its result and uniform's exported TFLite models
+(worker processes, interleaved), and the table gives each arm's measured share.
 
 With `--workdir DIR` each cell keeps its own folder there and a rerun resumes
 the cells made by the same code and arguments (see `prepare_cell`), so a long
@@ -86,6 +92,8 @@ from morphcli.config import (  # noqa: E402
 from morphcli.errors import MorphError  # noqa: E402
 
 METHODS = ("morphnet", "search", "uniform")
+METRICS = ("flops", "params", "latency")
+METRIC_KEYS = {"flops": "flops", "params": "params", "latency": "latency_s"}
 ARMS = ("morphnet", "search")  # each paired against uniform
 QUICK = {"seeds": 2, "shrink_epochs": 3, "retrain_epochs": 2}
 
@@ -99,6 +107,8 @@ class Outcome:
     params: float
     widths: dict[str, int]
     multiplier: float
+    cost: float = math.nan  # in the target's metric (FLOPs, params or predicted seconds)
+    measured: float = math.nan  # latency targets: the exported model's measured share
 
 
 @dataclass
@@ -109,6 +119,8 @@ class Cell:
     budget: float
     extra: bool
     seed_flops: float = 0.0
+    seed_cost: float = 0.0  # in the target's metric
+    metric: str = "flops"
     runs: dict[str, list[Outcome]] = field(default_factory=lambda: {m: [] for m in METHODS})
     val_sizes: list[int] = field(default_factory=list)
     shrunk: list = field(default_factory=list)  # what the shrink learned, per seed
@@ -129,7 +141,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=None, help="random seeds per cell (default 3)")
     parser.add_argument("--budgets", type=_fractions, default=[0.5, 0.25],
-                        help="FLOPs budgets, fractions of the seed's (default 0.5,0.25)")
+                        help="budgets, fractions of the seed's --metric (default 0.5,0.25)")
+    parser.add_argument("--metric", choices=METRICS, default="flops",
+                        help="the target's metric (default flops); latency needs --hardware "
+                             "and then also times every arm's exported TFLite model")
+    parser.add_argument("--hardware", default=None, metavar="profile:PATH",
+                        help="target.hardware, e.g. a `morph profile` file for --metric "
+                             "latency")
     parser.add_argument("--extra-budgets", type=_fractions, default=[0.1],
                         help="extra, separately labelled budgets (default 0.1; '' for none)")
     parser.add_argument("--model", default="zoo:cnn",
@@ -167,6 +185,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             if getattr(args, key) is None:
                 setattr(args, key, value)
     args.seeds = 3 if args.seeds is None else args.seeds
+    if args.metric == "latency" and not args.hardware:
+        parser.error("--metric latency needs --hardware profile:PATH (from `morph profile`)")
     if args.seeds < 1:
         parser.error(f"--seeds must be >= 1. Received: --seeds={args.seeds}")
     return args
@@ -177,8 +197,11 @@ def make_config(args: argparse.Namespace, model: str, budget: float, seed: int):
     overrides = dict(parse_override(text) for text in args.set)
     if args.data_source:
         overrides["data.source"] = args.data_source
-    overrides.update({"model.seed": model, "target.metric": "flops", "target.value": budget,
-                      "seed": seed, "run.baseline": True, "search.enabled": True})
+    overrides.update({"model.seed": model, "target.metric": args.metric,
+                      "target.value": budget, "seed": seed, "run.baseline": True,
+                      "search.enabled": True})
+    if args.hardware:
+        overrides["target.hardware"] = args.hardware
     if args.input_shape:
         overrides["model.input_shape"] = args.input_shape
     if args.image_size:
@@ -232,11 +255,11 @@ def group_name(group: dict) -> str:
     return group["layers"][0] + (" (res.)" if tied else "")
 
 
-def _outcome(metrics: dict, expand_json: Path) -> Outcome:
+def _outcome(metrics: dict, expand_json: Path, metric: str) -> Outcome:
     expansion = json.loads(expand_json.read_text())
     widths = {group_name(g): g["width_after"] for g in expansion["groups"]}
     return Outcome(metrics["val_accuracy"], metrics["flops"], metrics["params"], widths,
-                   expansion["multiplier"])
+                   expansion["multiplier"], metrics[METRIC_KEYS[metric]])
 
 
 @dataclass
@@ -245,7 +268,7 @@ class Shrunk:
 
     seed_widths: dict[str, int]
     widths: dict[str, int]
-    flops_ratio: float
+    ratio: float  # the learned structure's cost in the target's metric, share of the seed's
     accuracy: float | None
 
 
@@ -254,12 +277,12 @@ def _base_widths(expand_json: Path) -> dict[str, int]:
     return {group_name(g): g["width_before"] for g in groups}
 
 
-def shrunk_of(rundir: Path) -> Shrunk:
+def shrunk_of(rundir: Path, metric: str = "flops") -> Shrunk:
     """Widths the shrink kept, by group (named by its first layer), and their cost."""
     summary = json.loads((rundir / "shrink" / "summary.json").read_text())
     return Shrunk(_base_widths(rundir / "baseline" / "expand.json"),
-                  _base_widths(rundir / "expand" / "expand.json"), summary["ratio"]["flops"],
-                  summary["val_shrunk"].get("accuracy"))
+                  _base_widths(rundir / "expand" / "expand.json"),
+                  summary["ratio"][METRIC_KEYS[metric]], summary["val_shrunk"].get("accuracy"))
 
 
 def cell_name(model: str) -> str:
@@ -355,21 +378,38 @@ def run_seed(args, model: str, seed: int, cells: list[Cell], workdir: Path, log)
         result = run(conf, rundir)
         first = first or rundir
         arms = other_arms(args, conf, rundir, result, log)
-        cell.runs["morphnet"].append(_outcome(arms["morphnet"], rundir / "expand" / "expand.json"))
+        cell.runs["morphnet"].append(_outcome(arms["morphnet"], rundir / "expand" / "expand.json",
+                                              args.metric))
         cell.runs["search"].append(arms["search"])
-        cell.runs["uniform"].append(_outcome(result.baseline, rundir / "baseline" / "expand.json"))
+        cell.runs["uniform"].append(_outcome(result.baseline, rundir / "baseline" / "expand.json",
+                                             args.metric))
+        if args.metric == "latency":  # the run timed the seed, its result and uniform's
+            cell.runs["search"][-1].measured, cell.runs["uniform"][-1].measured = measured_shares(
+                result.report)
         cell.ranks.append(arms["rank"])
         cell.search_share.append(arms["share"])
         cell.chosen.append(arms["chosen"])
         cell.seed_flops = result.report["models"]["seed"]["flops"]
+        cell.seed_cost = result.report["models"]["seed"][METRIC_KEYS[args.metric]]
         cell.seed_accuracy.append(seed_accuracy(args, spec, model, seed, workdir, log))
         dataset = load_dataset(conf.data.source, batch_size=conf.data.batch_size,
                                validation_split=conf.data.validation_split, seed=conf.seed)
         cell.val_sizes.append(dataset.val_size)
-        cell.shrunk.append(shrunk_of(rundir))
+        cell.shrunk.append(shrunk_of(rundir, args.metric))
         accs = " vs ".join(f"{m} {cell.runs[m][-1].accuracy:.2%}" for m in METHODS)
         log(f"{model} budget {cell.budget:g} seed {seed}: {accs} "
             f"({time.perf_counter() - start:.0f} s)")
+
+
+def measured_shares(report: dict) -> tuple[float, float]:
+    """The run's result's and uniform's measured latency as shares of the seed's, as
+    `morph run` timed them (interleaved, on the profile's runtime: TFLite in worker
+    processes for a `morph profile` file)."""
+    models = report["models"]
+    seed = models["seed"]["measured_latency_s"]
+    final = next(v for k, v in models.items() if k not in ("seed", "uniform baseline"))
+    return (final["measured_latency_s"] / seed,
+            models["uniform baseline"]["measured_latency_s"] / seed)
 
 
 def _retrained(ctx, source, outdir: Path) -> dict:
@@ -444,7 +484,8 @@ def other_arms(args, conf, rundir: Path, result, log) -> dict:
              if n in scores]
     chosen = scores[record["chosen"]]
     search = Outcome(result.final["val_accuracy"], result.final["flops"], result.final["params"],
-                     {names[int(g)]: w for g, w in chosen["widths"].items()}, math.nan)
+                     {names[int(g)]: w for g, w in chosen["widths"].items()}, math.nan,
+                     result.final[METRIC_KEYS[args.metric]])
     shrink_s = json.loads((rundir / "shrink" / "summary.json").read_text())["train_seconds"]
     rank = spearman([a for a, _ in pairs], [b for _, b in pairs])
     log(f"{rundir.name}: search chose {record['chosen']}; rank correlation over "
@@ -520,17 +561,26 @@ def verdict(cell: Cell, p: dict, seeds: int, arm: str = "morphnet") -> str:
     return f"{side} higher or equal on every seed (some ties)"
 
 
-def print_table(cells: list[Cell], seeds: int) -> None:
+def _share(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.1%}"
+
+
+def print_table(cells: list[Cell], seeds: int, metric: str = "flops") -> None:
+    """One row per budget and method. `of seed`: the mean cost in the target's metric as
+    a share of the seed's (for latency, as the profile predicts it); `measured`
+    (latency targets): the exported models' measured share, as `morph run` timed it."""
+    timed = metric == "latency"
     header = (f"{'model':<13} {'budget':<13} {'method':<9} {'FLOPs':>10} {'of seed':>8} "
-              f"{'params':>9} {'val acc mean ± std':>19}  {'arm − uniform ± 95% CI':>27}  "
+              + (f"{'measured':>8} " if timed else "")
+              + f"{'params':>9} {'val acc mean ± std':>19}  {'arm − uniform ± 95% CI':>27}  "
               f"{'W/T/L':<7} {'sign p':>6}  verdict")
     print(header)
     print("-" * len(header))
     for model in dict.fromkeys(c.model for c in cells):
         accs = next(c.seed_accuracy for c in cells if c.model == model)
         acc, std = _mean_std(accs)
-        print(f"{model:<13} {'1 (seed)':<13} {'seed':<9} {'':>10} {1:>8.1%} {'':>9} "
-              f"{acc:>10.2%} ± {std:>6.2%}")
+        print(f"{model:<13} {'1 (seed)':<13} {'seed':<9} {'':>10} {1:>8.1%} "
+              + (f"{1:>8.1%} " if timed else "") + f"{'':>9} {acc:>10.2%} ± {std:>6.2%}")
     for cell in cells:
         label = f"{cell.budget:g}" + (" (extra)" if cell.extra else "")
         for method in METHODS:
@@ -538,9 +588,11 @@ def print_table(cells: list[Cell], seeds: int) -> None:
             flops = statistics.fmean(r.flops for r in runs)
             params = statistics.fmean(r.params for r in runs)
             acc, std = _mean_std([r.accuracy for r in runs])
-            line = (f"{cell.model:<13} {label:<13} {method:<9} {flops:>10,.0f} "
-                    f"{flops / cell.seed_flops:>8.1%} {params:>9,.0f} "
-                    f"{acc:>10.2%} ± {std:>6.2%}")
+            share = statistics.fmean(r.cost for r in runs) / cell.seed_cost
+            line = (f"{cell.model:<13} {label:<13} {method:<9} {flops:>10,.0f} {share:>8.1%} "
+                    + (f"{_share(statistics.fmean(r.measured for r in runs)):>8} "
+                       if timed else "")
+                    + f"{params:>9,.0f} {acc:>10.2%} ± {std:>6.2%}")
             if method in ARMS:
                 p = paired(cell, method)
                 line += (f"  {p['mean']:>+10.2%} (sd {p['std']:.2%}) ± {p['ci']:>6.2%}  "
@@ -579,12 +631,12 @@ def print_widths(cells: list[Cell]) -> None:
             print(f"{g:<30} {seed[g]:>5} " + " ".join(
                 f"{col[g]:>8.1f} ({col[g] / seed[g]:.2f})" for _, col in columns))
         for cell in mine:
-            ratio = _mean_std([s.flops_ratio for s in cell.shrunk])
+            ratio = _mean_std([s.ratio for s in cell.shrunk])
             accs = [s.accuracy for s in cell.shrunk if s.accuracy is not None]
             mult = " / ".join(f"{m} {statistics.fmean(r.multiplier for r in cell.runs[m]):.3f}"
                               for m in METHODS)
             print(f"budget {cell.budget:g}: the shrink kept {ratio[0]:.1%} ± {ratio[1]:.1%} of "
-                  "the seed's FLOPs" + (f" (val accuracy before retraining "
+                  f"the seed's {cell.metric}" + (f" (val accuracy before retraining "
                                         f"{statistics.fmean(accs):.2%})" if accs else "")
                   + f"; width multiplier (mean) {mult}")
 
@@ -615,6 +667,11 @@ def print_notes(cells: list[Cell], seeds: int, source: str, fixed_split: bool) -
                      f"{search['wins']} of {seeds} seed(s)")
         else:
             line += "; under 1.5 points of headroom, so allocation can gain little here"
+        if cell.metric == "latency":
+            timed = {m: [r.measured for r in cell.runs[m]] for m in ("search", "uniform")}
+            line += ("; measured latency share of the seed (exported TFLite, as the run timed "
+                     "it), search " + ", ".join(f"{x:.3f}" for x in timed["search"])
+                     + ", uniform " + ", ".join(f"{x:.3f}" for x in timed["uniform"]))
         ranks = [r for r in cell.ranks if not math.isnan(r)]
         if ranks:
             line += (f"; selection-score rank correlation with retrained accuracy "
@@ -657,8 +714,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.data and args.data.lower() == "builtin:mnist5k":
             args.data_source = mnist5k(workdir)
         for model in models:
-            mine = [Cell(model, b, False) for b in args.budgets]
-            mine += [Cell(model, b, True) for b in args.extra_budgets if b not in args.budgets]
+            mine = [Cell(model, b, False, metric=args.metric) for b in args.budgets]
+            mine += [Cell(model, b, True, metric=args.metric) for b in args.extra_budgets
+                     if b not in args.budgets]
             for seed in range(args.seeds):
                 run_seed(args, model, seed, mine, workdir, log)
             cells += mine
@@ -671,13 +729,14 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     conf = make_config(args, models[0], args.budgets[0], 0)
     source = args.data or conf.data.source
-    print(f"MorphNet's and the search's structures vs uniform width at equal FLOPs on {source}: "
+    print(f"MorphNet's and the search's structures vs uniform width at equal "
+          f"{'predicted latency' if args.metric == 'latency' else args.metric} on {source}: "
           f"{args.seeds} seed(s), shrink {conf.shrink.epochs} epochs "
           f"(regularizer {conf.regularizer.kind}, strength {conf.regularizer.strength}), "
           f"retrain {conf.retrain.epochs} epochs, from {args.config}"
           + (f", seeds pretrained {args.pretrain} epochs" if args.pretrain else "")
           + (f", overrides {' '.join(args.set)}" if args.set else "") + "\n")
-    print_table(cells, args.seeds)
+    print_table(cells, args.seeds, args.metric)
     print_widths(cells)
     print_notes(cells, args.seeds, source, fixed_split)
     print(f"\nwall time {time.perf_counter() - start:.0f} s"

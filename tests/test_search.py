@@ -198,6 +198,33 @@ def test_the_benchmarks_rank_correlation_by_hand():
     assert math.isnan(quality.spearman([1, 1, 1], [3, 4, 5]))
 
 
+def test_the_quality_benchmarks_latency_arm_reads_what_the_run_timed(capsys):
+    """--metric latency: the run's measured times as shares of the seed's, and the table's
+    `of seed` (the profile's prediction) beside `measured`."""
+    quality = _benchmark("quality")
+    report = {"models": {"seed": {"measured_latency_s": 2e-3},
+                         "search": {"measured_latency_s": 1e-3},
+                         "uniform baseline": {"measured_latency_s": 1.1e-3}}}
+    assert quality.measured_shares(report) == pytest.approx((0.5, 0.55))
+    cell = quality.Cell("zoo:cnn", 0.5, False, seed_flops=1000.0, seed_cost=4e-3,
+                        metric="latency")
+    for method, accuracy, cost, measured in (("morphnet", 0.9, 2.1e-3, float("nan")),
+                                             ("search", 0.92, 1.9e-3, 0.49),
+                                             ("uniform", 0.91, 2e-3, 0.52)):
+        cell.runs[method].append(quality.Outcome(accuracy, 480.0, 50.0, {"conv1": 8}, 0.7,
+                                                 cost, measured))
+    cell.val_sizes, cell.seed_accuracy = [1000], [0.95]
+    cell.ranks, cell.search_share, cell.chosen = [float("nan")], [0.4], ["blend-0.5"]
+    quality.print_table([cell], 1, "latency")
+    out = capsys.readouterr().out
+    assert "of seed measured" in out
+    # search: 1.9 of 4 ms predicted (47.5%), measured 49.0%; +1 point on 1,000 images
+    assert "search           480    47.5%    49.0%        50     92.00%" in out
+    assert "uniform          480    50.0%    52.0%" in out
+    assert "morphnet         480    52.5%        -" in out  # the run timed no morphnet arm
+    assert "search − uniform per seed, in validation images (of 1000): +10" in out
+
+
 def _benchmark(name: str):
     import importlib.util
     import sys
