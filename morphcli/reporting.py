@@ -339,7 +339,8 @@ FEW_IMAGES = 3  # a gap of fewer examples than this is called noise
 
 
 def compare(rows: Mapping[str, Mapping], metric: str, val_size: int, select_size: int = 0,
-            names: tuple[str, str] = ("morphnet", "uniform baseline")) -> dict:
+            names: tuple[str, str] = ("morphnet", "uniform baseline"),
+            same: bool = False) -> dict:
     """Which of two trained models is better, and by how much.
 
     The choice is made on the selection split (training examples held out, never
@@ -350,6 +351,7 @@ def compare(rows: Mapping[str, Mapping], metric: str, val_size: int, select_size
     costs less in `metric`, then MorphNet's. The gap is also given in examples,
     and called `close` when it is below `FEW_IMAGES`: then the data cannot tell
     the two apart. A model marked not usable (`usable: false`) means no winner.
+    `same`: the two are one structure, retrained once (`same_structure`): no gap.
     """
     first, second = (rows[n] for n in names)
     a, b = first.get("val_accuracy"), second.get("val_accuracy")
@@ -363,6 +365,12 @@ def compare(rows: Mapping[str, Mapping], metric: str, val_size: int, select_size
             + ": not usable"}
     sa, sb = first.get("select_accuracy"), second.get("select_accuracy")
     on_selection = sa is not None and sb is not None and select_size > 0
+    if same:
+        return {"best": names[0], "other": names[1], "names": list(names),
+                "same_structure": True, "difference": 0.0, "images": 0,
+                "val_size": int(val_size), "close": True,
+                "chosen_on": "selection" if on_selection else "validation",
+                "why": f"{names[0]} is the uniform structure, retrained once"}
     split, (ca, cb, size) = (("selection", (sa, sb, select_size)) if on_selection
                              else ("validation", (a, b, val_size)))
     key = {"latency": "latency_s"}.get(metric, metric)
@@ -392,6 +400,9 @@ def comparison_line(comparison: Mapping) -> str:
     images, n = comparison["images"], comparison["val_size"]
     split = comparison.get("chosen_on", "validation")
     first = (comparison.get("names") or ["morphnet"])[0]
+    if comparison.get("same_structure"):
+        return (f"best: {first}, which is the uniform baseline (one structure, retrained "
+                f"once, not twice)")
     if split == "selection":
         line = (f"best: {comparison['best']} ({comparison['why']}: "
                 f"{comparison['chosen_images']:+d} of {comparison['chosen_size']:,}); "

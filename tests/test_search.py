@@ -175,6 +175,40 @@ def test_morph_run_with_the_search_retrains_the_chosen_structure(tmp_path):
     assert again.exit_code == 0 and "search: already done" in again.stderr
 
 
+def test_when_the_search_keeps_uniform_the_baseline_is_not_retrained_again(tmp_path,
+                                                                          monkeypatch):
+    """Uniform chosen: the retrained result is the uniform structure, so the baseline is
+    that same model (one retrain, not two whose nondeterministic difference would read
+    as a gain or a loss): equal figures, no baseline/final.keras, said in one line."""
+    import json
+
+    from click.testing import CliRunner
+
+    from morphcli.cli import cli
+
+    monkeypatch.setattr(search_step._Scorer, "__call__",
+                        _fake_scores(lambda c: 0.9 if c.name == "uniform" else 0.5))
+    config = tmp_path / "c.yaml"
+    config.write_text("model: {seed: zoo:cnn}\ntarget: {metric: flops, value: 0.25}\n"
+                      "shrink: {epochs: 1}\nretrain: {epochs: 1}\nrun: {baseline: true}\n"
+                      "search: {enabled: true}\n")
+    rundir = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["run", str(config), "-o", str(rundir)],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert json.loads((rundir / "search" / "search.json").read_text())["chosen"] == "uniform"
+    report = json.loads((rundir / "report.json").read_text())
+    models = report["models"]
+    for key in ("val_accuracy", "select_accuracy", "flops", "params"):
+        assert models["search"][key] == models["uniform baseline"][key], key
+    assert report["comparison"]["same_structure"] is True
+    assert report["comparison"]["images"] == 0 and report["comparison"]["best"] == "search"
+    assert (rundir / "baseline" / "expand.json").is_file()
+    assert not (rundir / "baseline" / "final.keras").exists()
+    assert "the search structure is the uniform one" in result.stderr
+    assert "best: search, which is the uniform baseline" in result.output
+
+
 def test_a_gated_shrink_is_refused_before_training(tmp_path):
     from test_cli import user_error
 

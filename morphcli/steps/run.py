@@ -186,10 +186,17 @@ def run(ctx: RunContext, rundir: str | Path | None = None, *, progress: Progress
         expanded, name = runner.search(), "search"
     final, final_model = runner.retrain(expanded, rundir / "retrain", "retrain")
     baseline = uniform = None
+    same = False
     if conf.run.baseline:
         uniform = runner.expand(ctx.seed, rundir / "baseline", "baseline expand")
-        baseline, uniform = runner.retrain(uniform, rundir / "baseline", "baseline retrain")
-    report = write_report(ctx, rundir, final_model, final, uniform, baseline, name)
+        same = uniform.model.get_config() == final_model.model.get_config()
+        if same:  # one structure, one seed, one schedule: its retrain is the baseline's
+            log(f"baseline retrain: the {name} structure is the uniform one; its retrain "
+                "is the baseline's")
+            baseline, uniform = final, final_model
+        else:
+            baseline, uniform = runner.retrain(uniform, rundir / "baseline", "baseline retrain")
+    report = write_report(ctx, rundir, final_model, final, uniform, baseline, name, same=same)
     distribute.remove_write_dir(rundir, ctx.strategy)
     return RunResult(rundir, final, baseline, report, runner.skipped)
 
@@ -222,9 +229,10 @@ def recorded_config(rundir: str | Path) -> str:
 
 def write_report(ctx: RunContext, rundir: Path, final_model: Priced, final: dict,
                  uniform: Priced | None, baseline: dict | None,
-                 name: str = "morphnet") -> dict:
+                 name: str = "morphnet", same: bool = False) -> dict:
     """report.json, report.md and widths.png comparing seed, the retrained structure
-    (`name`: morphnet, or search when the search chose it) and the baseline."""
+    (`name`: morphnet, or search when the search chose it) and the baseline (`same`:
+    the baseline is that structure, retrained once)."""
     from morphcli import files
     from morphcli import reporting as rep
 
@@ -248,7 +256,7 @@ def write_report(ctx: RunContext, rundir: Path, final_model: Priced, final: dict
         sizes = [getattr(ctx.dataset, f"{split}_size", 0) if ctx.dataset is not None else 0
                  for split in ("val", "select")]
         comparison = rep.compare(data["models"], ctx.metric, *sizes,
-                                 names=(name, "uniform baseline"))
+                                 names=(name, "uniform baseline"), same=same)
         if comparison["best"] is not None:  # hand the user the better model
             source = "retrain" if comparison["best"] == name else "baseline"
             files.copy_file(rundir / source / "final.keras", rundir / "best.keras")
