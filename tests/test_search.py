@@ -475,13 +475,13 @@ def test_scratch_scoring_trains_fresh_weights_on_paired_batches(shrunk, monkeypa
     uniform = next(c for c in result.candidates if c.name == "uniform")
     # 2 epochs of the retrain's schedule fit digits far above chance (0.11)
     assert uniform.select_accuracy > 0.5
-    scorer = search_step._Scorer(ctx, ctx.seed, None, finetune_epochs=0, learning_rate=1e-3,
-                                 scoring="scratch", scratch_epochs=2)
-    # one scorer's batches are drawn once (a new scorer draws a new shuffle)
-    first, again = (scorer(search_step.Candidate("uniform", dict(uniform.widths), uniform.cost))
-                    for _ in range(2))
-    assert again.select_accuracy == first.select_accuracy
-    assert np.array_equal(again.correct, first.correct)
+    # the batches are the first epochs' (epoch-keyed), whichever scorer draws them
+    again = [search_step._Scorer(ctx, ctx.seed, None, finetune_epochs=0, learning_rate=1e-3,
+                                 scoring="scratch", scratch_epochs=2)(
+        search_step.Candidate("uniform", dict(uniform.widths), uniform.cost)) for _ in range(2)]
+    for scored in again:
+        assert scored.select_accuracy == uniform.select_accuracy
+        assert np.array_equal(scored.correct, uniform.correct)
     record = json.loads((tmp_path / "search.json").read_text())
     assert (record["scoring"], record["scratch_epochs"]) == ("scratch", 2)
     with pytest.raises(Exception, match="Unknown search scoring"):

@@ -198,11 +198,15 @@ class _Scorer:
         self.checked = False
         epochs = scratch_epochs if scoring == "scratch" else finetune_epochs
         self.steps = max(1, round(epochs * ctx.dataset.steps_per_epoch))
-        # The same batches for every candidate, in the same order (a shuffled dataset
-        # draws another order each time it is read): the scores are paired.
-        train = ctx.dataset.train
-        self.finetune_data = train.repeat().take(self.steps).cache()
-        self.recalibration_data = train.take(RECALIBRATION_BATCHES).cache()
+        # The same batches for every candidate, in the same order: the scores are
+        # paired. They are the first epochs' batches (epoch-keyed: what the retrain
+        # trains on first), whatever the process read before.
+        import tensorflow as tf
+
+        per_epoch = max(1, ctx.dataset.steps_per_epoch)
+        self.finetune_data = ctx.dataset.epochs(0, -(-self.steps // per_epoch)).take(
+            self.steps).apply(tf.data.experimental.assert_cardinality(self.steps)).cache()
+        self.recalibration_data = ctx.dataset.epochs(0, 1).take(RECALIBRATION_BATCHES).cache()
 
     def __call__(self, candidate: Candidate) -> Candidate:
         from morphcli.core import surgery

@@ -88,6 +88,15 @@ class Dataset:
     def steps_per_epoch(self) -> int:
         return -(-self.train_size // self.batch_size) if self.batch_size else 0
 
+    def epochs(self, start: int, stop: int) -> tf.data.Dataset:
+        """The training batches of epochs `start`..`stop - 1`: in their epoch-keyed
+        order when the source has one, so what a caller draws does not depend on
+        what was drawn before it in the process (`train` reshuffles at every read);
+        else that many passes over `train`."""
+        if self.train_epochs is not None:
+            return self.train_epochs(start, stop)
+        return self.train.repeat(stop - start)
+
 
 @dataclasses.dataclass
 class _Options:

@@ -284,9 +284,10 @@ def fit(model, dataset, spec: TrainSpec, *, workdir: str | Path, penalty: Callab
             hint="lower the learning rate or the regularizer strength, then rerun"
                  + (" with --resume." if done else "."),
         )
-    if precise_batch_norm:
+    if precise_batch_norm:  # the batches of the epoch after the last: the same on a resume
         with strategy.scope():
-            recalibrate_batch_norm(model, dataset.train, precise_batch_norm)
+            recalibrate_batch_norm(model, dataset.epochs(spec.epochs, spec.epochs + 1),
+                                   precise_batch_norm)
     strength_now = None if trainee.strength is None else float(trainee.strength.numpy())
     return FitResult(history, evaluate(model, dataset.val), seconds, resumed, strength_now)
 
