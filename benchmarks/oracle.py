@@ -80,6 +80,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="tier moves, comma-separated factors > 1 (default 1.5): each "
                              "tier's widths x F and / F")
     parser.add_argument("--seeds", type=int, default=3, help="paired seeds (default 3)")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="seeds run from this one (default 0): fresh seeds confirm a "
+                             "candidate found on others")
+    parser.add_argument("--candidates", default=None, metavar="NAMES",
+                        help="only these candidates, comma-separated (e.g. 'tier3÷2.25'; "
+                             "uniform always runs)")
     parser.add_argument("--retrain-epochs", type=int, default=None)
     parser.add_argument("--proxy", action="append", default=[], choices=PROXIES,
                         help="also score every candidate with this proxy (repeatable)")
@@ -101,6 +107,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.seeds < 2:
         parser.error(f"--seeds must be >= 2 (paired differences). Received: {args.seeds}")
     args.factor_list = factors
+    if args.candidates is not None:
+        args.candidates = {n.strip().replace("/", "÷").replace("x", "×")
+                           for n in args.candidates.split(",") if n.strip()}
     if args.quick:
         args.seeds, args.retrain_epochs = 2, args.retrain_epochs or 1
     return args
@@ -249,13 +258,21 @@ def main(argv: list[str] | None = None) -> int:
     q = quality_args(args, data)
     results: dict[int, dict[str, dict]] = {}
     val_size = 0
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         conf = quality.make_config(q, args.model, args.budget, seed)
         ctx = make_context(conf)
         val_size = ctx.dataset.val_size
         round_to = round_to_of(conf.expand.round_to, ctx.hardware)
         results[seed] = {}
-        for name, base in candidates(ctx, args.factor_list).items():
+        bases = candidates(ctx, args.factor_list)
+        unknown = sorted((args.candidates or set()) - set(bases))
+        if unknown:
+            print(f"Error: no candidate named {', '.join(unknown)}; with --factors "
+                  f"{args.factors} they are {', '.join(bases)}", file=sys.stderr)
+            return 2
+        for name, base in bases.items():
+            if args.candidates and name != "uniform" and name not in args.candidates:
+                continue
             widths, cost = at_budget(ctx, base, round_to)
             rundir = workdir / f"{quality.cell_name(args.model)}-b{args.budget:g}-s{seed}-{name}"
             results[seed][name] = run_candidate(ctx, conf, args, name, widths, cost, rundir, log)
