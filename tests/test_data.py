@@ -342,3 +342,24 @@ def test_check_fits_class_mismatch(digits):
     with pytest.raises(DataError, match="the model has 1 output units but builtin:digits "
                                         "has 10 classes. Received: num_classes=10"):
         check_fits(digits, tiny_model((8, 8, 1), 1))
+
+
+def test_epochs_are_keyed_and_a_stream_without_keys_is_read_that_many_times():
+    """`Dataset.epochs(start, stop)`: the epoch-keyed batches (the same whatever was
+    read before), else `stop - start` passes over the stream."""
+    import tensorflow as tf
+
+    from morphcli.training.data import Dataset
+
+    ds = load_dataset("builtin:digits", batch_size=64, validation_split=0.2, seed=0)
+    first = [y.numpy() for _, y in ds.epochs(3, 4)]
+    for _ in ds.train.take(5):  # the reshuffling stream is read in between
+        pass
+    again = [y.numpy() for _, y in ds.epochs(3, 4)]
+    assert len(first) == ds.steps_per_epoch == 23  # ceil(1,438 / 64); 359 of 1,797 validate
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not np.array_equal(first[0], [y.numpy() for _, y in ds.epochs(4, 5)][0])
+    stream = Dataset(train=tf.data.Dataset.range(5).batch(2).map(lambda x: (x, x)), val=None,
+                     input_shape=(1,), num_classes=2, train_size=5, val_size=0, name="s",
+                     batch_size=2)
+    assert [len(x) for x, _ in stream.epochs(0, 2)] == [2, 2, 1, 2, 2, 1]
