@@ -27,9 +27,9 @@ Prints, per candidate: validation accuracy per seed, the mean paired
 difference against uniform with its per-seed values and a 95% t-interval, and
 whether it is ahead on every seed; the conclusions (the largest mean gain, any
 candidate ahead by +1.0 on every seed, uniform's seed-to-seed spread); and per
-seed the Spearman correlation between each proxy and the retrained accuracy
-(the full retrain's own selection accuracy is always one: the best a
-selection-split score of this size can do).
+seed the Spearman correlation between each proxy and the retrained accuracy,
+always including the full retrain's own selection accuracy: a reference for
+what a score on a selection split of this size can tell.
 
 Each (seed, candidate) retrain keeps its own folder in `--workdir`; a rerun
 resumes the finished ones made by the same code and arguments, and redoes any
@@ -61,6 +61,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import quality  # noqa: E402  (the same config, data, cells and statistics)
 
 from morphcli.config import dump_yaml  # noqa: E402
+from morphcli.errors import MorphError  # noqa: E402
 
 PROXIES = ("scratch",)
 AHEAD = 0.01  # the gain the issue asks of the search, on every seed
@@ -241,21 +242,28 @@ def print_results(results: dict[int, dict[str, dict]], proxies: list[str], val_s
 
 
 def main(argv: list[str] | None = None) -> int:
-    from morphcli.steps.context import make_context, round_to_of
-
     args = parse_args(argv)
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="oracle-"))
     workdir.mkdir(parents=True, exist_ok=True)
     data = args.data
     if args.quick and data is None:
         data = "builtin:digits"
-    if data == "builtin:mnist5k":
-        data = quality.mnist5k(workdir)
 
     def log(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
-    q = quality_args(args, data)
+    try:
+        if data and data.lower() == "builtin:mnist5k":
+            data = quality.mnist5k(workdir)
+        return run(args, quality_args(args, data), workdir, log)
+    except MorphError as error:
+        print(f"Error: {error}", file=sys.stderr)
+        return 2
+
+
+def run(args: argparse.Namespace, q: argparse.Namespace, workdir: Path, log) -> int:
+    from morphcli.steps.context import make_context, round_to_of
+
     results: dict[int, dict[str, dict]] = {}
     val_size = 0
     for seed in range(args.first_seed, args.first_seed + args.seeds):
@@ -267,9 +275,8 @@ def main(argv: list[str] | None = None) -> int:
         bases = candidates(ctx, args.factor_list)
         unknown = sorted((args.candidates or set()) - set(bases))
         if unknown:
-            print(f"Error: no candidate named {', '.join(unknown)}; with --factors "
-                  f"{args.factors} they are {', '.join(bases)}", file=sys.stderr)
-            return 2
+            raise MorphError(f"No candidate named {', '.join(unknown)}; with --factors "
+                             f"{args.factors} they are {', '.join(bases)}")
         for name, base in bases.items():
             if args.candidates and name != "uniform" and name not in args.candidates:
                 continue

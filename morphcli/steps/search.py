@@ -97,14 +97,14 @@ def check_scoring(scoring: str, *, finetune_epochs: float | None = None,
     if scoring not in SCORINGS:
         raise MorphError(f"Unknown search scoring. Expected one of {', '.join(SCORINGS)}. "
                          f"Received: scoring={scoring!r}")
-    unused = {"finetune": ("scratch_epochs", scratch_epochs),
-              "scratch": ("finetune_epochs", finetune_epochs)}[scoring]
-    if unused[1] is not None:
-        uses = "finetune_epochs" if scoring == "finetune" else "scratch_epochs"
-        raise MorphError(f"Scoring {scoring} does not use {unused[0]}; it trains each "
-                         f"candidate for {uses}. Received: {unused[0]}={unused[1]!r} with "
+    given = {"finetune_epochs": finetune_epochs, "scratch_epochs": scratch_epochs}
+    uses = f"{scoring}_epochs"
+    unused = next(name for name in given if name != uses)
+    if given[unused] is not None:
+        raise MorphError(f"Scoring {scoring} does not use {unused}; it trains each "
+                         f"candidate for {uses}. Received: {unused}={given[unused]!r} with "
                          f"scoring={scoring!r}",
-                         hint=f"drop {unused[0]}, or set {uses} (or the other scoring).")
+                         hint=f"drop {unused}, or set {uses} (or the other scoring).")
 
 
 def check_searchable(conf, dataset) -> None:
@@ -203,9 +203,9 @@ class _Scorer:
         # trains on first), whatever the process read before.
         import tensorflow as tf
 
-        per_epoch = max(1, ctx.dataset.steps_per_epoch)
-        self.finetune_data = ctx.dataset.epochs(0, -(-self.steps // per_epoch)).take(
-            self.steps).apply(tf.data.experimental.assert_cardinality(self.steps)).cache()
+        epochs_drawn = math.ceil(self.steps / max(1, ctx.dataset.steps_per_epoch))
+        self.finetune_data = ctx.dataset.epochs(0, epochs_drawn).take(self.steps).apply(
+            tf.data.experimental.assert_cardinality(self.steps)).cache()
         self.recalibration_data = ctx.dataset.epochs(0, 1).take(RECALIBRATION_BATCHES).cache()
 
     def __call__(self, candidate: Candidate) -> Candidate:
