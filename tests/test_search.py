@@ -199,7 +199,7 @@ def test_when_the_search_keeps_uniform_the_baseline_is_not_retrained_again(tmp_p
     assert json.loads((rundir / "search" / "search.json").read_text())["chosen"] == "uniform"
     report = json.loads((rundir / "report.json").read_text())
     models = report["models"]
-    for key in ("val_accuracy", "select_accuracy", "flops", "params"):
+    for key in ("val_accuracy", "select_accuracy", "flops", "params", "measured_latency_s"):
         assert models["search"][key] == models["uniform baseline"][key], key
     assert report["comparison"]["same_structure"] is True
     assert report["comparison"]["images"] == 0 and report["comparison"]["best"] == "search"

@@ -240,9 +240,12 @@ def write_report(ctx: RunContext, rundir: Path, final_model: Priced, final: dict
     morph = final_model.report(name=name)
     reports = [seed, morph] + ([uniform.report(name="uniform baseline")] if uniform else [])
     trained = [{}, final, baseline or {}]
-    models = [ctx.seed.model, final_model.model] + ([uniform.model] if uniform else [])
+    models = [ctx.seed.model, final_model.model] + ([uniform.model] if uniform and not same
+                                                     else [])
     found, how = latencies(models, ctx.hardware)
     measured = [r.median_s for r in found]
+    if uniform is not None and same:  # one model, timed once: both rows read the same time
+        measured.append(measured[1])
     data = {
         "target": {"metric": ctx.metric, "value": ctx.target},
         "models": {r.name: {**r.totals, "measured_latency_s": m,
