@@ -89,11 +89,11 @@ from morphcli.config import (  # noqa: E402
     load_config,
     parse_override,
 )
+from morphcli.core.quantities import TARGET_METRICS  # noqa: E402
 from morphcli.errors import MorphError  # noqa: E402
+from morphcli.reporting import total_key  # noqa: E402
 
 METHODS = ("morphnet", "search", "uniform")
-METRICS = ("flops", "params", "latency")
-METRIC_KEYS = {"flops": "flops", "params": "params", "latency": "latency_s"}
 ARMS = ("morphnet", "search")  # each paired against uniform
 QUICK = {"seeds": 2, "shrink_epochs": 3, "retrain_epochs": 2}
 
@@ -142,7 +142,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, default=None, help="random seeds per cell (default 3)")
     parser.add_argument("--budgets", type=_fractions, default=[0.5, 0.25],
                         help="budgets, fractions of the seed's --metric (default 0.5,0.25)")
-    parser.add_argument("--metric", choices=METRICS, default="flops",
+    parser.add_argument("--metric", choices=TARGET_METRICS, default="flops",
                         help="the target's metric (default flops); latency needs --hardware "
                              "and then also times every arm's exported TFLite model")
     parser.add_argument("--hardware", default=None, metavar="profile:PATH",
@@ -259,7 +259,7 @@ def _outcome(metrics: dict, expand_json: Path, metric: str) -> Outcome:
     expansion = json.loads(expand_json.read_text())
     widths = {group_name(g): g["width_after"] for g in expansion["groups"]}
     return Outcome(metrics["val_accuracy"], metrics["flops"], metrics["params"], widths,
-                   expansion["multiplier"], metrics[METRIC_KEYS[metric]])
+                   expansion["multiplier"], metrics[total_key(metric)])
 
 
 @dataclass
@@ -282,7 +282,7 @@ def shrunk_of(rundir: Path, metric: str = "flops") -> Shrunk:
     summary = json.loads((rundir / "shrink" / "summary.json").read_text())
     return Shrunk(_base_widths(rundir / "baseline" / "expand.json"),
                   _base_widths(rundir / "expand" / "expand.json"),
-                  summary["ratio"][METRIC_KEYS[metric]], summary["val_shrunk"].get("accuracy"))
+                  summary["ratio"][total_key(metric)], summary["val_shrunk"].get("accuracy"))
 
 
 def cell_name(model: str) -> str:
@@ -390,7 +390,7 @@ def run_seed(args, model: str, seed: int, cells: list[Cell], workdir: Path, log)
         cell.search_share.append(arms["share"])
         cell.chosen.append(arms["chosen"])
         cell.seed_flops = result.report["models"]["seed"]["flops"]
-        cell.seed_cost = result.report["models"]["seed"][METRIC_KEYS[args.metric]]
+        cell.seed_cost = result.report["models"]["seed"][total_key(args.metric)]
         cell.seed_accuracy.append(seed_accuracy(args, spec, model, seed, workdir, log))
         dataset = load_dataset(conf.data.source, batch_size=conf.data.batch_size,
                                validation_split=conf.data.validation_split, seed=conf.seed)
@@ -485,7 +485,7 @@ def other_arms(args, conf, rundir: Path, result, log) -> dict:
     chosen = scores[record["chosen"]]
     search = Outcome(result.final["val_accuracy"], result.final["flops"], result.final["params"],
                      {names[int(g)]: w for g, w in chosen["widths"].items()}, math.nan,
-                     result.final[METRIC_KEYS[args.metric]])
+                     result.final[total_key(args.metric)])
     shrink_s = json.loads((rundir / "shrink" / "summary.json").read_text())["train_seconds"]
     rank = spearman([a for a, _ in pairs], [b for _, b in pairs])
     log(f"{rundir.name}: search chose {record['chosen']}; rank correlation over "

@@ -22,6 +22,11 @@ INPUT_NOTE = "morph_input_note"
 TOTAL_KEYS = ("flops", "macs", "params", "kernel_params", "latency_s")
 
 
+def total_key(metric: str) -> str:
+    """The `totals` key of a target metric (latency is in seconds: ``latency_s``)."""
+    return {"latency": "latency_s"}.get(metric, metric)
+
+
 @dataclass
 class Report:
     """Costs of one model (or one structure of it), per layer and in total."""
@@ -373,7 +378,7 @@ def compare(rows: Mapping[str, Mapping], metric: str, val_size: int, select_size
                 "why": f"{names[0]} is the uniform structure, retrained once"}
     split, (ca, cb, size) = (("selection", (sa, sb, select_size)) if on_selection
                              else ("validation", (a, b, val_size)))
-    key = {"latency": "latency_s"}.get(metric, metric)
+    key = total_key(metric)
     chosen = round(ca * size) - round(cb * size)
     if chosen:
         best = names[0] if chosen > 0 else names[1]
