@@ -132,6 +132,89 @@ def test_candidates_are_scored_on_one_masked_network_as_their_rebuilt_cuts_score
     assert abs(alone["accuracy"] - first.select_accuracy) <= 1 / 145
 
 
+def test_candidates_cut_from_a_narrower_network_score_as_from_the_full_one(shrunk):
+    """Within the envelope (the widest each group gets among the candidates) every
+    candidate keeps the channels it keeps in the trained network, so the masked
+    network is the trained one cut to the envelope: the same scores, less work. A
+    candidate wider than the envelope widens it, and still scores the same."""
+    ctx, _ = shrunk
+    values = search_step.channel_values(ctx.seed, "gamma", "flops")
+    groups = [g.id for g in ctx.seed.graph.prunable_groups()]
+    full = {g: ctx.seed.graph.groups[g].width for g in groups}  # 32, 64, 128
+    half = {g: full[g] // 2 for g in groups}
+    quarter = {g: full[g] // 4 for g in groups}
+    wide = {**quarter, groups[0]: full[groups[0]] * 3 // 4}
+
+    def scorer(envelope=None):
+        return search_step._Scorer(ctx, ctx.seed, values, finetune_epochs=0.5,
+                                   learning_rate=1e-3, envelope=envelope)
+
+    reference = scorer()  # masks on the full-width network
+    expected = {name: reference(search_step.Candidate(name, widths, 0.0))
+                for name, widths in (("half", half), ("quarter", quarter), ("wide", wide))}
+    narrow = scorer(envelope=half)
+    for name, widths in (("half", half), ("quarter", quarter)):
+        got = narrow(search_step.Candidate(name, widths, 0.0))
+        assert got.select_loss == pytest.approx(expected[name].select_loss, rel=1e-4)
+        assert np.array_equal(got.correct, expected[name].correct)
+    graph = narrow.masked.graph
+    assert {g: graph.groups[g].width for g in groups} == half  # 16, 32, 64: not 32, 64, 128
+    got = narrow(search_step.Candidate("wide", wide, 0.0))
+    assert narrow.envelope == {**half, groups[0]: 24}
+    assert {g: narrow.masked.graph.groups[g].width for g in groups} == narrow.envelope
+    assert got.select_loss == pytest.approx(expected["wide"].select_loss, rel=1e-4)
+    assert np.array_equal(got.correct, expected["wide"].correct)
+
+
+def test_the_envelope_holds_every_first_round_candidate(shrunk, monkeypatch):
+    ctx, learned = shrunk
+    seen = []
+
+    def record(self, candidate):
+        seen.append((dict(candidate.widths), dict(self.envelope)))
+        candidate.select_accuracy, candidate.select_loss = 0.5, 0.0
+        return candidate
+
+    monkeypatch.setattr(search_step._Scorer, "__call__", record)
+    result = search_step.search(ctx, ctx.seed, learned, finetune_epochs=0, rounds=1)
+    envelope = seen[0][1]
+    assert len(seen) == len(result.candidates) >= 4
+    for widths, held in seen:
+        assert held == envelope and all(widths[g] <= envelope[g] for g in widths)
+    # the widest of each group over the candidates, at most, plus what unscored
+    # moves around the other bases could need; narrower than the trained network
+    full = {g.id: g.width for g in ctx.seed.graph.prunable_groups()}
+    assert all(envelope[g] <= full[g] for g in full)
+    assert ctx.seed.costs.total("flops", ctx.seed.costs.width_vector(envelope)) < (
+        0.6 * ctx.seed.costs.total("flops"))
+
+
+def test_scoring_is_paired_through_dropout_without_reseeding():
+    """A candidate scored again, after another, gets the same dropout draws: the
+    restored variables include the layers' seed states (the search does not reseed
+    TensorFlow per candidate, which clears its kernel cache)."""
+    import keras
+
+    conf = load_config(None, {"seed": 0})
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(16, 3, padding="same", use_bias=False, name="conv")(inputs)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.Dropout(0.5, name="drop")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(10, activation="softmax", name="out")(x))
+    ctx = make_context(conf, model=model)
+    values = search_step.channel_values(ctx.seed, "gamma", "flops")
+    (gid,) = values
+    scorer = search_step._Scorer(ctx, ctx.seed, values, finetune_epochs=1, learning_rate=1e-2)
+    first = scorer(search_step.Candidate("a", {gid: 8}, 0.0))
+    scorer(search_step.Candidate("b", {gid: 4}, 0.0))
+    again = scorer(search_step.Candidate("a", {gid: 8}, 0.0))
+    assert scorer.masked is not None
+    assert again.select_loss == pytest.approx(first.select_loss, rel=1e-6)
+    assert np.array_equal(again.correct, first.correct)
+
+
 def test_the_search_needs_a_selection_split(shrunk, monkeypatch):
     from morphcli.errors import MorphError
 
