@@ -167,6 +167,12 @@ def test_candidates_cut_from_a_narrower_network_score_as_from_the_full_one(shrun
 
 
 def test_the_envelope_holds_every_first_round_candidate(shrunk, monkeypatch):
+    # by hand: per group the widest base at the budget, times MOVE (1.3), rounded up,
+    # plus round_to; never wider than the trained network
+    bases = [{1: 10, 2: 20}, {1: 14, 2: 8}]
+    # group 1: max(13 + 1, ceil(18.2) + 1) = 20; group 2: max(26 + 1, 11 + 1) = 27 -> 16
+    assert search_step._envelope(bases, {1: 32, 2: 16}, True, 1) == {1: 20, 2: 16}
+    assert search_step._envelope(bases, {1: 32, 2: 16}, False) == {1: 14, 2: 16}
     ctx, learned = shrunk
     seen = []
 
