@@ -191,9 +191,9 @@ def _envelope(solved: list[Mapping[int, int]], full: Mapping[int, int], moves: b
     at the budget alone (`solved`): a move scales one tier by `MOVE` or `1 / MOVE`
     and the budget is solved again, so no group ends wider than `MOVE` times its
     base's width (the multiplier cannot grow by more than `MOVE`), give or take
-    the solver's rounding. Solving every move around every base instead cost 21
-    solves, 50-80 s on MobileNetV2 priced by a latency profile. A candidate wider
-    than this after all widens the masked network (one more trace)."""
+    the solver's rounding. Solving every move around every base instead took 21
+    solves, about 50 s on MobileNetV2 priced by a latency profile. A candidate
+    wider than this after all widens the masked network (one more trace)."""
     grow = MOVE if moves else 1.0
     return {g: min(int(full[g]), max(math.ceil(grow * w[g]) + (round_to if moves else 0)
                                      for w in solved))
@@ -482,7 +482,6 @@ def search(ctx: RunContext, trained: Priced, learned: Mapping[int, int], *,
     learned = {g: int(learned.get(g, full[g])) for g in groups}
     check_scoring(scoring)
     tried: dict[tuple, Candidate] = {}
-
     solved: dict[tuple, tuple] = {}
 
     def solve(base: Mapping[int, int]):
@@ -499,10 +498,10 @@ def search(ctx: RunContext, trained: Priced, learned: Mapping[int, int], *,
         return widths, cost
 
     def at_budget(name: str, base: Mapping[int, int]) -> Candidate | None:
-        solved = solve(base)
-        if solved is None:
+        at = solve(base)
+        if at is None:
             return None
-        widths, cost = solved
+        widths, cost = at
         key = tuple(widths[g] for g in groups)
         if key in tried:
             return None
