@@ -221,6 +221,35 @@ def test_scoring_is_paired_through_dropout_without_reseeding():
     assert np.array_equal(again.correct, first.correct)
 
 
+def test_the_envelope_keeps_whole_blocks():
+    """A group normalization reads its channels in blocks (here 4 of 16 channels):
+    the envelope is rounded up to whole blocks, so the narrower network can be cut
+    and is used, and scores what the full-width masked network scores."""
+    import keras
+
+    conf = load_config(None, {"seed": 0})
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(16, 3, padding="same", use_bias=False, name="conv")(inputs)
+    x = keras.layers.GroupNormalization(groups=4, name="gn")(x)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(10, activation="softmax", name="out")(x))
+    ctx = make_context(conf, model=model)
+    values = search_step.channel_values(ctx.seed, "gamma", "flops")
+    (gid,) = values
+    assert ctx.seed.graph.groups[gid].block == 4
+    candidate = {gid: 4}
+    reference = search_step._Scorer(ctx, ctx.seed, values, finetune_epochs=0.5,
+                                    learning_rate=1e-2)(search_step.Candidate("a", candidate, 0))
+    narrow = search_step._Scorer(ctx, ctx.seed, values, finetune_epochs=0.5, learning_rate=1e-2,
+                                 envelope={gid: 6})
+    got = narrow(search_step.Candidate("a", candidate, 0.0))
+    assert narrow.envelope == {gid: 8} and narrow.masked is not None
+    assert narrow.masked.graph.groups[gid].width == 8
+    assert got.select_loss == pytest.approx(reference.select_loss, rel=1e-4)
+    assert np.array_equal(got.correct, reference.correct)
+
+
 def test_the_search_needs_a_selection_split(shrunk, monkeypatch):
     from morphcli.errors import MorphError
 

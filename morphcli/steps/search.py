@@ -219,9 +219,8 @@ class _Scorer:
         self.ctx, self.trained, self.values = ctx, trained, values
         self.blocks = {g: trained.graph.groups[g].block for g in values or {}}
         # The widths the masked network holds: every candidate is a cut of it.
-        full = {g: int(trained.graph.groups[g].width) for g in values or {}}
-        self.envelope = {g: min(full[g], int((envelope or full).get(g, full[g])))
-                         for g in full}
+        self.full = {g: int(trained.graph.groups[g].width) for g in values or {}}
+        self.envelope = self._whole(envelope or self.full)
         self.inner_values = values
         self.finetune_epochs, self.learning_rate = finetune_epochs, learning_rate
         self.scoring = scoring
@@ -253,7 +252,8 @@ class _Scorer:
             if self.masked is not None and any(widths[g] > self.envelope[g] for g in widths):
                 # Wider than the masked network somewhere (a later round's move):
                 # a wider one, traced again.
-                self.envelope = {g: max(w, widths.get(g, 0)) for g, w in self.envelope.items()}
+                self.envelope = self._whole({g: max(w, widths.get(g, 0))
+                                             for g, w in self.envelope.items()})
                 self.masked, self.checked = None, False
             cut = None
             if not self.checked:
@@ -273,6 +273,11 @@ class _Scorer:
         candidate.correct = np.concatenate(hits) if hits else None
         return candidate
 
+    def _whole(self, widths: Mapping[int, int]) -> dict[int, int]:
+        """`widths` in whole blocks (rounded up), at most the trained widths."""
+        return {g: min(full, -(-int(widths.get(g, full)) // self.blocks[g]) * self.blocks[g])
+                for g, full in self.full.items()}
+
     def _try_masks(self, widths: Mapping[int, int], cut) -> None:
         """Builds the masked network: the trained one cut to `self.envelope` (each
         group's strongest channels, in their order, so a candidate's strongest
@@ -285,11 +290,10 @@ class _Scorer:
         from morphcli.training import engine
         from morphcli.training.masks import Masked
 
-        full = {g: int(self.trained.graph.groups[g].width) for g in self.values}
         outer = top_masks(self.values, self.envelope, self.blocks)
         engine.set_seed(self.ctx.conf.seed)
         with self.ctx.strategy.scope():
-            if self.envelope == full:
+            if self.envelope == self.full:
                 base, graph = self.trained.model, self.trained.graph
             else:
                 base, graph = surgery.rebuild(self.trained.model, outer, self.trained.graph,
