@@ -566,7 +566,7 @@ def test_the_best_must_beat_uniform_by_more_than_chance():
     chosen, record = search_step.choose([uniform, close])
     assert chosen is uniform
     assert record == {"best": "local", "gained": 5, "lost": 2, "p": pytest.approx(29 / 128),
-                      "kept_uniform": True}
+                      "rivals": 1, "kept_uniform": True}
     assert "(p = 0.23)" in search_step.kept_line({"versus_uniform": record})
     # +9 -1: p = 11/1024 <= 0.05, the best is chosen
     clear = _scored("blend", 0.90, [1] * 9 + [0] + [1] * 9 + [0])
@@ -575,6 +575,27 @@ def test_the_best_must_beat_uniform_by_more_than_chance():
     assert search_step.kept_line({"versus_uniform": record}) == ""
     # uniform best: no test
     assert search_step.choose([uniform, _scored("x", 0.4, [0] * 20)]) == (uniform, {})
+
+
+def test_the_best_of_several_must_beat_uniform_by_more_than_the_luck_of_the_pick():
+    """MobileNetV2 at 5%, seed 2: the best of 8 candidates won 20 selection examples
+    and lost 9 against uniform, p = sum_{k>=20} C(29, k) / 2^29 = 0.0307, and
+    retrained 1.2 points below uniform. Picked from 8, it needs p <= 0.05 / 8."""
+    uniform = _scored("uniform", 0.50, [1] * 9 + [0] * 20 + [1] * 71)
+    best = _scored("local-1:tier3+", 0.61, [0] * 9 + [1] * 20 + [1] * 71)
+    others = [_scored(f"other{i}", 0.40, [0] * 100) for i in range(7)]
+    assert search_step.sign_test(20, 9) == pytest.approx(0.0307, abs=5e-5)
+    chosen, record = search_step.choose([uniform, best, *others])
+    assert chosen is uniform and record["rivals"] == 8 and record["kept_uniform"]
+    assert search_step.kept_line({"versus_uniform": record}) == (
+        "; the best, local-1:tier3+, was right on 20 selection examples uniform missed and "
+        "wrong on 9 it got (p = 0.03, the best of 8, so it needed p <= 0.006): not better "
+        "than chance, so uniform was kept")
+    # the same pair alone: p = 0.031 <= 0.05, chosen
+    assert search_step.choose([uniform, best])[0] is best
+    # +20 -2 picked from 8: p = (231 + 22 + 1) / 2^22 = 6.1e-5 <= 0.00625, chosen
+    uniform.correct[:9] = [0] * 7 + [1] * 2
+    assert search_step.choose([uniform, best, *others])[0] is best
 
 
 def test_scratch_scoring_trains_fresh_weights_on_paired_batches(shrunk, monkeypatch, tmp_path):
