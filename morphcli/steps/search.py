@@ -391,7 +391,7 @@ def choose(candidates: list[Candidate]) -> tuple[Candidate, dict]:
     for being ahead, so one of eight equal structures beats uniform at p <= 0.05
     far more often than 5% of the time. On MobileNetV2 at 5% (seed 2) the best
     of 8 won 20 examples and lost 9 (p = 0.031) and retrained 1.2 points below
-    uniform; of the 13 searches recorded in the benchmarks it is the only choice
+    uniform; of the 19 searches run for the benchmarks here it is the only choice
     the correction changes. A best that scores within
     `NO_SIGNAL` of the way from chance (the most frequent label's share) to 100%
     is no evidence either: on MobileNetV2 at 10% one seed's shrink collapsed,
