@@ -175,12 +175,12 @@ def run_candidate(ctx, conf, args, name: str, widths: dict[int, int], cost: floa
     record = {"name": name, "widths": {str(g): w for g, w in widths.items()},
               "cost_share": cost / ctx.seed.costs.total(ctx.metric)}
     if "scratch" in args.proxy:
+        from morphcli.steps import scoring
         from morphcli.steps import search as search_step
 
-        scorer = search_step._Scorer(ctx, ctx.seed, None, finetune_epochs=0,
-                                     learning_rate=conf.search.learning_rate,
-                                     scoring="scratch",
-                                     scratch_epochs=conf.search.scratch_epochs)
+        scorer = scoring.Scorer(ctx, ctx.seed, None, finetune_epochs=0,
+                                learning_rate=conf.search.learning_rate, scoring="scratch",
+                                scratch_epochs=conf.search.scratch_epochs)
         scored = scorer(search_step.Candidate(name, widths, cost))
         record["proxy_scratch"] = scored.select_accuracy
     with ctx.strategy.scope():

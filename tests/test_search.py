@@ -5,18 +5,19 @@ import numpy as np
 import pytest
 
 from morphcli.config import load_config
+from morphcli.steps import scoring
 from morphcli.steps import search as search_step
 from morphcli.steps.context import make_context
 
 
 def test_top_masks_keep_the_strongest_channels_and_whole_blocks():
     values = {1: np.array([0.5, -2.0, 0.1, 1.0]), 2: np.array([0.1, 0.2, 0.9, 0.0, 0.3, 0.3])}
-    masks = search_step.top_masks(values, {1: 2, 2: 4}, {1: 1, 2: 2})
+    masks = scoring.top_masks(values, {1: 2, 2: 4}, {1: 1, 2: 2})
     assert masks[1].tolist() == [False, True, False, True]  # |-2.0| and 1.0
     # blocks of 2: strengths max(0.1, 0.2)=0.2, max(0.9, 0)=0.9, max(0.3, 0.3)=0.3
     assert masks[2].tolist() == [False, False, True, True, True, True]
     with pytest.raises(Exception, match="wider than the trained network"):
-        search_step.top_masks(values, {1: 5}, {})
+        scoring.top_masks(values, {1: 5}, {})
 
 
 def test_blend_is_the_geometric_mean_by_hand():
@@ -89,7 +90,7 @@ def test_the_search_never_exceeds_the_budget_nor_reads_validation(shrunk, monkey
 
 def test_the_search_returns_uniform_when_uniform_scores_best(shrunk, monkeypatch):
     ctx, learned = shrunk
-    monkeypatch.setattr(search_step._Scorer, "__call__", _fake_scores(
+    monkeypatch.setattr(scoring.Scorer, "__call__", _fake_scores(
         lambda c: 0.9 if c.name == "uniform" else 0.8))
     result = search_step.search(ctx, ctx.seed, learned, finetune_epochs=0)
     assert result.chosen.name == "uniform"
@@ -100,7 +101,7 @@ def test_the_search_returns_uniform_when_uniform_scores_best(shrunk, monkeypatch
 def test_local_moves_climb_while_they_improve(shrunk, monkeypatch):
     ctx, learned = shrunk
     # Score: more channels in group 1 (the costliest tier) is better.
-    monkeypatch.setattr(search_step._Scorer, "__call__", _fake_scores(
+    monkeypatch.setattr(scoring.Scorer, "__call__", _fake_scores(
         lambda c: c.widths[1] / 100))
     result = search_step.search(ctx, ctx.seed, learned, finetune_epochs=0, rounds=3)
     best = max(result.candidates, key=lambda c: c.widths[1])
@@ -119,7 +120,7 @@ def test_candidates_are_scored_on_one_masked_network_as_their_rebuilt_cuts_score
     half = {g: ctx.seed.graph.groups[g].width // 2 for g in groups}
     quarter = {g: ctx.seed.graph.groups[g].width // 4 for g in groups}
 
-    masked = search_step._Scorer(ctx, ctx.seed, values, finetune_epochs=0.5, learning_rate=1e-3)
+    masked = scoring.Scorer(ctx, ctx.seed, values, finetune_epochs=0.5, learning_rate=1e-3)
     first = masked(search_step.Candidate("half", half, 0.0))
     assert masked.masked is not None
     masked(search_step.Candidate("quarter", quarter, 0.0))
@@ -127,7 +128,7 @@ def test_candidates_are_scored_on_one_masked_network_as_their_rebuilt_cuts_score
     assert again.select_loss == pytest.approx(first.select_loss, rel=1e-6)
     assert again.select_accuracy == first.select_accuracy
     # the same cut rebuilt (and traced) on its own, on the same batches
-    alone = masked._rebuilt_score(search_step.top_masks(values, half, masked.blocks))
+    alone = masked._rebuilt_score(scoring.top_masks(values, half, masked.blocks))
     assert alone["loss"] == pytest.approx(first.select_loss, rel=1e-3)
     assert abs(alone["accuracy"] - first.select_accuracy) <= 1 / 145
 
@@ -146,7 +147,7 @@ def test_candidates_cut_from_a_narrower_network_score_as_from_the_full_one(shrun
     wide = {**quarter, groups[0]: full[groups[0]] * 3 // 4}
 
     def scorer(envelope=None):
-        return search_step._Scorer(ctx, ctx.seed, values, finetune_epochs=0.5,
+        return scoring.Scorer(ctx, ctx.seed, values, finetune_epochs=0.5,
                                    learning_rate=1e-3, envelope=envelope)
 
     reference = scorer()  # masks on the full-width network
@@ -167,12 +168,12 @@ def test_candidates_cut_from_a_narrower_network_score_as_from_the_full_one(shrun
 
 
 def test_the_envelope_holds_every_first_round_candidate(shrunk, monkeypatch):
-    # by hand: per group the widest base at the budget, times MOVE (1.3), rounded up,
-    # plus round_to; never wider than the trained network
+    # by hand: per group the widest base at the budget, times the move (1.3), rounded
+    # up, plus round_to; never wider than the trained network
     bases = [{1: 10, 2: 20}, {1: 14, 2: 8}]
     # group 1: max(13 + 1, ceil(18.2) + 1) = 20; group 2: max(26 + 1, 11 + 1) = 27 -> 16
-    assert search_step._envelope(bases, {1: 32, 2: 16}, True, 1) == {1: 20, 2: 16}
-    assert search_step._envelope(bases, {1: 32, 2: 16}, False) == {1: 14, 2: 16}
+    assert scoring.envelope(bases, {1: 32, 2: 16}, 1.3, 1) == {1: 20, 2: 16}
+    assert scoring.envelope(bases, {1: 32, 2: 16}, 1.0) == {1: 14, 2: 16}
     ctx, learned = shrunk
     seen = []
 
@@ -181,7 +182,7 @@ def test_the_envelope_holds_every_first_round_candidate(shrunk, monkeypatch):
         candidate.select_accuracy, candidate.select_loss = 0.5, 0.0
         return candidate
 
-    monkeypatch.setattr(search_step._Scorer, "__call__", record)
+    monkeypatch.setattr(scoring.Scorer, "__call__", record)
     result = search_step.search(ctx, ctx.seed, learned, finetune_epochs=0, rounds=1)
     envelope = seen[0][1]
     assert len(seen) == len(result.candidates) >= 4
@@ -212,7 +213,7 @@ def test_scoring_is_paired_through_dropout_without_reseeding():
     ctx = make_context(conf, model=model)
     values = search_step.channel_values(ctx.seed, "gamma", "flops")
     (gid,) = values
-    scorer = search_step._Scorer(ctx, ctx.seed, values, finetune_epochs=1, learning_rate=1e-2)
+    scorer = scoring.Scorer(ctx, ctx.seed, values, finetune_epochs=1, learning_rate=1e-2)
     first = scorer(search_step.Candidate("a", {gid: 8}, 0.0))
     scorer(search_step.Candidate("b", {gid: 4}, 0.0))
     again = scorer(search_step.Candidate("a", {gid: 8}, 0.0))
@@ -239,9 +240,9 @@ def test_the_envelope_keeps_whole_blocks():
     (gid,) = values
     assert ctx.seed.graph.groups[gid].block == 4
     candidate = {gid: 4}
-    reference = search_step._Scorer(ctx, ctx.seed, values, finetune_epochs=0.5,
+    reference = scoring.Scorer(ctx, ctx.seed, values, finetune_epochs=0.5,
                                     learning_rate=1e-2)(search_step.Candidate("a", candidate, 0))
-    narrow = search_step._Scorer(ctx, ctx.seed, values, finetune_epochs=0.5, learning_rate=1e-2,
+    narrow = scoring.Scorer(ctx, ctx.seed, values, finetune_epochs=0.5, learning_rate=1e-2,
                                  envelope={gid: 6})
     got = narrow(search_step.Candidate("a", candidate, 0.0))
     assert narrow.envelope == {gid: 8} and narrow.masked is not None
@@ -304,7 +305,7 @@ def test_when_the_search_keeps_uniform_the_baseline_is_not_retrained_again(tmp_p
 
     from morphcli.cli import cli
 
-    monkeypatch.setattr(search_step._Scorer, "__call__",
+    monkeypatch.setattr(scoring.Scorer, "__call__",
                         _fake_scores(lambda c: 0.9 if c.name == "uniform" else 0.5))
     config = tmp_path / "c.yaml"
     config.write_text("model: {seed: zoo:cnn}\ntarget: {metric: flops, value: 0.25}\n"
@@ -513,7 +514,7 @@ def test_a_parameter_target_is_searched_at_its_exact_budget(shrunk, monkeypatch)
     params = make_context(conf)
     seed_params = params.seed.costs.total("params")
     assert params.target == pytest.approx(0.3 * seed_params)
-    monkeypatch.setattr(search_step._Scorer, "__call__", _fake_scores(lambda c: c.widths[1]))
+    monkeypatch.setattr(scoring.Scorer, "__call__", _fake_scores(lambda c: c.widths[1]))
     result = search_step.search(params, params.seed, learned, finetune_epochs=0)
     assert len(result.candidates) >= 4
     for c in result.candidates:
@@ -615,7 +616,7 @@ def test_scratch_scoring_trains_fresh_weights_on_paired_batches(shrunk, monkeypa
     # 2 epochs of the retrain's schedule fit digits far above chance (0.11)
     assert uniform.select_accuracy > 0.5
     # the batches are the first epochs' (epoch-keyed), whichever scorer draws them
-    again = [search_step._Scorer(ctx, ctx.seed, None, finetune_epochs=0, learning_rate=1e-3,
+    again = [scoring.Scorer(ctx, ctx.seed, None, finetune_epochs=0, learning_rate=1e-3,
                                  scoring="scratch", scratch_epochs=2)(
         search_step.Candidate("uniform", dict(uniform.widths), uniform.cost)) for _ in range(2)]
     for scored in again:

@@ -22,11 +22,7 @@ group keeps its channels with the largest learned scales), fine-tuning the cut
 network for `finetune_epochs` epochs (a plain cut of a trained network at 10%
 of its FLOPs scores at chance: issue 22, finding 4), re-estimating its batch
 norms, and measuring it on the selection split. Ties go to the lower selection
-loss. Every candidate is a cut of one masked network: the trained network cut
-to the *envelope*, as wide as any first-round candidate can be in each group
-(`_envelope`). A candidate keeps the same channels within it as within the
-trained network, so it scores what its full-width cut scores; on MobileNetV2 at
-5% of its FLOPs the envelope costs 15% of the full network's FLOPs.
+loss. How a candidate is cut and scored: `morphcli.steps.scoring`.
 
 The best is chosen only if it beats `uniform` by more than chance on the
 selection examples (a one-sided sign test, corrected for picking the best of
@@ -49,40 +45,18 @@ from morphcli.config.schema import SEARCH_SCORINGS as SCORINGS
 from morphcli.config.schema import SearchConfig
 from morphcli.errors import MorphError
 from morphcli.steps.context import Priced, RunContext
+from morphcli.steps.scoring import Candidate, Scorer, envelope
 
-# One blend and 10 batches of precise BN: on MobileNetV2 (32x32, 10% FLOPs, 15-epoch shrink)
-# three blends (within 1.2 points of each other on the selection split) and 20 batches
-# put the search at 61% of the shrink's time; the goal is 50% (issue 22).
+# One blend (and 10 batches of precise BN, `scoring.RECALIBRATION_BATCHES`): on MobileNetV2
+# (32x32, 10% FLOPs, 15-epoch shrink) three blends (within 1.2 points of each other on the
+# selection split) and 20 batches put the search at 61% of the shrink's time, before the
+# scoring was cut to the envelope; the goal is 50% (issue 22).
 BLENDS = (0.5,)
 TIERS = 3
 MOVE = 1.3
-RECALIBRATION_BATCHES = 10
 # The defaults of `search` and `morphcli.search` are the config's (`morph run`'s).
 FINETUNE_EPOCHS = SearchConfig.finetune_epochs
 SCRATCH_EPOCHS = SearchConfig.scratch_epochs
-
-
-@dataclass
-class Candidate:
-    """One structure at the budget and its score."""
-
-    name: str
-    widths: dict[int, int]
-    cost: float
-    select_accuracy: float | None = None
-    select_loss: float | None = None
-    # The most frequent label's share of the selection split.
-    select_chance: float | None = None
-    note: str = ""
-    # Per selection example, whether the candidate got it right (data order).
-    correct: np.ndarray | None = field(default=None, repr=False)
-
-    @property
-    def key(self) -> tuple:
-        """Sort key, best first: more accuracy, then less loss."""
-        if self.select_accuracy is None:
-            return (math.inf, math.inf)
-        return (-round(self.select_accuracy, 6), self.select_loss)
 
 
 @dataclass
@@ -145,24 +119,6 @@ def channel_values(trained: Priced, kind: str, metric: str) -> dict[int, np.ndar
     return reg.numpy_vectors()
 
 
-def top_masks(values: Mapping[int, np.ndarray], widths: Mapping[int, int],
-              blocks: Mapping[int, int]) -> dict[int, np.ndarray]:
-    """Boolean masks keeping `widths[g]` channels of each group: its strongest
-    blocks by their largest value (ties: the lower index)."""
-    masks = {}
-    for gid, width in widths.items():
-        value = np.asarray(values[gid])
-        block = blocks.get(gid, 1)
-        if width > value.size:
-            raise MorphError(f"A candidate is wider than the trained network in group {gid}. "
-                             f"Received: width={width}, trained={value.size}")
-        strength = np.abs(value).reshape(-1, block).max(axis=1)
-        keep = np.zeros(strength.size, bool)
-        keep[np.argsort(-strength, kind="stable")[:width // block]] = True
-        masks[gid] = np.repeat(keep, block)
-    return masks
-
-
 def tiers(costs, metric: str, groups: list[int], count: int = TIERS) -> list[list[int]]:
     """The groups split into `count` tiers by the cost of one more channel at the
     seed's widths, the costliest tier first."""
@@ -184,194 +140,6 @@ def _blend(seed: Mapping[int, int], learned: Mapping[int, int], alpha: float) ->
 def _moved(base: Mapping[int, int], tier: list[int], factor: float) -> dict[int, int]:
     """`base` with the widths of `tier`'s groups scaled by `factor`."""
     return {g: max(1, round(w * (factor if g in tier else 1.0))) for g, w in base.items()}
-
-
-def _envelope(solved: list[Mapping[int, int]], full: Mapping[int, int], moves: bool,
-              round_to: int = 1) -> dict[int, int]:
-    """Per group, the widest a first-round candidate can be, from the bases' widths
-    at the budget alone (`solved`): a move scales one tier by `MOVE` or `1 / MOVE`
-    and the budget is solved again, so no group ends wider than `MOVE` times its
-    base's width (the multiplier cannot grow by more than `MOVE`), give or take
-    the solver's rounding. Solving every move around every base instead took 21
-    solves, about 50 s on MobileNetV2 priced by a latency profile. A candidate
-    wider than this after all widens the masked network (one more trace)."""
-    grow = MOVE if moves else 1.0
-    return {g: min(int(full[g]), max(math.ceil(grow * w[g]) + (round_to if moves else 0)
-                                     for w in solved))
-            for g in full}
-
-
-class _Scorer:
-    """Cuts, fine-tunes, recalibrates and scores candidates on the selection split.
-
-    A cut removes its dead channels outright (no constant folded into the
-    readers: `surgery.rebuild(fold_constants=False)`), which is what a zero mask
-    computes. One masked copy of the trained network serves every candidate
-    (`training.masks`: traced once), when its masks reach every prunable group
-    and its first cut predicts what the same cut rebuilt by surgery predicts;
-    otherwise every candidate is rebuilt (and traced) on its own. Each candidate
-    starts from the same trained weights, a fresh optimizer and the same batches.
-    """
-
-    def __init__(self, ctx: RunContext, trained: Priced, values, *, finetune_epochs: float,
-                 learning_rate: float, progress: Callable[[str], None] | None = None,
-                 scoring: str = SearchConfig.scoring, scratch_epochs: float = SCRATCH_EPOCHS,
-                 envelope: Mapping[int, int] | None = None):
-        self.ctx, self.trained, self.values = ctx, trained, values
-        self.blocks = {g: trained.graph.groups[g].block for g in values or {}}
-        # The widths the masked network holds: every candidate is a cut of it.
-        self.full = {g: int(trained.graph.groups[g].width) for g in values or {}}
-        self.envelope = self._whole(envelope or self.full)
-        self.inner_values = values
-        self.finetune_epochs, self.learning_rate = finetune_epochs, learning_rate
-        self.scoring = scoring
-        self.progress = progress or (lambda name: None)
-        self.masked = None
-        self.checked = False
-        epochs = scratch_epochs if scoring == "scratch" else finetune_epochs
-        self.steps = max(1, round(epochs * ctx.dataset.steps_per_epoch))
-        # The same batches for every candidate, in the same order: the scores are
-        # paired. They are the first epochs' batches (epoch-keyed: what the retrain
-        # trains on first), whatever the process read before.
-        import tensorflow as tf
-
-        epochs_drawn = math.ceil(self.steps / max(1, ctx.dataset.steps_per_epoch))
-        self.finetune_data = ctx.dataset.epochs(0, epochs_drawn).take(self.steps).apply(
-            tf.data.experimental.assert_cardinality(self.steps)).cache()
-        self.recalibration_data = ctx.dataset.epochs(0, 1).take(RECALIBRATION_BATCHES).cache()
-
-    def __call__(self, candidate: Candidate) -> Candidate:
-        from morphcli.core import surgery
-
-        self.progress(candidate.name)
-        hits: list = []
-        if self.scoring == "scratch":
-            scores = self._scratch_score(candidate.widths, hits)
-        else:
-            widths = candidate.widths
-            masks = top_masks(self.values, widths, self.blocks)
-            if self.masked is not None and any(widths[g] > self.envelope[g] for g in widths):
-                # Wider than the masked network somewhere (a later round's move):
-                # a wider one, traced again.
-                self.envelope = self._whole({g: max(w, widths.get(g, 0))
-                                             for g, w in self.envelope.items()})
-                self.masked, self.checked = None, False
-            cut = None
-            if not self.checked:
-                self.checked = True
-                with self.ctx.strategy.scope():
-                    cut = surgery.rebuild(self.trained.model, masks, self.trained.graph,
-                                          fold_constants=False)[0]
-                self._try_masks(widths, cut)
-            if self.masked is not None:
-                scores = self._masked_score(top_masks(self.inner_values, widths, self.blocks),
-                                            hits)
-            else:
-                scores = self._rebuilt_score(masks, cut, hits)
-        candidate.select_accuracy = scores["accuracy"]
-        candidate.select_loss = scores["loss"]
-        candidate.select_chance = scores.get("chance")
-        candidate.correct = np.concatenate(hits) if hits else None
-        return candidate
-
-    def _whole(self, widths: Mapping[int, int]) -> dict[int, int]:
-        """`widths` in whole blocks (rounded up), at most the trained widths."""
-        return {g: min(full, -(-int(widths.get(g, full)) // self.blocks[g]) * self.blocks[g])
-                for g, full in self.full.items()}
-
-    def _try_masks(self, widths: Mapping[int, int], cut) -> None:
-        """Builds the masked network: the trained one cut to `self.envelope` (each
-        group's strongest channels, in their order, so a candidate's strongest
-        channels within it are its strongest in the trained network), with masks.
-        Leaves `self.masked` None when the masks cannot stand for the cuts."""
-        import keras
-        import tensorflow as tf
-
-        from morphcli.core import surgery
-        from morphcli.training import engine
-        from morphcli.training.masks import Masked
-
-        outer = top_masks(self.values, self.envelope, self.blocks)
-        engine.set_seed(self.ctx.conf.seed)
-        with self.ctx.strategy.scope():
-            if self.envelope == self.full:
-                base, graph = self.trained.model, self.trained.graph
-            else:
-                base, graph = surgery.rebuild(self.trained.model, outer, self.trained.graph,
-                                              fold_constants=False)
-            if any(graph.groups[g].width != self.envelope[g] for g in self.values):
-                return  # the cut's groups are not the trained network's
-            inner = {g: np.asarray(self.values[g])[outer[g]] for g in self.values}
-            masked = Masked(base, graph)
-            if not set(self.values) <= masked.covered:
-                return
-            masked.set(top_masks(inner, widths, self.blocks))
-            x = next(iter(self.ctx.dataset.select))[0]
-            if not masked.agrees(cut, x):
-                return
-            model = masked.model
-            model.compile(optimizer=keras.optimizers.Adam(self.learning_rate),
-                          loss="sparse_categorical_crossentropy")
-            model.optimizer.build(model.trainable_variables)
-        self.masked, self.inner_values = masked, inner
-        self.start = [v.numpy() for v in model.variables]
-        self.optimizer_start = [v.numpy() for v in model.optimizer.variables]
-        self.recalibrator = engine.Recalibrator(model)
-        self.forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
-
-    def _masked_score(self, masks, hits: list | None = None) -> dict:
-        from morphcli.training import engine
-
-        model = self.masked.model
-        for variable, value in zip(model.variables, self.start, strict=True):
-            variable.assign(value)
-        for variable, value in zip(model.optimizer.variables, self.optimizer_start, strict=True):
-            variable.assign(value)
-        # No reseeding here: the variables just restored include the layers' random
-        # seed states, and seeding TensorFlow clears its kernel cache, which cost
-        # 3.4 s a candidate on MobileNetV2 at 32x32 (its 28 fine-tune steps took 3.8 s
-        # instead of 1.1 s). The masked network was built after one seeding.
-        self.masked.set(masks)
-        if self.finetune_epochs > 0:
-            model.fit(self.finetune_data, epochs=1, verbose=0, shuffle=False)
-        with self.ctx.strategy.scope():
-            self.recalibrator(self.recalibration_data, RECALIBRATION_BATCHES)
-        return engine.evaluate(model, self.ctx.dataset.select, self.forward, hits)
-
-    def _scratch_score(self, widths: Mapping[int, int], hits: list | None = None) -> dict:
-        """The candidate from fresh weights (as the retrain starts it), trained on the
-        first `scratch_epochs` of the retrain's own schedule, then scored."""
-        from morphcli.core.surgery import resize
-        from morphcli.training import engine
-
-        ctx = self.ctx
-        spec = engine.TrainSpec.of(ctx.conf.retrain)
-        engine.set_seed(ctx.conf.seed)
-        with ctx.strategy.scope():
-            model = resize(ctx.seed.model, widths, ctx.seed.graph)
-            model.compile(optimizer=engine.make_optimizer(spec, ctx.dataset.steps_per_epoch),
-                          loss="sparse_categorical_crossentropy")
-            model.fit(self.finetune_data, epochs=1, verbose=0, shuffle=False)
-            engine.recalibrate_batch_norm(model, self.recalibration_data, RECALIBRATION_BATCHES)
-        return engine.evaluate(model, ctx.dataset.select, correct=hits)
-
-    def _rebuilt_score(self, masks, cut=None, hits: list | None = None) -> dict:
-        import keras
-
-        from morphcli.core import surgery
-        from morphcli.training import engine
-
-        dataset = self.ctx.dataset
-        engine.set_seed(self.ctx.conf.seed)
-        with self.ctx.strategy.scope():
-            model = cut or surgery.rebuild(self.trained.model, masks, self.trained.graph,
-                                      fold_constants=False)[0]
-            if self.finetune_epochs > 0:
-                model.compile(optimizer=keras.optimizers.Adam(self.learning_rate),
-                              loss="sparse_categorical_crossentropy")
-                model.fit(self.finetune_data, epochs=1, verbose=0, shuffle=False)
-            engine.recalibrate_batch_norm(model, self.recalibration_data, RECALIBRATION_BATCHES)
-        return engine.evaluate(model, dataset.select, correct=hits)
 
 
 SIGNIFICANCE = 0.05
@@ -527,14 +295,14 @@ def search(ctx: RunContext, trained: Priced, learned: Mapping[int, int], *,
     bases = {"uniform": full, "morphnet": learned,
              **{f"blend-{a:g}": _blend(full, learned, a) for a in BLENDS}}
     layers = tiers(seed.costs, metric, groups)
-    values, envelope = None, None
+    values, bound = None, None
     if scoring == "finetune":
         values = channel_values(trained, kind, metric)
         at = [a[0] for a in map(solve, bases.values()) if a is not None]
-        envelope = _envelope(at, full, rounds > 0, round_to) if at else None
-    scorer = _Scorer(ctx, trained, values, finetune_epochs=finetune_epochs,
-                     learning_rate=learning_rate, progress=progress, scoring=scoring,
-                     scratch_epochs=scratch_epochs, envelope=envelope)
+        bound = envelope(at, full, MOVE if rounds else 1.0, round_to) if at else None
+    scorer = Scorer(ctx, trained, values, finetune_epochs=finetune_epochs,
+                    learning_rate=learning_rate, progress=progress, scoring=scoring,
+                    scratch_epochs=scratch_epochs, envelope=bound)
     for name, base in bases.items():
         at_budget(name, base)
     best_base = min(((bases[c.name], c) for c in tried.values()), key=lambda bc: bc[1].key)[0]
