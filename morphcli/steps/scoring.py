@@ -37,7 +37,6 @@ class Candidate:
     select_loss: float | None = None
     # The most frequent label's share of the selection split.
     select_chance: float | None = None
-    note: str = ""
     # Per selection example, whether the candidate got it right (data order).
     correct: np.ndarray | None = field(default=None, repr=False)
 
@@ -96,7 +95,8 @@ class Scorer:
 
     def __init__(self, ctx: RunContext, trained: Priced, values, *, finetune_epochs: float,
                  learning_rate: float, progress: Callable[[str], None] | None = None,
-                 scoring: str = SearchConfig.scoring, scratch_epochs: float = SearchConfig.scratch_epochs,
+                 scoring: str = SearchConfig.scoring,
+                 scratch_epochs: float = SearchConfig.scratch_epochs,
                  envelope: Mapping[int, int] | None = None):
         self.ctx, self.trained, self.values = ctx, trained, values
         self.blocks = {g: trained.graph.groups[g].block for g in values or {}}
@@ -165,7 +165,6 @@ class Scorer:
         group's strongest channels, in their order, so a candidate's strongest
         channels within it are its strongest in the trained network), with masks.
         Leaves `self.masked` None when the masks cannot stand for the cuts."""
-        import keras
         import tensorflow as tf
 
         from morphcli.core import surgery
@@ -191,8 +190,7 @@ class Scorer:
             if not masked.agrees(cut, x):
                 return
             model = masked.model
-            model.compile(optimizer=keras.optimizers.Adam(self.learning_rate),
-                          loss="sparse_categorical_crossentropy")
+            self._compile(model)
             model.optimizer.build(model.trainable_variables)
         self.masked, self.inner_values = masked, inner
         self.start = [v.numpy() for v in model.variables]
@@ -236,9 +234,14 @@ class Scorer:
             engine.recalibrate_batch_norm(model, self.recalibration_data, RECALIBRATION_BATCHES)
         return engine.evaluate(model, ctx.dataset.select, correct=hits)
 
-    def _rebuilt_score(self, masks, cut=None, hits: list | None = None) -> dict:
+    def _compile(self, model) -> None:
+        """The fine-tune's optimizer (a fresh Adam) and loss."""
         import keras
 
+        model.compile(optimizer=keras.optimizers.Adam(self.learning_rate),
+                      loss="sparse_categorical_crossentropy")
+
+    def _rebuilt_score(self, masks, cut=None, hits: list | None = None) -> dict:
         from morphcli.core import surgery
         from morphcli.training import engine
 
@@ -246,10 +249,9 @@ class Scorer:
         engine.set_seed(self.ctx.conf.seed)
         with self.ctx.strategy.scope():
             model = cut or surgery.rebuild(self.trained.model, masks, self.trained.graph,
-                                      fold_constants=False)[0]
+                                           fold_constants=False)[0]
             if self.finetune_epochs > 0:
-                model.compile(optimizer=keras.optimizers.Adam(self.learning_rate),
-                              loss="sparse_categorical_crossentropy")
+                self._compile(model)
                 model.fit(self.finetune_data, epochs=1, verbose=0, shuffle=False)
             engine.recalibrate_batch_norm(model, self.recalibration_data, RECALIBRATION_BATCHES)
         return engine.evaluate(model, dataset.select, correct=hits)
